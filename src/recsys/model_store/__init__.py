@@ -1,0 +1,1 @@
+"""The two-tower model, training, artifacts, the pgvector index and the recommender."""

@@ -1,0 +1,1 @@
+"""The FastAPI sidecar: routes, schemas, auth, metrics."""

@@ -1,0 +1,106 @@
+"""Settings: one pydantic-settings class, built once per process at the wiring place.
+
+Every CLI flag ``--some-flag`` is also the environment variable ``RECSYS_SOME_FLAG`` (a field
+``some_flag`` here). Tunables without a flag are nested sections: ``RECSYS_CONSUMER__BATCH_MAX_RECORDS``.
+AWS follows the SDK's own variables (``AWS_REGION``, ``AWS_ENDPOINT_URL``, the credential chain).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "ApiSettings",
+    "ConsumerSettings",
+    "EtlSettings",
+    "Settings",
+    "TrainSettings",
+    "default_state_dir",
+]
+
+
+def default_state_dir() -> Path:
+    """Where the embedded stack keeps its data: ``$RECSYS_STATE_DIR`` or ``./.state``."""
+    return Path(os.environ.get("RECSYS_STATE_DIR", ".state")).resolve()
+
+
+class EtlSettings(BaseModel):
+    chunk_rows: int = Field(50_000, ge=100, le=5_000_000, description="rows per read chunk / row group")
+
+
+class TrainSettings(BaseModel):
+    epochs: int = Field(30, ge=1, le=1000)
+    batch_size: int = Field(1024, ge=16, le=65_536)
+    learning_rate: float = Field(3e-3, gt=0, lt=1)
+    patience: int = Field(4, ge=1, le=100, description="epochs without improvement before stopping")
+    seed: int = 7
+    torch_threads: int = Field(1, ge=1, le=64)
+
+
+class ConsumerSettings(BaseModel):
+    lease_duration_s: float = Field(6.0, gt=0.5, le=600)
+    lease_renew_interval_s: float = Field(2.0, gt=0.1, le=300)
+    lease_take_interval_s: float = Field(2.0, gt=0.1, le=300)
+    poll_interval_s: float = Field(0.25, ge=0.2, le=60, description=">= 0.2 s keeps under 5 GetRecords/s")
+    get_records_limit: int = Field(1000, ge=1, le=10_000)
+    batch_max_records: int = Field(500, ge=1, le=10_000)
+    batch_max_wait_ms: int = Field(200, ge=0, le=60_000)
+    shutdown_deadline_s: float = Field(25.0, gt=0, le=110, description="below the ECS stopTimeout")
+    aws_call_timeout_s: float = Field(10.0, gt=0, le=120)
+    worker_id: str | None = None
+
+
+class ApiSettings(BaseModel):
+    default_limit: int = Field(10, ge=1, le=100)
+    max_limit: int = Field(100, ge=1, le=1000)
+
+
+class Settings(BaseSettings):
+    """All configuration of one process. Flags override the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    # --- where things are -------------------------------------------------------------------
+    state_dir: Path = Field(default_factory=default_state_dir)
+    database_url: SecretStr | None = Field(
+        None, description="PostgreSQL with pgvector; unset = the embedded stack's"
+    )
+    source_url: SecretStr | None = Field(
+        None, description="the shop database (SQLAlchemy URL, e.g. mysql+pymysql://root@127.0.0.1/test)"
+    )
+    lake: str | None = Field(None, description="data lake URI: s3://bucket/prefix or a local path")
+    artifacts: str | None = Field(None, description="ml-artifacts URI: s3://bucket/prefix or a local path")
+    stream: str = "recsys-browsing-events"
+    delivery_stream: str = "recsys-recommendations"
+    dead_letters: str | None = Field(None, description="dead-letter URI (s3://bucket/prefix)")
+    initial_position: Literal["TRIM_HORIZON", "LATEST"] | str = "TRIM_HORIZON"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_token: SecretStr | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "text"
+
+    etl: EtlSettings = EtlSettings()
+    train: TrainSettings = TrainSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
+    api: ApiSettings = ApiSettings()
+
+    @field_validator("api_token")
+    @classmethod
+    def _refuse_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip().lower() in {"", "changeme", "change-me"}:
+            raise ValueError("RECSYS_API_TOKEN is a placeholder; set a real secret or unset it")
+        return value
+
+
+def build_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with flag values (``None`` = not given) on top."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return Settings(**given)
