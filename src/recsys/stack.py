@@ -31,6 +31,9 @@ __all__ = ["LocalStack", "StackInfo"]
 PG_USER = "postgres"
 DATABASES = ("recsys", "shop")
 _START_TIMEOUT_S = 30.0
+# moto servers started by this process: kept referenced (a collected Popen of a live child warns) and
+# reaped on stop. A server started by another process (an earlier `recsys stack up`) is not here.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +283,7 @@ class LocalStack:
             raise
         if proc.poll() is not None:
             raise InfraError(f"moto server exited with {proc.returncode}; see {self.moto_log}")
+        _CHILDREN[proc.pid] = proc
         return port, proc.pid
 
     def _stop_moto(self, pid: int | None) -> None:
@@ -294,6 +298,9 @@ class LocalStack:
         if _pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+        child = _CHILDREN.pop(pid, None)
+        if child is not None:
+            child.wait(timeout=10)
 
     # ------------------------------------------------------------------ public
     def up(self) -> StackInfo:
