@@ -34,10 +34,15 @@ class EtlSettings(BaseModel):
 
 
 class TrainSettings(BaseModel):
-    epochs: int = Field(30, ge=1, le=1000)
-    batch_size: int = Field(1024, ge=16, le=65_536)
+    epochs: int = Field(60, ge=1, le=1000)
+    batch_size: int = Field(256, ge=16, le=65_536)
     learning_rate: float = Field(3e-3, gt=0, lt=1)
-    patience: int = Field(4, ge=1, le=100, description="epochs without improvement before stopping")
+    weight_decay: float = Field(1e-5, ge=0, lt=1, description="Adam L2 penalty")
+    patience: int = Field(6, ge=1, le=100, description="epochs without improvement before stopping")
+    hidden: list[int] = Field(default_factory=lambda: [64], description="hidden layer widths of each tower")
+    embedding_dim: int = Field(32, ge=2, le=2000, description="must match the vector(32) tables")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="ratings held out for early stopping")
+    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="ratings held out for the metrics")
     seed: int = 7
     torch_threads: int = Field(1, ge=1, le=64)
 
@@ -58,6 +63,15 @@ class ConsumerSettings(BaseModel):
 class ApiSettings(BaseModel):
     default_limit: int = Field(10, ge=1, le=100)
     max_limit: int = Field(100, ge=1, le=1000)
+    pool_min_size: int = Field(1, ge=0, le=100, description="PostgreSQL connections kept open")
+    pool_max_size: int = Field(10, ge=1, le=200)
+    max_embedding_batch: int = Field(1000, ge=1, le=100_000, description="rows per POST /user_embeddings")
+    model_retry_s: float = Field(
+        5.0, gt=0, le=3600, description="how often a server without a model retries opening it"
+    )
+    model_refresh_s: float = Field(30.0, gt=0, le=86_400, description="how often to look for a newer model")
+    ready_timeout_s: float = Field(2.0, gt=0, le=60, description="time limit of the /readyz database check")
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=110, description="graceful drain of open requests")
 
 
 class Settings(BaseSettings):

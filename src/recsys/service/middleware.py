@@ -1,0 +1,78 @@
+"""Request ids and request metrics, as one pure ASGI middleware (cheaper than ``BaseHTTPMiddleware``).
+
+A caller's ``X-Request-ID`` is kept when it is a sane token, otherwise one is generated; it is echoed
+in the response, bound into every log line of the request and put in error bodies.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from recsys.infra.logs import bind, get_logger
+from recsys.service.metrics import REQUEST_SECONDS, REQUESTS, UNMATCHED
+from recsys.service.responses import REQUEST_ID_KEY
+
+__all__ = ["RequestContextMiddleware"]
+
+log = get_logger("recsys.service.access")
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            try:
+                given: str = bytes(value).decode("ascii")
+            except UnicodeDecodeError:
+                break
+            if _SANE_ID.match(given):
+                return given
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        scope[REQUEST_ID_KEY] = request_id
+        header = (b"x-request-id", request_id.encode("ascii"))
+        status = 500
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            with bind(request_id=request_id):
+                await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or UNMATCHED
+            labels = (template, scope.get("method", ""), str(status))
+            REQUESTS.labels(*labels).inc()
+            REQUEST_SECONDS.labels(*labels).observe(elapsed)
+            if log.isEnabledFor(10):  # DEBUG: one access line per request
+                log.debug(
+                    "%s %s %d %.1f ms",
+                    scope.get("method"),
+                    template,
+                    status,
+                    elapsed * 1000,
+                    extra={"fields": {"request_id": request_id}},
+                )

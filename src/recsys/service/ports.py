@@ -1,0 +1,46 @@
+"""What the API needs from the recommender beyond ``recsys.core.ports.Recommender``.
+
+The model store's ``ModelRecommender`` provides all of it; the tests use a deterministic fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from recsys.core.events import UserFeatures
+from recsys.core.ports import Recommender
+from recsys.core.recommendations import Recommendation, ScoredItem
+
+__all__ = ["ServingRecommender"]
+
+
+class ServingRecommender(Recommender, Protocol):
+    """``Recommender`` plus the on-demand and lab operations the HTTP API exposes."""
+
+    async def recommend_customer(self, customer_number: int, k: int) -> Recommendation | None:
+        """The model's answer for a known customer, from the stored profile and the current model.
+
+        Returns ``None`` when the current model version does not know the customer (the API then
+        answers with popular items). At most one database round trip; CPU work off the event loop.
+        """
+        ...
+
+    async def user_embeddings(self, features: Sequence[UserFeatures]) -> list[list[float]]:
+        """One user-tower embedding per feature row, in order (the lab's ``user_embeddings``)."""
+        ...
+
+    async def items_from_vector(self, vector: Sequence[float], k: int) -> list[ScoredItem]:
+        """The ``k`` items nearest to ``vector``.
+
+        Raises a ``UserError`` subclass when the vector has the wrong dimension or non-finite values.
+        """
+        ...
+
+    async def refresh(self) -> bool:
+        """Switch to a newer active model version if there is one; True when it switched."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the recommender holds (executors); the pool is not its to close."""
+        ...

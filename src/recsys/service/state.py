@@ -1,0 +1,83 @@
+"""What the routes use, built once in the app's lifespan: the pool, the latest store, the model.
+
+:class:`ModelSlot` holds the recommender. A server that starts before any model is loaded stays up
+(``/readyz`` says why it is not ready, the stream path still answers) and opens the model as soon as
+one is active; a loaded model is refreshed periodically so a new version is picked up without restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from recsys.core.errors import ModelNotReady, RecsysError
+from recsys.core.ports import LatestStore
+from recsys.infra.logs import get_logger
+from recsys.service.metrics import set_model_version
+from recsys.service.ports import ServingRecommender
+from recsys.settings import Settings
+
+__all__ = ["ModelSlot", "Services"]
+
+log = get_logger(__name__)
+
+Opener = Callable[[], Awaitable[ServingRecommender]]
+
+
+class ModelSlot:
+    """The current recommender, or the reason there is none."""
+
+    def __init__(self, recommender: ServingRecommender | None = None, reason: str = "") -> None:
+        self._recommender = recommender
+        self.reason = reason or ("" if recommender else "no model is loaded yet")
+        if recommender is not None:
+            set_model_version(recommender.model_version)
+
+    @property
+    def loaded(self) -> ServingRecommender | None:
+        return self._recommender
+
+    def get(self) -> ServingRecommender:
+        """The recommender; raises ``ModelNotReady`` (503) when there is none."""
+        if self._recommender is None:
+            raise ModelNotReady(self.reason)
+        return self._recommender
+
+    def set(self, recommender: ServingRecommender) -> None:
+        self._recommender = recommender
+        self.reason = ""
+        set_model_version(recommender.model_version)
+
+    async def maintain(self, open_model: Opener, retry_s: float, refresh_s: float) -> None:
+        """Open the model when there is none, refresh it when there is (runs until cancelled)."""
+        while True:
+            try:
+                current = self._recommender
+                if current is None:
+                    self.set(await open_model())
+                    log.info("model %s loaded", self.get().model_version)
+                elif await current.refresh():
+                    set_model_version(current.model_version)
+                    log.info("switched to model %s", current.model_version)
+            except ModelNotReady as exc:
+                self.reason = str(exc) or "no active model version; run `recsys load-vectors`"
+            except RecsysError as exc:
+                if self._recommender is None:
+                    self.reason = f"cannot open the model: {exc}"
+                log.warning("model maintenance failed: %s", exc)
+            except Exception:  # a supervising loop: keep serving, say why
+                log.exception("model maintenance failed")
+            await asyncio.sleep(retry_s if self._recommender is None else refresh_s)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: asyncpg.Pool[Any]
+    latest: LatestStore
+    model: ModelSlot
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,131 @@
+"""Fixtures of the API tests: the real app on the real PostgreSQL, with a deterministic fake model."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from recsys.core.errors import NotFoundError, UserError
+from recsys.core.events import UserFeatures
+from recsys.core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
+from recsys.infra.pg import create_pool
+from recsys.service.app import create_app
+from recsys.settings import Settings
+
+DIM = 32
+ITEMS = tuple(f"S10_{1000 + i}" for i in range(40))
+KNOWN_CUSTOMERS = frozenset({103, 112, 114})
+
+
+class BadVector(UserError):
+    pass
+
+
+def _vector(seed: str) -> list[float]:
+    digest = hashlib.sha256(seed.encode()).digest()
+    raw = [(b - 127.5) / 127.5 for b in digest[:DIM]]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
+
+
+def _ranked(seed: str, k: int, banned: frozenset[str] = frozenset()) -> list[ScoredItem]:
+    order = sorted(ITEMS, key=lambda code: hashlib.sha256(f"{seed}/{code}".encode()).hexdigest())
+    picked = [code for code in order if code not in banned][:k]
+    return [ScoredItem(code, round(0.99 - 0.01 * i, 6)) for i, code in enumerate(picked)]
+
+
+class FakeRecommender:
+    """Deterministic answers from hashes; records what it was asked (state, not call counts)."""
+
+    def __init__(self, version: str = "fake-v1") -> None:
+        self._version = version
+        self.asked_customers: list[int] = []
+        self.closed = False
+
+    @property
+    def model_version(self) -> str:
+        return self._version
+
+    async def recommend_batch(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
+        return [
+            Recommendation(tuple(_ranked(str(r.features), r.k)), SimilarItems(None, ()), self._version)
+            for r in requests
+        ]
+
+    async def recommend_customer(self, customer_number: int, k: int) -> Recommendation | None:
+        self.asked_customers.append(customer_number)
+        if customer_number not in KNOWN_CUSTOMERS:
+            return None
+        return Recommendation(
+            tuple(_ranked(f"customer/{customer_number}", k)), SimilarItems(None, ()), self._version
+        )
+
+    async def similar_items(self, product_code: str, k: int) -> list[ScoredItem]:
+        if product_code not in ITEMS:
+            raise NotFoundError(f"unknown item {product_code!r}")
+        return _ranked(f"item/{product_code}", k, frozenset({product_code}))
+
+    async def popular_items(self, k: int) -> list[ScoredItem]:
+        return [ScoredItem(code, round(1.0 / (i + 1), 6)) for i, code in enumerate(ITEMS[:k])]
+
+    async def user_embeddings(self, features: Sequence[UserFeatures]) -> list[list[float]]:
+        return [_vector(f"{f.city}|{f.country}|{f.credit_limit}") for f in features]
+
+    async def items_from_vector(self, vector: Sequence[float], k: int) -> list[ScoredItem]:
+        if len(vector) != DIM:
+            raise BadVector(f"the vector has {len(vector)} values; the model's dimension is {DIM}")
+        if not all(math.isfinite(x) for x in vector):
+            raise BadVector("the vector has non-finite values")
+        return _ranked(f"vector/{[round(x, 3) for x in vector]}", k)
+
+    async def refresh(self) -> bool:
+        return False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture(scope="session")
+async def api_pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+AppClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def api_client(api_pool: asyncpg.Pool[Any], database_url: str) -> AppClient:
+    """``async with api_client(token=..., recommender=...) as client``: the app, its lifespan run."""
+
+    @asynccontextmanager
+    async def make(
+        *,
+        token: str | None = None,
+        recommender: Any = "fake",
+        shared_pool: bool = True,
+        open_model: Any = None,
+        **api: Any,
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        settings = Settings(database_url=database_url, api_token=token, api=api or {})
+        model = FakeRecommender() if recommender == "fake" else recommender
+        app: FastAPI = create_app(
+            settings, pool=api_pool if shared_pool else None, recommender=model, open_model=open_model
+        )
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+                yield client
+
+    return make

@@ -1,0 +1,363 @@
+"""The API over HTTP: the real app and PostgreSQL, a deterministic fake model."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from recsys.core.errors import ModelNotReady
+from recsys.core.recommendations import Recommendation, ScoredItem, SimilarItems
+from recsys.infra.latest import LatestRow, PgLatestStore
+
+from .conftest import DIM, ITEMS, AppClient, FakeRecommender
+
+pytestmark = pytest.mark.asyncio
+
+
+def _customer() -> int:
+    """A customer number no other test uses (the table is shared by the session)."""
+    return 500_000 + uuid.uuid4().int % 1_000_000
+
+
+async def _store_latest(pool: asyncpg.Pool[Any], customer: int, n: int = 12) -> LatestRow:
+    row = LatestRow(
+        customer_number=customer,
+        recommendation=Recommendation(
+            recommended_items=tuple(ScoredItem(f"S18_{2000 + i}", 0.9 - i / 100) for i in range(n)),
+            similar_items=SimilarItems(
+                "S10_1678", tuple(ScoredItem(f"S24_{3000 + i}", 0.8 - i / 100) for i in range(n))
+            ),
+            model_version="stream-v7",
+        ),
+        event_id=f"shardId-000000000000:{customer}",
+        event_time=datetime(2026, 11, 1, 12, 0, tzinfo=UTC),
+        computed_at=datetime(2026, 11, 1, 12, 0, 1, tzinfo=UTC),
+    )
+    await PgLatestStore(pool).upsert_many([row])
+    return row
+
+
+# ---------------------------------------------------------------- the three paths
+
+
+async def test_stream_path_answers_what_the_consumer_stored(api_client: AppClient, api_pool: Any) -> None:
+    customer = _customer()
+    row = await _store_latest(api_pool, customer)
+    async with api_client() as client:
+        resp = await client.get(f"/recommendations/{customer}", params={"limit": 5})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["source"] == "stream"
+    assert body["customer_number"] == customer
+    assert body["model_version"] == "stream-v7"
+    assert body["event_id"] == row.event_id
+    assert datetime.fromisoformat(body["computed_at"]) == row.computed_at
+    assert [i["id"] for i in body["recommended_items"]] == [f"S18_{2000 + i}" for i in range(5)]
+    assert body["similar_items"]["product_code"] == "S10_1678"
+    assert len(body["similar_items"]["similar_items"]) == 5
+    assert resp.headers["content-type"] == "application/json"
+
+
+async def test_stream_path_needs_no_model(api_client: AppClient, api_pool: Any) -> None:
+    customer = _customer()
+    await _store_latest(api_pool, customer)
+
+    async def no_model() -> Any:
+        raise ModelNotReady("no active model version")
+
+    async with api_client(recommender=None, open_model=no_model) as client:
+        stream = await client.get(f"/recommendations/{customer}")
+        model = await client.get(f"/recommendations/{_customer()}")
+    assert stream.status_code == 200
+    assert stream.json()["source"] == "stream"
+    assert len(stream.json()["recommended_items"]) == 10  # the default limit
+    assert model.status_code == 503
+    assert model.json()["error"] == "model_not_ready"
+    assert model.headers["retry-after"]
+
+
+async def test_model_path_for_a_known_customer_without_stream_answer(api_client: AppClient) -> None:
+    fake = FakeRecommender(version="fake-v2")
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    async with api_client(recommender=fake) as client:
+        resp = await client.get("/recommendations/103", params={"limit": 3})
+    body = resp.json()
+    assert resp.status_code == 200
+    assert body["source"] == "model"
+    assert body["model_version"] == "fake-v2"
+    assert body["event_id"] is None
+    assert len(body["recommended_items"]) == 3
+    assert datetime.fromisoformat(body["computed_at"]) >= before
+    assert fake.asked_customers == [103]
+
+
+async def test_popular_path_for_an_unknown_customer(api_client: AppClient) -> None:
+    async with api_client() as client:
+        resp = await client.get("/recommendations/987654", params={"limit": 4})
+    body = resp.json()
+    assert resp.status_code == 200
+    assert body["source"] == "popular"
+    assert [i["id"] for i in body["recommended_items"]] == list(ITEMS[:4])
+    assert body["similar_items"] == {"product_code": None, "similar_items": []}
+
+
+# ---------------------------------------------------------------- lab endpoints
+
+
+async def test_lab_endpoints_answer_in_the_labs_shapes(api_client: AppClient) -> None:
+    async with api_client() as client:
+        emb = await client.post(
+            "/user_embeddings",
+            json=[
+                {"city": "Nantes", "country": "France", "creditlimit": 21000.0},
+                {"city": None, "country": "USA", "credit_limit": 0},
+            ],
+        )
+        vector = emb.json()[0]
+        from_user = await client.post("/items_from_user", params={"limit": 7}, json=vector)
+        from_item = await client.get("/items_from_item", params={"item_id": ITEMS[0], "limit": 6})
+        empty = await client.post("/user_embeddings", json=[])
+    assert emb.status_code == 200
+    assert [len(v) for v in emb.json()] == [DIM, DIM]
+    assert from_user.status_code == 200
+    assert len(from_user.json()) == 7
+    assert set(from_user.json()[0]) == {"id", "score"}
+    assert from_item.status_code == 200
+    assert len(from_item.json()) == 6
+    assert ITEMS[0] not in {i["id"] for i in from_item.json()}
+    assert empty.json() == []
+
+
+# ---------------------------------------------------------------- every 4xx
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "where"),
+    [
+        ("GET", "/recommendations/abc", None, "path.customer_number"),
+        ("GET", "/recommendations/-1", None, "customer_number"),
+        ("GET", "/recommendations/1.5", None, "customer_number"),
+        ("GET", "/recommendations/99999999999", None, "customer_number"),
+        ("GET", "/recommendations/103?limit=0", None, "query.limit"),
+        ("GET", "/recommendations/103?limit=101", None, "limit"),
+        ("GET", "/recommendations/103?limit=ten", None, "limit"),
+        ("POST", "/items_from_user", [0.1] * (DIM - 1), "dimension"),
+        ("POST", "/items_from_user", [], "body"),
+        ("POST", "/items_from_user", ["a"] * DIM, "body.0"),
+        ("POST", "/items_from_user", {"embedding": [0.1] * DIM}, "body"),
+        ("POST", "/items_from_user?limit=0", [0.1] * DIM, "limit"),
+        ("POST", "/user_embeddings", {"city": "Nantes"}, "body"),
+        ("POST", "/user_embeddings", [{"city": 5}], "city"),
+        ("POST", "/user_embeddings", [{"creditlimit": "lots"}], "creditlimit"),
+        ("POST", "/user_embeddings", [{"town": "Nantes"}], "town"),
+        ("GET", "/items_from_item", None, "item_id"),
+        ("GET", "/items_from_item?item_id=", None, "item_id"),
+        ("GET", f"/items_from_item?item_id={ITEMS[0]}&limit=1000", None, "limit"),
+    ],
+)
+async def test_invalid_input_is_422_with_a_reason(
+    api_client: AppClient, method: str, url: str, body: Any, where: str
+) -> None:
+    async with api_client() as client:
+        resp = await client.request(method, url, json=body)
+    assert resp.status_code == 422, resp.text
+    err = resp.json()
+    assert err["error"] == "invalid_request"
+    assert where in err["reason"]
+    assert err["request_id"] == resp.headers["x-request-id"]
+
+
+async def test_non_finite_vectors_are_422(api_client: AppClient) -> None:
+    raw = "[" + ",".join(["0.1"] * (DIM - 1) + ["NaN"]) + "]"
+    async with api_client() as client:
+        resp = await client.post(
+            "/items_from_user", content=raw, headers={"content-type": "application/json"}
+        )
+        not_json = await client.post(
+            "/items_from_user", content=b"[0.1,", headers={"content-type": "application/json"}
+        )
+    assert resp.status_code == 422
+    assert resp.json()["error"] == "invalid_request"
+    assert not_json.status_code == 422
+
+
+async def test_too_many_profiles_is_422(api_client: AppClient) -> None:
+    async with api_client(max_embedding_batch=3) as client:
+        resp = await client.post("/user_embeddings", json=[{"city": "x"}] * 4)
+    assert resp.status_code == 422
+    assert "body" in resp.json()["reason"]
+
+
+async def test_unknown_item_is_404(api_client: AppClient) -> None:
+    async with api_client() as client:
+        resp = await client.get("/items_from_item", params={"item_id": "NOPE_1"})
+    assert resp.status_code == 404
+    assert resp.json()["error"] == "not_found"
+    assert "NOPE_1" in resp.json()["reason"]
+
+
+async def test_unknown_route_and_wrong_method(api_client: AppClient) -> None:
+    async with api_client() as client:
+        missing = await client.get("/nowhere")
+        wrong = await client.delete("/recommendations/103")
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "not_found"
+    assert wrong.status_code == 405
+    assert wrong.json()["error"] == "method_not_allowed"
+    assert "GET" in wrong.headers["allow"]
+
+
+# ---------------------------------------------------------------- auth
+
+
+async def test_auth_off_every_route_is_open(api_client: AppClient) -> None:
+    async with api_client() as client:
+        resp = await client.get("/recommendations/103")
+    assert resp.status_code == 200
+
+
+async def test_auth_on_requires_the_bearer_token(api_client: AppClient) -> None:
+    token = "s3cr3t-" + uuid.uuid4().hex
+    async with api_client(token=token) as client:
+        none = await client.get("/recommendations/103")
+        wrong = await client.get("/recommendations/103", headers={"Authorization": "Bearer nope"})
+        basic = await client.get("/recommendations/103", headers={"Authorization": "Basic " + token})
+        good = await client.get("/recommendations/103", headers={"Authorization": f"Bearer {token}"})
+        lab = await client.post("/user_embeddings", json=[])
+        lab_ok = await client.post("/user_embeddings", json=[], headers={"Authorization": f"Bearer {token}"})
+        probes = [await client.get(p) for p in ("/healthz", "/readyz", "/metrics")]
+    assert none.status_code == 401
+    assert none.headers["www-authenticate"].startswith("Bearer")
+    assert none.json()["error"] == "unauthorized"
+    assert wrong.status_code == 401
+    assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
+    assert basic.status_code == 401
+    assert good.status_code == 200
+    assert lab.status_code == 401
+    assert lab_ok.status_code == 200
+    assert [p.status_code for p in probes] == [200, 200, 200]
+
+
+async def test_auth_is_checked_before_input_validation(api_client: AppClient) -> None:
+    async with api_client(token="t0ken-" + uuid.uuid4().hex) as client:
+        resp = await client.get("/recommendations/not-a-number")
+    assert resp.status_code == 401
+
+
+async def test_openapi_declares_auth_only_when_it_is_on(api_client: AppClient) -> None:
+    async with api_client() as client:
+        open_doc = (await client.get("/openapi.json")).json()
+    async with api_client(token="t0ken-" + uuid.uuid4().hex) as client:
+        guarded_doc = (await client.get("/openapi.json")).json()
+    op = "/recommendations/{customer_number}"
+    assert "401" not in open_doc["paths"][op]["get"]["responses"]
+    assert "401" in guarded_doc["paths"][op]["get"]["responses"]
+    assert guarded_doc["paths"][op]["get"]["security"]
+    assert "security" not in guarded_doc["paths"]["/healthz"]["get"]
+    assert set(open_doc["paths"][op]["get"]["responses"]) == {"200", "422", "503"}
+    assert "404" in open_doc["paths"]["/items_from_item"]["get"]["responses"]
+
+
+# ---------------------------------------------------------------- probes, ids, metrics
+
+
+async def test_health_and_readiness(api_client: AppClient) -> None:
+    async def no_model() -> Any:
+        raise ModelNotReady("no active model version; run `recsys load-vectors`")
+
+    async with api_client() as client:
+        ready = await client.get("/readyz")
+        alive = await client.get("/healthz")
+    async with api_client(recommender=None, open_model=no_model) as client:
+        not_ready = await client.get("/readyz")
+    assert alive.json() == {"status": "ok"}
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    assert ready.json()["model_version"] == "fake-v1"
+    assert not_ready.status_code == 503
+    body = not_ready.json()
+    assert body["checks"]["database"]["ok"] is True
+    assert body["checks"]["model"]["ok"] is False
+    assert "load-vectors" in body["checks"]["model"]["reason"]
+
+
+async def test_readiness_reports_an_unreachable_database(database_url: str, api_client: AppClient) -> None:
+    import asyncpg as apg
+
+    from recsys.infra.pg import create_pool
+    from recsys.service.app import create_app
+    from recsys.settings import Settings
+
+    pool = await create_pool(database_url, min_size=0, max_size=1)
+    await pool.close()  # a closed pool fails every acquire, like a database that went away
+    settings = Settings(database_url=database_url)
+    app = create_app(settings, pool=pool, recommender=FakeRecommender())
+    import httpx
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            resp = await client.get("/readyz")
+    assert isinstance(pool, apg.Pool)
+    assert resp.status_code == 503
+    assert resp.json()["checks"]["database"]["ok"] is False
+
+
+async def test_request_ids_are_echoed_or_generated(api_client: AppClient) -> None:
+    async with api_client() as client:
+        given = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+        generated = await client.get("/healthz")
+        insane = await client.get("/healthz", headers={"X-Request-ID": "a b\tc" * 50})
+        err = await client.get("/recommendations/x", headers={"X-Request-ID": "req-422"})
+    assert given.headers["x-request-id"] == "abc-123"
+    assert len(generated.headers["x-request-id"]) == 32
+    assert insane.headers["x-request-id"] != "a b\tc" * 50
+    assert err.json()["request_id"] == "req-422"
+
+
+def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+def _value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    return sum(v for lbl, v in samples.get(name, []) if all(lbl.get(k) == x for k, x in labels.items()))
+
+
+async def test_metrics_count_requests_by_route_template_status_and_source(
+    api_client: AppClient, api_pool: Any
+) -> None:
+    customer = _customer()
+    await _store_latest(api_pool, customer)
+    route = "/recommendations/{customer_number}"
+    async with api_client() as client:
+        before = _samples((await client.get("/metrics")).text)
+        await client.get(f"/recommendations/{customer}")
+        await client.get("/recommendations/103")
+        await client.get("/recommendations/987654")
+        await client.get("/recommendations/bad")
+        await client.get("/no/such/path")
+        resp = await client.get("/metrics")
+    after = _samples(resp.text)
+    assert resp.headers["content-type"].startswith("text/plain")
+
+    def delta(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    assert delta("recsys_api_requests_total", route=route, method="GET", status="200") == 3
+    assert delta("recsys_api_requests_total", route=route, method="GET", status="422") == 1
+    assert delta("recsys_api_requests_total", route="<unmatched>", status="404") == 1
+    assert delta("recsys_api_request_duration_seconds_count", route=route, status="200") == 3
+    for source in ("stream", "model", "popular"):
+        assert delta("recsys_api_recommendations_total", source=source) == 1
+    assert _value(after, "recsys_api_model_info", model_version="fake-v1") == 1
+    routes = {lbl["route"] for lbl, _ in after["recsys_api_requests_total"]}
+    assert not any(str(customer) in r for r in routes)  # templates, never ids
