@@ -1,0 +1,1 @@
+"""Deployment templates and tools; not part of the ``recsys`` package."""

@@ -1,0 +1,1 @@
+"""ECS/Fargate templates and their renderer (``python -m deploy.ecs.render``)."""
