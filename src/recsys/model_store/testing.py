@@ -21,7 +21,7 @@ __all__ = ["TRAINING_SCHEMA", "synthetic_ratings"]
 
 TRAINING_SCHEMA = pa.schema(
     [
-        ("customerNumber", pa.int32()),
+        ("customerNumber", pa.int64()),
         ("city", pa.string()),
         ("state", pa.string()),
         ("postalCode", pa.string()),
@@ -30,10 +30,10 @@ TRAINING_SCHEMA = pa.schema(
         ("productCode", pa.string()),
         ("productLine", pa.string()),
         ("productScale", pa.string()),
-        ("quantityInStock", pa.int32()),
+        ("quantityInStock", pa.int64()),
         ("buyPrice", pa.float64()),
         ("MSRP", pa.float64()),
-        ("productRating", pa.int32()),
+        ("productRating", pa.float64()),
     ]
 )
 
@@ -96,5 +96,5 @@ def synthetic_ratings(
             rows["quantityInStock"].append(int(stock[p]))
             rows["buyPrice"].append(float(buy[p]))
             rows["MSRP"].append(float(msrp[p]))
-            rows["productRating"].append(rating)
+            rows["productRating"].append(float(rating))
     return pa.table(rows, schema=TRAINING_SCHEMA)
