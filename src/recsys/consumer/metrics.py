@@ -1,0 +1,50 @@
+"""The consumer's Prometheus metrics, defined once per process on the default registry.
+
+Labels stay low-cardinality: ``shard_id`` and ``reason`` (a short, stable BadRecord reason), never
+a customer or an event id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "BATCH_SIZE",
+    "CHECKPOINT_FAILURES",
+    "FIREHOSE_FAILED_PUTS",
+    "LEASES_HELD",
+    "MILLIS_BEHIND",
+    "RECORDS_DEAD_LETTERED",
+    "RECORDS_FAILED",
+    "RECORDS_IN",
+    "RECORDS_OUT",
+    "STAGE_SECONDS",
+]
+
+RECORDS_IN = Counter("recsys_consumer_records_in", "user records read from Kinesis (after de-aggregation)")
+RECORDS_OUT = Counter("recsys_consumer_records_out", "recommendation records acknowledged by Firehose")
+RECORDS_FAILED = Counter(
+    "recsys_consumer_records_failed", "attempts that failed and will be retried", ["stage"]
+)
+RECORDS_DEAD_LETTERED = Counter(
+    "recsys_consumer_records_dead_lettered", "bad records written to the dead-letter store", ["reason"]
+)
+BATCH_SIZE = Histogram(
+    "recsys_consumer_batch_size",
+    "user records per processed GetRecords batch",
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)
+STAGE_SECONDS = Histogram(
+    "recsys_consumer_stage_seconds",
+    "latency of one processing stage per batch",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+MILLIS_BEHIND = Gauge(
+    "recsys_consumer_millis_behind_latest", "MillisBehindLatest of the last GetRecords", ["shard_id"]
+)
+LEASES_HELD = Gauge("recsys_consumer_leases_held", "shard leases held by this worker")
+CHECKPOINT_FAILURES = Counter("recsys_consumer_checkpoint_failures", "checkpoints that could not be written")
+FIREHOSE_FAILED_PUTS = Counter(
+    "recsys_consumer_firehose_failed_puts", "records Firehose rejected in a PutRecordBatch (retried)"
+)

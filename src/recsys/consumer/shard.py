@@ -1,0 +1,344 @@
+"""One shard's record processor: poll, de-aggregate, validate, recommend, deliver, checkpoint.
+
+The lifecycle follows the KCL's record processor:
+
+- *initialize*: open an iterator at the lease's checkpoint (``AT_SEQUENCE_NUMBER`` and skip what the
+  checkpoint covers, so a half-done KPL aggregate resumes at the right sub-record), at
+  ``TRIM_HORIZON`` for a child shard, or at the consumer's initial position for a new shard;
+- *process_records*: one batch per GetRecords page, handled to the end before the next call:
+  bad records -> dead letters, good ones -> one ``recommend_batch`` call per ``batch_max_records``
+  -> Firehose -> latest recommendations -> checkpoint past what was acknowledged;
+- *lease_lost*: ``LeaseLost`` from a checkpoint (or the coordinator cancelling the task): stop at
+  once, no checkpoint;
+- *shard_ended*: a null ``NextShardIterator``: checkpoint ``SHARD_END`` so children may start;
+- *shutdown_requested*: the drain event: finish the batch in hand, checkpoint, return.
+
+Pacing: at most one GetRecords per ``poll_interval_s`` (>= 0.2 s keeps under Kinesis's five per
+second per shard); throttling and transient failures back off (capped, jittered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TypeVar
+
+import orjson
+
+from recsys.consumer import metrics
+from recsys.consumer.deadletters import DeadLetter, DeadLetterStore
+from recsys.consumer.kinesis import IteratorExpired, KinesisReader, KinesisRecord, ShardInfo, StartAt
+from recsys.consumer.kpl import deaggregate, is_aggregated
+from recsys.consumer.leases import HeldLease, PgLeaseTable
+from recsys.consumer.sink import MAX_RECORD_BYTES, FirehoseSink
+from recsys.core.checkpointing import TRIM_HORIZON, CheckpointTracker, Position, is_after
+from recsys.core.errors import BadRecord, DatabaseUnavailable, InfraError, ModelNotReady
+from recsys.core.events import BrowsingEvent, parse_event
+from recsys.core.leases import backoff_delay
+from recsys.core.ports import LatestStore, Recommender
+from recsys.core.recommendations import Recommendation, RecommendRequest
+from recsys.infra.latest import LatestRow
+from recsys.infra.logs import get_logger
+from recsys.settings import ConsumerSettings
+
+__all__ = ["ConsumerStats", "ShardOutcome", "ShardWorker", "event_id"]
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+class ShardOutcome(StrEnum):
+    ENDED = "ended"  # read to SHARD_END and checkpointed there
+    DRAINED = "drained"  # stopped on request after its last batch was checkpointed
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    """Counters of one consumer process (read by the demo; Prometheus has the same and more)."""
+
+    records_in: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    checkpoints: int = 0
+    shards_ended: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    position: Position
+    partition_key: str
+    data: bytes
+    arrival: datetime | None
+    aggregated: bool
+
+
+def event_id(shard_id: str, position: Position, aggregated: bool) -> str:
+    """``<shard id>:<sequence number>[:<sub-sequence>]`` — the same on every replay."""
+    base = f"{shard_id}:{position.sequence}"
+    return f"{base}:{position.sub}" if aggregated else base
+
+
+class ShardWorker:
+    def __init__(
+        self,
+        *,
+        lease: HeldLease,
+        table: PgLeaseTable,
+        reader: KinesisReader,
+        sink: FirehoseSink,
+        dead_letters: DeadLetterStore,
+        recommender: Recommender,
+        latest: LatestStore,
+        settings: ConsumerSettings,
+        initial: StartAt,
+        draining: asyncio.Event,
+        stats: ConsumerStats,
+        on_children: Callable[[list[ShardInfo]], Awaitable[None]],
+        recommend_k: int = 10,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.lease = lease
+        self.shard_id = lease.shard_id
+        self._table = table
+        self._reader = reader
+        self._sink = sink
+        self._dead = dead_letters
+        self._recommender = recommender
+        self._latest = latest
+        self._cfg = settings
+        self._initial = initial
+        self._draining = draining
+        self._stats = stats
+        self._on_children = on_children
+        self._k = recommend_k
+        self._rng = rng or random.Random()
+        self._tracker = CheckpointTracker(lease.checkpoint)
+        self._skip_until: Position | None = lease.checkpoint
+
+    # ------------------------------------------------------------------ the loop
+    def _start(self) -> StartAt:
+        done = self._tracker.safe_position()
+        self._skip_until = done
+        if done is not None:
+            return StartAt("AT_SEQUENCE_NUMBER", sequence=done.sequence)
+        if self.lease.checkpoint_seq == TRIM_HORIZON:
+            return StartAt("TRIM_HORIZON")
+        return self._initial
+
+    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` until it succeeds; back off on retriable errors. Cancellation ends it."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except (InfraError, ModelNotReady) as exc:
+                if not exc.retriable and not isinstance(exc, ModelNotReady):
+                    raise
+                metrics.RECORDS_FAILED.labels(what).inc()
+                delay = backoff_delay(attempt, 0.1, 5.0, self._rng.random())
+                log.warning("%s failed (attempt %d), retrying in %.2fs: %s", what, attempt + 1, delay, exc)
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def run(self) -> ShardOutcome:
+        iterator = await self._retry(
+            "get_shard_iterator", lambda: self._reader.iterator(self.shard_id, self._start())
+        )
+        next_call = 0.0
+        attempt = 0
+        while not self._draining.is_set():
+            wait = next_call - time.monotonic()
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(self._draining.wait(), wait)
+                    break
+                except TimeoutError:
+                    pass
+            next_call = time.monotonic() + self._cfg.poll_interval_s
+            try:
+                page = await self._reader.get_records(iterator, self._cfg.get_records_limit)
+            except IteratorExpired:
+                log.info("iterator expired; re-acquiring from the last handled record")
+                iterator = await self._retry(
+                    "get_shard_iterator", lambda: self._reader.iterator(self.shard_id, self._start())
+                )
+                continue
+            except InfraError as exc:
+                if not exc.retriable:
+                    raise
+                metrics.RECORDS_FAILED.labels("get_records").inc()
+                next_call = time.monotonic() + backoff_delay(attempt, 0.2, 5.0, self._rng.random())
+                attempt += 1
+                log.warning("GetRecords failed, backing off: %s", exc)
+                continue
+            attempt = 0
+            if page.millis_behind is not None:
+                metrics.MILLIS_BEHIND.labels(self.shard_id).set(page.millis_behind)
+            if page.records:
+                await self.process(page.records)
+            if page.child_shards:
+                await self._on_children(page.child_shards)
+            if page.next_iterator is None:
+                await self._table.checkpoint(self.lease, None, shard_end=True)
+                self._stats.shards_ended += 1
+                log.info("shard ended; checkpointed at SHARD_END")
+                return ShardOutcome.ENDED
+            iterator = page.next_iterator
+        return ShardOutcome.DRAINED
+
+    # ------------------------------------------------------------------ one batch
+    def _items(self, records: Sequence[KinesisRecord], bad: list[DeadLetter]) -> list[_Item]:
+        items: list[_Item] = []
+        for rec in records:
+            aggregated = is_aggregated(rec.data)
+            try:
+                users = deaggregate(rec.data, rec.partition_key)
+            except BadRecord as exc:
+                position = Position(rec.sequence, 0)
+                if is_after(position, self._skip_until):
+                    self._tracker.register(position)
+                    bad.append(
+                        DeadLetter(
+                            self.shard_id,
+                            position,
+                            exc.reason,
+                            exc.detail,
+                            rec.data,
+                            rec.partition_key,
+                            rec.arrival,
+                        )
+                    )
+                continue
+            for user in users:
+                position = Position(rec.sequence, user.sub)
+                if not is_after(position, self._skip_until):
+                    continue  # covered by the checkpoint we resumed from
+                self._tracker.register(position)
+                items.append(_Item(position, user.partition_key, user.data, rec.arrival, aggregated))
+        return items
+
+    async def process(self, records: Sequence[KinesisRecord]) -> None:
+        """Handle one GetRecords page to the end and checkpoint past it."""
+        started = time.perf_counter()
+        bad: list[DeadLetter] = []
+        items = self._items(records, bad)
+        good: list[tuple[_Item, BrowsingEvent]] = []
+        for item in items:
+            try:
+                good.append((item, parse_event(item.data)))
+            except BadRecord as exc:
+                bad.append(
+                    DeadLetter(
+                        self.shard_id,
+                        item.position,
+                        exc.reason,
+                        exc.detail,
+                        item.data,
+                        item.partition_key,
+                        item.arrival,
+                    )
+                )
+        count = len(items) + sum(1 for letter in bad if letter.reason == "bad_aggregate")
+        metrics.RECORDS_IN.inc(count)
+        metrics.BATCH_SIZE.observe(count)
+        self._stats.records_in += count
+        metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
+
+        answers = await self._recommend([event for _, event in good])
+        processed_at = datetime.now(UTC).isoformat()
+        outputs: list[tuple[Position, bytes]] = []
+        rows: list[LatestRow] = []
+        now = datetime.now(UTC)
+        for (item, event), answer in zip(good, answers, strict=True):
+            eid = event_id(self.shard_id, item.position, item.aggregated)
+            payload = (
+                orjson.dumps({**event.raw, **answer.to_json(), "event_id": eid, "processed_at": processed_at})
+                + b"\n"
+            )
+            if len(payload) > MAX_RECORD_BYTES:
+                bad.append(
+                    DeadLetter(
+                        self.shard_id,
+                        item.position,
+                        "result_too_large",
+                        f"{len(payload)} bytes exceed Firehose's {MAX_RECORD_BYTES}",
+                        item.data,
+                        item.partition_key,
+                        item.arrival,
+                    )
+                )
+                continue
+            outputs.append((item.position, payload))
+            rows.append(
+                LatestRow(event.customer_number, answer, eid, event.event_time or item.arrival or now, now)
+            )
+
+        if bad:
+            t0 = time.perf_counter()
+            bad.sort(key=lambda letter: letter.position.key)
+            await self._retry("dead_letters", lambda: self._dead.put(bad))
+            for letter in bad:
+                self._tracker.ack(letter.position)
+            self._stats.dead_lettered += len(bad)
+            metrics.STAGE_SECONDS.labels("dead_letters").observe(time.perf_counter() - t0)
+        if outputs:
+            t0 = time.perf_counter()
+            await self._sink.deliver(outputs, self._acked)
+            metrics.STAGE_SECONDS.labels("firehose").observe(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            await self._retry("latest", lambda: self._latest.upsert_many(rows))
+            metrics.STAGE_SECONDS.labels("latest").observe(time.perf_counter() - t0)
+        await self._checkpoint()
+        self._stats.batches += 1
+        metrics.STAGE_SECONDS.labels("batch").observe(time.perf_counter() - started)
+
+    def _acked(self, position: Position) -> None:
+        self._tracker.ack(position)
+        self._stats.delivered += 1
+        metrics.RECORDS_OUT.inc()
+
+    async def _recommend(self, events: Sequence[BrowsingEvent]) -> list[Recommendation]:
+        answers: list[Recommendation] = []
+        size = self._cfg.batch_max_records
+        for start in range(0, len(events), size):
+            chunk = events[start : start + size]
+            requests = [
+                RecommendRequest(e.customer_number, e.features, e.browse_history, self._k) for e in chunk
+            ]
+            t0 = time.perf_counter()
+            got = await self._retry("recommend", self._recommend_call(requests))
+            metrics.STAGE_SECONDS.labels("recommend").observe(time.perf_counter() - t0)
+            if len(got) != len(requests):
+                raise InfraError(f"the recommender answered {len(got)} of {len(requests)} requests")
+            answers.extend(got)
+        return answers
+
+    def _recommend_call(
+        self, requests: list[RecommendRequest]
+    ) -> Callable[[], Awaitable[list[Recommendation]]]:
+        return lambda: self._recommender.recommend_batch(requests)
+
+    async def _checkpoint(self) -> None:
+        position = self._tracker.to_checkpoint()
+        if position is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            await self._table.checkpoint(self.lease, position)
+        except DatabaseUnavailable as exc:
+            metrics.CHECKPOINT_FAILURES.inc()
+            log.warning("checkpoint at %s failed (the next batch retries): %s", position, exc)
+            return
+        self._tracker.checkpointed(position)
+        self._stats.checkpoints += 1
+        metrics.STAGE_SECONDS.labels("checkpoint").observe(time.perf_counter() - t0)
+
+    async def final_checkpoint(self) -> None:
+        """Last chance on shutdown: record whatever prefix is acknowledged."""
+        await self._checkpoint()

@@ -1,0 +1,213 @@
+"""Fixtures of the consumer's integration tests: streams on the moto server, a fake recommender,
+helpers to read what Firehose delivered and to wait on a condition with a deadline (no fixed sleeps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+import pytest
+
+from recsys.consumer.app import Consumer
+from recsys.consumer.setup import ensure_delivery_stream, ensure_stream
+from recsys.core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
+from recsys.infra.aws import sync_client
+from recsys.infra.latest import PgLatestStore
+from recsys.infra.pg import create_pool
+from recsys.settings import ConsumerSettings, Settings
+from recsys.stack import StackInfo
+
+
+class FakeRecommender:
+    """Deterministic answers derived from the request; records every batch it was asked."""
+
+    model_version = "fake-1"
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    async def recommend_batch(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
+        self.batches.append(len(requests))
+        out = []
+        for r in requests:
+            first = r.browse_history[0].product_code if r.browse_history else None
+            out.append(
+                Recommendation(
+                    recommended_items=(ScoredItem(f"P{(r.customer_number or 0) % 97}", 0.9),),
+                    similar_items=SimilarItems(first, (ScoredItem(f"near-{first}", 0.5),)),
+                    model_version=self.model_version,
+                )
+            )
+        return out
+
+    async def similar_items(self, product_code: str, k: int) -> list[ScoredItem]:
+        return [ScoredItem(f"near-{product_code}", 0.5)][:k]
+
+    async def popular_items(self, k: int) -> list[ScoredItem]:
+        return [ScoredItem("P0", 1.0)][:k]
+
+
+@dataclass
+class Env:
+    """One test's stream, delivery stream, buckets and settings."""
+
+    stream: str
+    delivery: str
+    bucket: str
+    settings: Settings
+    database_url: str
+    recommender: FakeRecommender = field(default_factory=FakeRecommender)
+
+    def kinesis(self) -> Any:
+        return sync_client("kinesis")
+
+    def outputs(self) -> list[dict[str, Any]]:
+        """Every record Firehose delivered (duplicates included), in no particular order."""
+        s3 = sync_client("s3")
+        out: list[dict[str, Any]] = []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix="out/"):
+            for obj in page.get("Contents", []):
+                body = s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
+                assert body.endswith(b"\n"), "every Firehose record ends with a newline"
+                out.extend(json.loads(line) for line in body.splitlines() if line.strip())
+        return out
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        s3 = sync_client("s3")
+        out: list[dict[str, Any]] = []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix="dead/"):
+            for obj in page.get("Contents", []):
+                body = s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
+                for line in body.splitlines():
+                    letter = json.loads(line)
+                    letter["data"] = base64.b64decode(letter["data_base64"])
+                    out.append(letter)
+        return out
+
+    def put(self, payloads: Sequence[bytes], key: Callable[[int], str] = str) -> list[str]:
+        """Put raw records one call per 500; return their event ids."""
+        ids: list[str] = []
+        client = self.kinesis()
+        for start in range(0, len(payloads), 500):
+            chunk = payloads[start : start + 500]
+            resp = client.put_records(
+                StreamName=self.stream,
+                Records=[{"PartitionKey": key(start + i), "Data": p} for i, p in enumerate(chunk)],
+            )
+            assert resp["FailedRecordCount"] == 0
+            ids.extend(f"{r['ShardId']}:{r['SequenceNumber']}" for r in resp["Records"])
+        return ids
+
+
+def consumer_settings(**overrides: Any) -> ConsumerSettings:
+    base: dict[str, Any] = {
+        "lease_duration_s": 3.0,
+        "lease_renew_interval_s": 0.5,
+        "lease_take_interval_s": 0.3,
+        "poll_interval_s": 0.2,
+        "shutdown_deadline_s": 20.0,
+        "aws_call_timeout_s": 5.0,
+    }
+    base.update(overrides)
+    return ConsumerSettings(**base)
+
+
+@pytest.fixture
+def make_env(stack: StackInfo, database_url: str, tmp_path: Path) -> Callable[..., Env]:
+    def make(shards: int = 2, initial_position: str = "TRIM_HORIZON", **consumer: Any) -> Env:
+        tag = uuid.uuid4().hex[:10]
+        bucket = f"consumer-{tag}"
+        stream = f"events-{tag}"
+        delivery = f"recs-{tag}"
+        ensure_stream(stream, shards)
+        ensure_delivery_stream(delivery, f"s3://{bucket}/out")
+        settings = Settings(
+            state_dir=tmp_path,
+            stream=stream,
+            delivery_stream=delivery,
+            dead_letters=f"s3://{bucket}/dead",
+            initial_position=initial_position,
+            consumer=consumer_settings(**consumer),
+        )
+        return Env(stream, delivery, bucket, settings, database_url)
+
+    return make
+
+
+class Helpers:
+    """What the test modules use (handed out by the ``h`` fixture, so no test imports a conftest)."""
+
+    Env = Env
+    FakeRecommender = FakeRecommender
+
+    @staticmethod
+    def consumer(env: Env, pool: asyncpg.Pool[Any], **kwargs: Any) -> Consumer:
+        return new_consumer(env, pool, **kwargs)
+
+    @staticmethod
+    async def wait_for(
+        condition: Callable[[], bool | Awaitable[bool]], timeout_s: float = 60.0, what: str = "condition"
+    ) -> None:
+        await wait_for(condition, timeout_s, what)
+
+    @staticmethod
+    def event(customer: int, n: int = 0) -> dict[str, Any]:
+        return event(customer, n)
+
+
+@pytest.fixture
+def h() -> type[Helpers]:
+    return Helpers
+
+
+@pytest.fixture
+async def pool(database_url: str) -> Any:
+    p = await create_pool(database_url, min_size=1, max_size=8)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+def new_consumer(env: Env, pool: asyncpg.Pool[Any], **kwargs: Any) -> Consumer:
+    return Consumer(env.settings, pool, env.recommender, PgLatestStore(pool), **kwargs)
+
+
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], timeout_s: float = 60.0, what: str = "condition"
+) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout_s`` (a deadline, not a timing claim)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def event(customer: int, n: int = 0) -> dict[str, Any]:
+    return {
+        "session_id": f"s{customer}-{n}",
+        "customer_number": customer,
+        "city": "Nantes",
+        "country": "France",
+        "credit_limit": 21000.0,
+        "browse_history": [
+            {"product_code": f"S10_{1000 + n % 50}", "quantity": 2, "in_shopping_cart": True},
+            {"product_code": "S18_2238", "quantity": "1", "in_shopping_cart": False},
+        ],
+    }
