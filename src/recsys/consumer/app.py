@@ -47,6 +47,7 @@ __all__ = ["Consumer", "ConsumerStats"]
 
 log = get_logger(__name__)
 SHARD_SYNC_INTERVAL_S = 30.0
+MODEL_REFRESH_INTERVAL_S = 30.0
 
 
 def default_worker_id() -> str:
@@ -131,6 +132,7 @@ class Consumer:
         next_renew = now + self.cfg.lease_renew_interval_s
         next_take = now
         next_sync = now + SHARD_SYNC_INTERVAL_S
+        next_refresh = now + MODEL_REFRESH_INTERVAL_S
         while not stop.is_set():
             now = time.monotonic()
             try:
@@ -145,6 +147,9 @@ class Consumer:
                     self._wake.clear()
                     await self._take_round(draining)
                     next_take = now + self.cfg.lease_take_interval_s
+                if now >= next_refresh:
+                    next_refresh = now + MODEL_REFRESH_INTERVAL_S
+                    await self._refresh_model()
             except Exception as exc:  # the supervising loop: log, keep the worker alive
                 if isinstance(exc, RecsysError) and not exc.retriable:
                     raise
@@ -174,6 +179,12 @@ class Consumer:
                 log.warning("releasing %s failed (it will expire): %s", lease.shard_id, exc)
         self.held.clear()
         metrics.LEASES_HELD.set(0)
+
+    async def _refresh_model(self) -> None:
+        """Switch to a newer active model version, if the recommender can (the model store's can)."""
+        refresh = getattr(self._recommender, "refresh", None)
+        if refresh is not None and await refresh():
+            log.info("switched to model version %s", self._recommender.model_version)
 
     # ------------------------------------------------------------------ leases
     async def _sync_shards(self) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-
 import pytest
 
 from recsys.consumer.app import Consumer

@@ -1,0 +1,105 @@
+"""``recsys consume``: the streaming consumer (Kinesis -> recommender -> Firehose), until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import os
+import signal
+from typing import TYPE_CHECKING
+
+from recsys import bootstrap
+from recsys.commands._common import add_command, flag, run_async, settings_from
+from recsys.settings import Settings
+
+if TYPE_CHECKING:
+    from recsys.consumer.shard import ConsumerStats
+
+__all__ = ["register"]
+
+DEFAULT_EMULATOR_OUTPUT = "s3://recsys-output/recommendations"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_command(
+        sub,
+        "consume",
+        "read browsing events from Kinesis, deliver recommendations through Firehose",
+        "A KCL-style consumer: shard leases and checkpoints in PostgreSQL, KPL de-aggregation, one "
+        "recommender call per batch, Firehose delivery, dead letters for bad records. Runs until "
+        "SIGTERM/SIGINT, then drains, checkpoints and releases its leases. See docs/consumer.md.",
+    )
+    flag(parser, "--stream", "the Kinesis stream to read", metavar="NAME")
+    flag(parser, "--delivery-stream", "the Firehose delivery stream to write", metavar="NAME")
+    flag(
+        parser,
+        "--dead-letters",
+        "where bad records go: s3://bucket/prefix or a folder (default: <state dir>/dead-letters)",
+        metavar="URI",
+    )
+    flag(
+        parser,
+        "--initial-position",
+        "where a shard without a checkpoint starts: TRIM_HORIZON, LATEST or AT_TIMESTAMP:<ISO time>",
+        metavar="P",
+    )
+    flag(parser, "--database-url", "PostgreSQL URL; unset = the embedded stack", metavar="URL")
+    flag(
+        parser,
+        "--output",
+        "on an emulator only: create the delivery stream, writing to this S3 prefix, if it is "
+        f"missing (default: {DEFAULT_EMULATOR_OUTPUT})",
+        metavar="URI",
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if settings.database_url is None:
+        bootstrap.use_local_aws(bootstrap.ensure_local_stack(settings))
+    url = bootstrap.database_url(settings)
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        from recsys.consumer.setup import ensure_delivery_stream
+        from recsys.infra.objectstore import S3Store, open_store
+
+        ensure_delivery_stream(settings.delivery_stream, args.output or DEFAULT_EMULATOR_OUTPUT)
+        if settings.dead_letters:
+            store = open_store(settings.dead_letters)
+            if isinstance(store, S3Store):
+                store.ensure_bucket()  # an emulator starts empty
+    stats = run_async(_consume(settings, url))
+    print(
+        f"consumer stopped: {stats.records_in} records in, {stats.delivered} delivered, "
+        f"{stats.dead_lettered} dead-lettered"
+    )
+    return 0
+
+
+async def _consume(settings: Settings, url: str) -> ConsumerStats:
+    from recsys.consumer.app import Consumer
+    from recsys.core.errors import ConfigError
+    from recsys.infra.latest import PgLatestStore
+    from recsys.infra.pg import migrate, pool
+
+    try:  # imported by name: the model store is another part of the product
+        recommender_module = importlib.import_module("recsys.model_store.recommender")
+    except ImportError as exc:
+        raise ConfigError(f"the model store's recommender is not available: {exc}") from exc
+
+    await migrate(url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with pool(url, min_size=2, max_size=10) as pg:
+        recommender = await recommender_module.ModelRecommender.open(pg)
+        try:
+            consumer = Consumer(settings, pg, recommender, PgLatestStore(pg))
+            await consumer.run(stop)
+        finally:
+            await asyncio.shield(recommender.close())
+    return consumer.stats
