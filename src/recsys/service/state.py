@@ -69,7 +69,9 @@ class ModelSlot:
                 if self._recommender is None:
                     self.reason = f"cannot open the model: {exc}"
                 log.warning("model maintenance failed: %s", exc)
-            except Exception:  # a supervising loop: keep serving, say why
+            except Exception as exc:  # a supervising loop: keep serving, say why
+                if self._recommender is None:
+                    self.reason = f"cannot open the model: {exc!r}"
                 log.exception("model maintenance failed")
             await asyncio.sleep(retry_s if self._recommender is None else refresh_s)
 

@@ -1,0 +1,92 @@
+"""``recsys serve``: the HTTP API on uvicorn, in our own event loop, stopped gracefully by SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+
+from pydantic import SecretStr
+
+from recsys import bootstrap
+from recsys.commands._common import add_command, flag, run_async, settings_from
+from recsys.settings import Settings
+
+__all__ = ["register", "serve", "stop_on_signals"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_command(
+        sub,
+        "serve",
+        "the HTTP API: recommendations, lab inference endpoints, health probes, /metrics",
+        "Serve GET /recommendations/{customer_number}, the lab's inference endpoints, /healthz, "
+        "/readyz, /metrics and the OpenAPI document (/docs). RECSYS_API_TOKEN turns on bearer auth. "
+        "SIGTERM drains open requests and exits 0. See docs/api.md.",
+    )
+    flag(parser, "--host", "address to listen on", metavar="HOST")
+    flag(parser, "--port", "port to listen on (0 = a free one)", type=int, metavar="PORT")
+    flag(parser, "--database-url", "PostgreSQL URL; unset = the embedded stack", metavar="URL")
+    parser.set_defaults(func=_run)
+
+
+def with_database(settings: Settings) -> Settings:
+    """Settings whose ``database_url`` is resolved (the embedded stack's when none is given)."""
+    url = bootstrap.database_url(settings)
+    return settings.model_copy(update={"database_url": SecretStr(url)})
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop`` (a second SIGINT interrupts at once)."""
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Open the pool, serve until ``stop`` is set, drain, close. The model opens when it is active."""
+    from recsys.infra.pg import pool
+    from recsys.service.app import create_app
+    from recsys.service.server import ApiServer, bind_socket
+
+    assert settings.database_url is not None
+    api = settings.api
+    async with pool(
+        settings.database_url.get_secret_value(), min_size=api.pool_min_size, max_size=api.pool_max_size
+    ) as db:
+        server = ApiServer(
+            create_app(settings, pool=db), bind_socket(settings.host, settings.port), api.shutdown_timeout_s
+        )
+        running = asyncio.create_task(server.run(stop), name="api")
+        await server.wait_ready()
+        auth = "bearer token required" if settings.api_token is not None else "no auth"
+        print(
+            f"API on {server.url}  (docs {server.url}/docs, metrics {server.url}/metrics, {auth})", flush=True
+        )
+        await running
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = with_database(settings_from(args))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            await serve(settings, stop)
+
+    run_async(main())
+    return 0
