@@ -1,0 +1,187 @@
+"""The ETL's own logic on a SQLite source and a local lake: policies, partitioning, retention, errors.
+
+The real databases (MariaDB, PostgreSQL) and S3 are in tests/integration/etl; SQLite runs the same
+SQLAlchemy Core query in milliseconds.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from recsys.core.errors import AwsError, SourceSchemaError
+from recsys.etl.pipeline import apply_retention, run_etl
+from recsys.infra.lake import complete_runs, latest_run, new_run_id, read_run, run_prefix
+from recsys.infra.objectstore import LocalStore
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def _source(path: Path, ratings: list[tuple[int, str, int, int | None]], *, keyed: bool) -> str:
+    url = f"sqlite:///{path}"
+    engine = sa.create_engine(url)
+    key = ", PRIMARY KEY (customerNumber, productCode)" if keyed else ""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE customers (customerNumber INTEGER PRIMARY KEY, city TEXT, state TEXT, "
+            "postalCode TEXT, country TEXT, creditLimit NUMERIC(10,2))"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE products (productCode TEXT PRIMARY KEY, productLine TEXT, productScale TEXT, "
+            "quantityInStock INTEGER, buyPrice NUMERIC(10,2), MSRP NUMERIC(10,2))"
+        )
+        conn.exec_driver_sql(
+            f"CREATE TABLE ratings (customerNumber INTEGER, productCode TEXT, productRating INTEGER, "
+            f"ratedAt INTEGER{key})"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO customers VALUES (103, 'Nantes', NULL, '44000', 'France', 21000.55), "
+            "(112, 'Las Vegas', 'NV', '83030', 'USA', 71800), "
+            "(114, 'Melbourne', 'Victoria', NULL, 'Australia', NULL)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO products VALUES ('S10_1678', 'Motorcycles', '1:10', 7933, 48.81, 95.70), "
+            "('S18_2238', 'Classic Cars', '1:18', 2, 101.51, 163.73)"
+        )
+        for row in ratings:
+            conn.execute(
+                sa.text("INSERT INTO ratings VALUES (:c, :p, :r, :t)"), dict(zip("cprt", row, strict=True))
+            )
+    engine.dispose()
+    return url
+
+
+UNIQUE = [(103, "S10_1678", 4, 1), (103, "S18_2238", 2, 1), (112, "S10_1678", 5, 1), (114, "S18_2238", 3, 1)]
+REPEATED = [*UNIQUE, (103, "S10_1678", 1, 0), (103, "S10_1678", 2, 7), (999, "S10_1678", 5, 1)]
+
+
+def test_rows_types_and_money_survive(tmp_path: Path) -> None:
+    url = _source(tmp_path / "shop.db", UNIQUE, keyed=True)
+    summary = run_etl(url, str(tmp_path / "lake"), chunk_rows=2)
+    store = LocalStore(str(tmp_path / "lake"))
+    run = latest_run(store)
+    assert run.run_id == summary.run_id and run.row_count == 4 == summary.rows
+    rows = sorted(read_run(store, run).to_pylist(), key=lambda r: (r["customerNumber"], r["productCode"]))
+    assert rows[0] == {
+        "customerNumber": 103,
+        "city": "Nantes",
+        "state": None,
+        "postalCode": "44000",
+        "country": "France",
+        "creditLimit": 21000.55,
+        "productCode": "S10_1678",
+        "productLine": "Motorcycles",
+        "productScale": "1:10",
+        "quantityInStock": 7933,
+        "buyPrice": 48.81,
+        "MSRP": 95.7,
+        "productRating": 4.0,
+    }
+    assert rows[-1]["creditLimit"] is None and rows[-1]["postalCode"] is None
+    parquet = pq.ParquetFile(Path(store.uri) / run.files[0])
+    assert parquet.metadata.num_row_groups == 2  # a row group per chunk
+    assert parquet.metadata.row_group(0).column(0).compression == "SNAPPY"
+    assert run.options["update_policy"] == "replace" and "password" not in run.source
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [("replace", 2.0), ("latest", 2.0), ("average", (4 + 1 + 2) / 3)],
+)
+def test_repeated_ratings_follow_the_policy(tmp_path: Path, policy: str, expected: float) -> None:
+    url = _source(tmp_path / "shop.db", REPEATED, keyed=False)
+    summary = run_etl(url, str(tmp_path / "lake"), update_policy=policy, chunk_rows=1)
+    assert summary.rows_read == 6 and summary.rows == 4 and summary.repeats_folded == 2
+    table = read_run(LocalStore(str(tmp_path / "lake")), latest_run(LocalStore(str(tmp_path / "lake"))))
+    got = {(r["customerNumber"], r["productCode"]): r["productRating"] for r in table.to_pylist()}
+    assert got[(103, "S10_1678")] == pytest.approx(expected)
+    assert (999, "S10_1678") not in got  # a rating of an unknown customer does not join
+
+
+def test_latest_without_a_time_column_names_it(tmp_path: Path) -> None:
+    url = _source(tmp_path / "shop.db", UNIQUE, keyed=True)
+    with pytest.raises(SourceSchemaError, match=r"ratings.*'ratedOn'"):
+        run_etl(url, str(tmp_path / "lake"), update_policy="latest", rating_time_column="ratedOn")
+
+
+def test_partition_by_customer_writes_a_self_contained_file_per_customer(tmp_path: Path) -> None:
+    url = _source(tmp_path / "shop.db", UNIQUE, keyed=True)
+    summary = run_etl(url, str(tmp_path / "lake"), partition_by="customerNumber", chunk_rows=3)
+    run = latest_run(LocalStore(str(tmp_path / "lake")))
+    assert summary.files == 3
+    assert sorted(f.split("/")[3] for f in run.files) == [
+        "customerNumber=103",
+        "customerNumber=112",
+        "customerNumber=114",
+    ]
+    for key in run.files:
+        number = int(key.split("/")[3].split("=")[1])
+        table = pq.read_table(Path(tmp_path / "lake") / key)
+        assert set(table.column("customerNumber").to_pylist()) == {number}
+
+
+def test_files_roll_over_at_the_size_limit(tmp_path: Path) -> None:
+    url = _source(tmp_path / "shop.db", UNIQUE, keyed=True)
+    summary = run_etl(url, str(tmp_path / "lake"), chunk_rows=3, file_max_rows=2)
+    run = latest_run(LocalStore(str(tmp_path / "lake")))
+    assert summary.files == 2 and [k.rsplit("/", 1)[1] for k in run.files] == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
+    assert read_run(LocalStore(str(tmp_path / "lake")), run).num_rows == 4
+
+
+def test_an_empty_source_publishes_an_empty_run_with_the_schema(tmp_path: Path) -> None:
+    url = _source(tmp_path / "shop.db", [], keyed=True)
+    run_etl(url, str(tmp_path / "lake"))
+    table = read_run(LocalStore(str(tmp_path / "lake")), latest_run(LocalStore(str(tmp_path / "lake"))))
+    assert table.num_rows == 0 and "creditLimit" in table.column_names
+
+
+def test_retention_deletes_old_runs_and_orphans_but_never_the_latest(tmp_path: Path) -> None:
+    url = _source(tmp_path / "shop.db", UNIQUE, keyed=True)
+    lake = tmp_path / "lake"
+    store = LocalStore(str(lake))
+    old = run_etl(url, str(lake), clock=lambda: NOW - timedelta(days=10)).run_id
+    old_orphan = new_run_id(NOW - timedelta(days=9))
+    store.put_bytes(run_prefix(old_orphan) + "part-00000.parquet", b"half")
+    fresh_orphan = new_run_id(NOW - timedelta(hours=1))
+    store.put_bytes(run_prefix(fresh_orphan) + "part-00000.parquet", b"running")
+    summary = run_etl(url, str(lake), retention_days=3, clock=lambda: NOW)
+    assert sorted(summary.deleted_runs) == sorted([old, old_orphan])
+    assert complete_runs(store) == [summary.run_id]
+    assert not list(store.list(run_prefix(old))) and not list(store.list(run_prefix(old_orphan)))
+    assert list(store.list(run_prefix(fresh_orphan)))  # may still be running: kept
+    # the only run left is the latest: a retention of zero age keeps it anyway
+    assert apply_retention(store, timedelta(0), now=NOW + timedelta(days=365)) == [fresh_orphan]
+    assert latest_run(store).run_id == summary.run_id
+
+
+class _FailingStore(LocalStore):
+    """Fails the second upload, like a network error mid-run."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.uploads = 0
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.uploads += 1
+        if self.uploads == 2:
+            raise AwsError("uploading: connection reset")
+        super().put_file(key, path)
+
+
+def test_a_failed_run_leaves_the_previous_one_published_and_no_files(tmp_path: Path) -> None:
+    url = _source(tmp_path / "shop.db", UNIQUE, keyed=True)
+    lake = str(tmp_path / "lake")
+    before = run_etl(url, lake).run_id
+    failing = _FailingStore(lake)
+    with pytest.raises(AwsError):
+        run_etl(url, lake, store=failing, partition_by="customerNumber")
+    assert failing.uploads == 2
+    assert latest_run(LocalStore(lake)).run_id == before
+    assert [k.split("/")[2] for k in LocalStore(lake).list("ratings_ml_training/runs/")] == [before]
