@@ -1,0 +1,79 @@
+# syntax=docker/dockerfile:1
+#
+# The recsys image: `recsys run` (Kinesis consumer + HTTP API in one process) by default; the same
+# image runs the one-off tasks with another command: migrate, etl, train, load-vectors.
+#
+#   docker build -t recsys:0.1.0 .
+#   docker run --init --rm -p 8000:8000 -e RECSYS_DATABASE_URL=... recsys:0.1.0
+#
+# linux/amd64 only: requirements.lock pins the CPU build of torch (torch==2.13.0+cpu) from the
+# PyTorch CPU index; the CUDA build (several GB of NVIDIA libraries) is never installed.
+# Expected size: see docs/operations.md, "The image" (about 1.7 GB uncompressed; torch is half of it).
+
+ARG PYTHON_VERSION=3.11
+
+# ---- builder: a virtualenv with the pinned dependencies, then the project ------------------------
+FROM python:${PYTHON_VERSION}-slim-bookworm AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+RUN python -m venv /opt/venv
+
+# Dependencies in their own layer: it is rebuilt only when requirements.lock changes. The lock is the
+# complete set of exact pins (--no-deps installs nothing else; pip check proves it is consistent).
+COPY requirements.lock /tmp/requirements.lock
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps --require-virtualenv \
+        --extra-index-url https://download.pytorch.org/whl/cpu \
+        -r /tmp/requirements.lock \
+    && pip check
+
+# The project itself (its dependencies are already there).
+COPY pyproject.toml README.md /src/
+COPY src /src/src
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps --require-virtualenv /src \
+    && recsys --version
+
+# ---- runtime: the slim base, the virtualenv, a non-root user -------------------------------------
+FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+
+LABEL org.opencontainers.image.title="recsys" \
+      org.opencontainers.image.description="Streaming product recommendations: Kinesis consumer + HTTP API"
+
+RUN groupadd --system --gid 10001 recsys \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin recsys
+
+COPY --from=builder /opt/venv /opt/venv
+
+# HOME and the embedded-stack folder point at /tmp: the root file system may be read-only (it is in
+# the ECS task definition, which mounts a writable /tmp).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
+    RECSYS_STATE_DIR=/tmp/recsys \
+    RECSYS_HOST=0.0.0.0 \
+    RECSYS_PORT=8000 \
+    RECSYS_LOG_FORMAT=json
+
+WORKDIR /tmp
+USER 10001:10001
+EXPOSE 8000
+
+# ECS stops a task with SIGTERM, then SIGKILL after the task definition's stopTimeout: `recsys run`
+# drains (final checkpoints, leases released) within RECSYS_CONSUMER__SHUTDOWN_DEADLINE_S on SIGTERM.
+STOPSIGNAL SIGTERM
+
+# Liveness only (the load balancer checks readiness on /readyz). No curl in slim images: Python.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RECSYS_PORT', '8000'), timeout=3)"]
+
+# Exec form: recsys is the main process (under ECS's init with initProcessEnabled, or docker --init)
+# and receives SIGTERM itself; no shell in between.
+ENTRYPOINT ["/opt/venv/bin/recsys"]
+CMD ["run"]
