@@ -98,6 +98,7 @@ class ArtifactBundle:
     training: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     source: str = "recsys train"
+    stored_manifest: dict[str, Any] = field(default_factory=dict)  # as read by load_bundle
 
     def towers(self) -> tuple[NumpyTower, NumpyTower]:
         state = load_state_dict(self.weights)
@@ -325,6 +326,7 @@ def load_bundle(store: ObjectStore, version: str | None = None) -> ArtifactBundl
         training=dict(manifest.get("training") or {}),
         created_at=str(manifest.get("created_at", "")),
         source=str(manifest.get("source", "")),
+        stored_manifest=manifest,
     )
     user_tower, item_tower = bundle.towers()  # the weights must fit the feature parameters
     if user_tower.in_dim != user_tf.dim or item_tower.in_dim != item_tf.dim:
