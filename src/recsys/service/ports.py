@@ -12,19 +12,11 @@ from recsys.core.events import UserFeatures
 from recsys.core.ports import Recommender
 from recsys.core.recommendations import Recommendation, ScoredItem
 
-__all__ = ["ServingRecommender"]
+__all__ = ["LabRecommender", "ServingRecommender"]
 
 
-class ServingRecommender(Recommender, Protocol):
-    """``Recommender`` plus the on-demand and lab operations the HTTP API exposes."""
-
-    async def recommend_customer(self, customer_number: int, k: int) -> Recommendation | None:
-        """The model's answer for a known customer, from the stored profile and the current model.
-
-        Returns ``None`` when the current model version does not know the customer (the API then
-        answers with popular items). At most one database round trip; CPU work off the event loop.
-        """
-        ...
+class LabRecommender(Recommender, Protocol):
+    """``Recommender`` plus the lab's inference operations and the model's lifetime."""
 
     async def user_embeddings(self, features: Sequence[UserFeatures]) -> list[list[float]]:
         """One user-tower embedding per feature row, in order (the lab's ``user_embeddings``)."""
@@ -43,4 +35,16 @@ class ServingRecommender(Recommender, Protocol):
 
     async def close(self) -> None:
         """Release what the recommender holds (executors); the pool is not its to close."""
+        ...
+
+
+class ServingRecommender(LabRecommender, Protocol):
+    """Everything the HTTP API asks of the model."""
+
+    async def recommend_customer(self, customer_number: int, k: int) -> Recommendation | None:
+        """The model's answer for a known customer, from the stored profile and the current model.
+
+        Returns ``None`` when the current model version does not know the customer (the API then
+        answers with popular items). CPU work off the event loop.
+        """
         ...
