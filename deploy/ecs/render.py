@@ -148,6 +148,20 @@ def resolve(declared: Mapping[str, Variable], given: Mapping[str, Any]) -> dict[
     return values
 
 
+def fargate_memory(cpu: str) -> list[int]:
+    """The memory sizes (MiB) Fargate accepts with ``cpu`` units (Linux)."""
+    table = {
+        "256": [512, 1024, 2048],
+        "512": list(range(1024, 4096 + 1, 1024)),
+        "1024": list(range(2048, 8192 + 1, 1024)),
+        "2048": list(range(4096, 16384 + 1, 1024)),
+        "4096": list(range(8192, 30720 + 1, 1024)),
+        "8192": list(range(16384, 61440 + 1, 4096)),
+        "16384": list(range(32768, 122880 + 1, 8192)),
+    }
+    return table.get(cpu, [])
+
+
 def consistency(values: Mapping[str, Any]) -> list[str]:
     """Mistakes across variables that each look fine alone (the image pull or a secret read would fail)."""
     problems: list[str] = []
@@ -170,6 +184,14 @@ def consistency(values: Mapping[str, Any]) -> list[str]:
         service = str(values[name]).split(":")[2] if str(values[name]).count(":") >= 2 else ""
         if store and service != store:
             problems.append(f"{name}: a {service} ARN but SECRETS_STORE is {store!r}")
+    for cpu_name, memory_name in (("CPU", "MEMORY"), ("JOBS_CPU", "JOBS_MEMORY")):
+        if cpu_name in values and memory_name in values:
+            allowed = fargate_memory(str(values[cpu_name]))
+            if int(str(values[memory_name])) not in allowed:
+                problems.append(
+                    f"{memory_name}: {values[memory_name]} MiB is not a Fargate size for {cpu_name}="
+                    f"{values[cpu_name]} (allowed: {', '.join(map(str, allowed))})"
+                )
     arn, dimension = str(values.get("TARGET_GROUP_ARN", "")), values.get("TARGET_GROUP_DIMENSION")
     if dimension and not arn.endswith(":" + str(dimension)):
         problems.append(f"TARGET_GROUP_DIMENSION: {dimension!r} is not the end of TARGET_GROUP_ARN {arn!r}")

@@ -98,6 +98,8 @@ def test_conditional_statements_follow_the_secret_store_and_the_kms_key(
             "DATABASE_URL_SECRET_ARN: a secretsmanager ARN but SECRETS_STORE is 'ssm'",
         ),
         ({"TARGET_GROUP_DIMENSION": "targetgroup/other/0123456789abcdef"}, "TARGET_GROUP_DIMENSION"),
+        ({"MEMORY": "1024"}, "MEMORY: 1024 MiB is not a Fargate size for CPU=1024"),
+        ({"JOBS_CPU": "4096", "JOBS_MEMORY": "4096"}, "JOBS_MEMORY: 4096 MiB is not a Fargate size"),
     ],
 )
 def test_bad_variables_are_refused_with_a_reason(
