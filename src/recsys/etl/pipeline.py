@@ -82,11 +82,13 @@ class EtlSummary:
 
 
 def _floats(values: Sequence[Any]) -> pa.Array:
-    """float64 from floats, ints or Decimals (DECIMAL(10,2) money stays exact to the cent)."""
+    """float64 from floats, ints or Decimals: the nearest double to each value, so DECIMAL(10,2)
+    money reads back to the cent (``float(Decimal)`` rounds correctly; Arrow's decimal cast does not:
+    it turns 26.15 into 26.150000000000002)."""
     try:
         return pa.array(values, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array(values).cast(pa.float64())
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
 
 
 def rows_to_table(rows: Sequence[Sequence[Any]]) -> pa.Table:
