@@ -30,7 +30,8 @@ def default_state_dir() -> Path:
 
 
 class EtlSettings(BaseModel):
-    chunk_rows: int = Field(50_000, ge=100, le=5_000_000, description="rows per read chunk / row group")
+    chunk_rows: int = Field(10_000, ge=100, le=5_000_000, description="rows per read chunk (memory)")
+    row_group_rows: int = Field(100_000, ge=100, le=10_000_000, description="rows per Parquet row group")
     file_max_rows: int = Field(
         5_000_000, ge=1_000, description="rows per Parquet file before a new one starts"
     )

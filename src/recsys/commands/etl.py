@@ -74,6 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         partition_by=args.partition_by or settings.etl.partition_by,
         retention_days=retention,
         chunk_rows=settings.etl.chunk_rows,
+        row_group_rows=settings.etl.row_group_rows,
         file_max_rows=settings.etl.file_max_rows,
         rating_time_column=settings.etl.rating_time_column,
         store=store,

@@ -1,9 +1,11 @@
 """The batch ETL (the Glue job's equivalent): ``ratings JOIN products JOIN customers`` -> lake Parquet.
 
 Bounded memory at any size: the source is read through a server-side cursor a chunk at a time
-(``chunk_rows``), each chunk becomes one Parquet row group in a local temporary file, and each
-finished file is uploaded and deleted before the next one grows. Partitioned output reads the
-source ordered by the partition column, so only one file is open at a time.
+(``chunk_rows`` rows as Python objects, the costly form), each chunk is turned into compact Arrow
+columns and buffered up to ``row_group_rows`` rows, written as one Parquet row group to a local
+temporary file, and each finished file is uploaded and deleted before the next one grows.
+Partitioned output reads the source ordered by the partition column, so only one file is open at
+a time.
 
 Publishing follows :mod:`recsys.infra.lake`: files under a run folder, then the manifest, then the
 latest pointer. A crash at any point leaves the previous run published; the orphaned files are
@@ -108,13 +110,23 @@ class _PartWriter:
     """Writes row groups to a local file, rolls it per partition and size, uploads finished files."""
 
     def __init__(
-        self, store: ObjectStore, prefix: str, partition_by: Partitioning, workdir: Path, file_max_rows: int
+        self,
+        store: ObjectStore,
+        prefix: str,
+        *,
+        partition_by: Partitioning,
+        workdir: Path,
+        file_max_rows: int,
+        row_group_rows: int,
     ) -> None:
         self.store = store
         self.prefix = prefix
         self.partition_by = partition_by
         self.workdir = workdir
         self.file_max_rows = file_max_rows
+        self.row_group_rows = row_group_rows
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
         self.files: list[str] = []
         self.bytes_written = 0
         self._writer: pq.ParquetWriter | None = None
@@ -139,9 +151,18 @@ class _PartWriter:
         self._partition = value
         self._rows_in_file = 0
 
+    def _flush(self) -> None:
+        """Write the buffered rows as one row group."""
+        if self._pending and self._writer is not None:
+            group = pa.concat_tables(self._pending)
+            self._writer.write_table(group, row_group_size=max(group.num_rows, 1))
+        self._pending = []
+        self._pending_rows = 0
+
     def close_file(self) -> None:
         if self._writer is None:
             return
+        self._flush()
         self._writer.close()
         self._writer = None
         self.bytes_written += self._path.stat().st_size
@@ -162,7 +183,10 @@ class _PartWriter:
                 self._open(partition)
             assert self._writer is not None
             take = min(table.num_rows - offset, self.file_max_rows - self._rows_in_file)
-            self._writer.write_table(table.slice(offset, take), row_group_size=max(take, 1))
+            self._pending.append(table.slice(offset, take))
+            self._pending_rows += take
+            if self._pending_rows >= self.row_group_rows:
+                self._flush()
             self._rows_in_file += take
             offset += take
 
@@ -215,7 +239,8 @@ def run_etl(
     update_policy: str = "replace",
     partition_by: str = "none",
     retention_days: float | None = None,
-    chunk_rows: int = 50_000,
+    chunk_rows: int = 10_000,
+    row_group_rows: int = 100_000,
     file_max_rows: int = 5_000_000,
     rating_time_column: str = "ratedAt",
     dataset: str = TRAINING_DATASET,
@@ -233,8 +258,8 @@ def run_etl(
         raise ConfigError(f"--partition-by must be one of {', '.join(PARTITIONS)}, got {partition_by!r}")
     if retention_days is not None and not retention_days > 0:
         raise ConfigError(f"--retention-days must be positive, got {retention_days}")
-    if chunk_rows < 1 or file_max_rows < 1:
-        raise ConfigError("chunk_rows and file_max_rows must be positive")
+    if min(chunk_rows, row_group_rows, file_max_rows) < 1:
+        raise ConfigError("chunk_rows, row_group_rows and file_max_rows must be positive")
     policy: Policy = update_policy  # type: ignore[assignment]
     partitioning: Partitioning = partition_by  # type: ignore[assignment]
     lake = store if store is not None else open_store(lake_uri)
@@ -260,7 +285,14 @@ def run_etl(
                 if dedupe
                 else None
             )
-            writer = _PartWriter(lake, prefix, partitioning, Path(tmp), file_max_rows)
+            writer = _PartWriter(
+                lake,
+                prefix,
+                partition_by=partitioning,
+                workdir=Path(tmp),
+                file_max_rows=file_max_rows,
+                row_group_rows=row_group_rows,
+            )
             log.info(
                 "etl run %s: %s -> %s/%s",
                 run_id,
@@ -306,6 +338,7 @@ def run_etl(
                 "partition_by": partitioning,
                 "rows_read": rows_read,
                 "chunk_rows": chunk_rows,
+                "row_group_rows": row_group_rows,
             },
         )
         publish_run(lake, run)

@@ -1,0 +1,112 @@
+"""ETL throughput and peak memory at 1x, 10x, 100x data: memory must not grow with the rows.
+
+Each scale is seeded into its own MariaDB database (``RECSYS_BENCH_MYSQL_URL``, default the
+machine's root@127.0.0.1:3306), then ``recsys etl`` runs as a child process writing to a local lake;
+its peak RSS comes from ``os.wait4`` (the kernel's high-water mark for that child alone). The
+headline is the ratio of peak RSS at the largest scale to 1x, next to the ratio of rows.
+Databases are dropped at the end unless ``RECSYS_BENCH_KEEP_DB=1`` (reseeding 100x takes a while).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import sqlalchemy as sa
+
+from bench._harness import Figure, Report
+
+MYSQL_URL = os.environ.get("RECSYS_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+def _admin(sql: str) -> None:
+    import pymysql
+
+    u = sa.make_url(MYSQL_URL)
+    conn = pymysql.connect(
+        host=u.host or "127.0.0.1",
+        port=u.port or 3306,
+        user=u.username or "root",
+        password=u.password or "",
+        autocommit=True,
+        connect_timeout=5,
+    )
+    with conn.cursor() as cur:
+        cur.execute(sql)
+    conn.close()
+
+
+def _database(scale: int) -> str:
+    from recsys.etl.seed import seed
+
+    name = f"recsys_bench_etl_s{scale}"
+    _admin(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
+    url = sa.make_url(MYSQL_URL).set(database=name).render_as_string(hide_password=False)
+    started = time.perf_counter()
+    summary = seed(url, scale=scale, seed=42)
+    print(
+        f"  seeded {scale}x: {summary.customers_total} customers, {summary.products_total} products, "
+        f"{summary.ratings_written or 'existing'} ratings in {time.perf_counter() - started:.1f}s"
+    )
+    return url
+
+
+def _etl_child(url: str) -> tuple[int, float, float]:
+    """(rows, seconds inside the ETL, peak RSS in MB) of one ``recsys etl`` child process."""
+    with tempfile.TemporaryDirectory(prefix="bench-etl-lake-") as lake:
+        cmd = [
+            sys.executable,
+            "-m",
+            "recsys.cli",
+            "etl",
+            "--source-url",
+            url,
+            "--lake",
+            lake,
+            "--log-level",
+            "WARNING",
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stderr is not None
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"recsys etl failed ({proc.returncode}): {err.strip()[-500:]}")
+    rows = int(re.search(r"(\d+) rows read", out).group(1))  # type: ignore[union-attr]
+    seconds = float(re.search(r" in ([\d.]+)s ", out).group(1))  # type: ignore[union-attr]
+    return rows, seconds, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def main(quick: bool) -> None:
+    scales = (1, 10) if quick else (1, 10, 100)
+    runs = 1 if quick else 2
+    report = Report("etl", scale={"scales": list(scales), "runs": runs, "source": "mariadb", "lake": "local"})
+    rss: dict[int, Figure] = {}
+    rows: dict[int, Figure] = {}
+    urls = {scale: _database(scale) for scale in scales}
+    try:
+        for scale in scales:
+            measured = [_etl_child(urls[scale]) for _ in range(runs)]
+            rows[scale] = report.add(Figure(f"rows {scale}x", "rows", [float(m[0]) for m in measured]))
+            report.add(Figure(f"rows/s {scale}x", "rows/s", [m[0] / m[1] for m in measured]))
+            rss[scale] = report.add(Figure(f"peak RSS {scale}x", "MB", [m[2] for m in measured]))
+        top = scales[-1]
+        report.ratio(f"rows {top}x / 1x", rows[top], rows[1])
+        report.ratio(
+            f"peak RSS {top}x / 1x",
+            rss[top],
+            rss[1],
+            note="~1.0 = memory does not grow with the rows (chunked reads, row-group writes)",
+        )
+    finally:
+        if os.environ.get("RECSYS_BENCH_KEEP_DB") != "1":
+            for scale in scales:
+                _admin(f"DROP DATABASE IF EXISTS `recsys_bench_etl_s{scale}`")
+    report.print()
+    print(f"  wrote {report.write()}")
