@@ -1,0 +1,368 @@
+"""The Dockerfile agrees with the CLI, the API, the task definition and the project's pins.
+
+No Docker engine runs here, so the Dockerfile is parsed: its entry point must be a real `recsys`
+command, its health check must probe a real route (and work: it is run against a local server), and
+it must install exactly requirements.lock, which must pin every dependency of the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import importlib.metadata
+import json
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+    def last(self, keyword: str) -> str:
+        found = self.all(keyword)
+        assert found, f"no {keyword} in stage {self.name or self.base}"
+        return found[-1]
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """(ARGs before the first FROM, stages) with continuation lines joined and comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    assert not pending, "the Dockerfile ends in a continuation"
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword, args = keyword.upper(), args.strip()
+        if keyword == "FROM":
+            words = args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base=words[0], name=name))
+        elif not stages:
+            assert keyword == "ARG", f"{keyword} before the first FROM"
+            key, _, default = args.partition("=")
+            global_args[key] = default
+        else:
+            stages[-1].instructions.append((keyword, args))
+    return global_args, stages
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+    return value
+
+
+@pytest.fixture(scope="module")
+def dockerfile(root: Path) -> tuple[dict[str, str], list[Stage]]:
+    return parse_dockerfile((root / "Dockerfile").read_text())
+
+
+@pytest.fixture(scope="module")
+def runtime(dockerfile: tuple[dict[str, str], list[Stage]]) -> Stage:
+    return dockerfile[1][-1]
+
+
+@pytest.fixture(scope="module")
+def builder(dockerfile: tuple[dict[str, str], list[Stage]]) -> Stage:
+    stages = dockerfile[1]
+    assert len(stages) >= 2, "not a multi-stage build"
+    return stages[0]
+
+
+def env_of(stage: Stage) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for args in stage.all("ENV"):
+        for word in shlex.split(args):
+            key, _, value = word.partition("=")
+            env[key] = value
+    return env
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+# --- the image's shape --------------------------------------------------------------------------
+
+
+def test_slim_runtime_stage_from_the_builder_as_a_non_root_user(
+    dockerfile: tuple[dict[str, str], list[Stage]], builder: Stage, runtime: Stage, rendered: dict[str, Any]
+) -> None:
+    global_args, _ = dockerfile
+    version = global_args["PYTHON_VERSION"]
+    assert Version(version).release[:2] == sys.version_info[:2]  # the Python the project is tested on
+    assert builder.name == "builder"
+    assert runtime.base.startswith("python:${PYTHON_VERSION}-slim")
+    assert builder.base == runtime.base
+    assert any(a.startswith("--from=builder /opt/venv ") for a in runtime.all("COPY"))
+    assert not any("pip install" in a for a in runtime.all("RUN")), "no installs in the runtime stage"
+    user = runtime.last("USER")
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) >= 1000
+    assert rendered["task-definition.json"]["containerDefinitions"][0]["user"] == user
+    assert runtime.last("STOPSIGNAL") == "SIGTERM"
+
+
+def test_entry_point_runs_recsys_run_in_exec_form(
+    root: Path, runtime: Stage, rendered: dict[str, Any]
+) -> None:
+    entrypoint = exec_form(runtime.last("ENTRYPOINT"))
+    command = exec_form(runtime.last("CMD"))
+    assert Path(entrypoint[0]).name == "recsys" and entrypoint[0].startswith("/opt/venv/bin/")
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["recsys"] == "recsys.cli:main"
+    assert entrypoint[1:] + command == ["run"]
+    container = rendered["task-definition.json"]["containerDefinitions"][0]
+    assert container["command"] == command
+
+    from recsys.cli import build_parser
+
+    parser = build_parser()
+    assert "run" in subcommands(parser), "`recsys run` is not a registered command"
+    args = parser.parse_args(command)
+    assert callable(getattr(args, "func", None))
+
+
+def test_the_container_listens_on_the_api_port_on_every_interface(
+    runtime: Stage, rendered: dict[str, Any]
+) -> None:
+    from recsys.settings import Settings
+
+    env = env_of(runtime)
+    port = int(env["RECSYS_PORT"])
+    assert runtime.last("EXPOSE") == str(port)
+    assert port == Settings.model_fields["port"].default
+    assert env["RECSYS_HOST"] == "0.0.0.0"
+    assert env["RECSYS_LOG_FORMAT"] == "json"
+    assert "/opt/venv/bin" in env["PATH"].split(":")[0]
+    container = rendered["task-definition.json"]["containerDefinitions"][0]
+    assert container["portMappings"][0]["containerPort"] == port
+
+
+# --- the health check ---------------------------------------------------------------------------
+
+
+def healthcheck_command(runtime: Stage) -> list[str]:
+    args = runtime.last("HEALTHCHECK")
+    options, _, command = args.partition("CMD ")
+    assert "--timeout=" in options and "--start-period=" in options
+    return exec_form(command)
+
+
+async def test_healthcheck_probes_the_api_liveness_route(runtime: Stage, rendered: dict[str, Any]) -> None:
+    command = healthcheck_command(runtime)
+    assert command[0] == "python"  # slim images have no curl
+    probed = re.findall(r"/[a-z]+z\b", command[-1])
+    assert probed == ["/healthz"]
+    container = rendered["task-definition.json"]["containerDefinitions"][0]
+    assert container["healthCheck"]["command"] == ["CMD", *command]
+
+    import httpx
+
+    from recsys.service.app import create_app
+    from recsys.settings import Settings
+
+    app = create_app(Settings())
+    assert "/readyz" in app.openapi()["paths"]  # the load balancer's target group health check
+    # liveness answers without a database or a model (no lifespan runs here)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://task") as client:
+        answer = await client.get(probed[0], timeout=10)
+        missing = await client.get("/nothing-here", timeout=10)
+    assert answer.status_code == 200
+    assert missing.status_code == 404
+
+
+class _Probe(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def probe_server() -> Iterator[tuple[int, type[_Probe]]]:
+    handler = type("Handler", (_Probe,), {})
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_healthcheck_command_passes_only_on_a_healthy_answer(
+    runtime: Stage, probe_server: tuple[int, type[_Probe]], status: int, healthy: bool
+) -> None:
+    port, handler = probe_server
+    handler.status = status
+    command = healthcheck_command(runtime)
+    done = subprocess.run(
+        [sys.executable, *command[1:]],
+        env={"RECSYS_PORT": str(port)},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert (done.returncode == 0) is healthy
+
+
+# --- dependencies -------------------------------------------------------------------------------
+
+
+def lock_pins(root: Path) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for raw in (root / "requirements.lock").read_text().splitlines():
+        line = raw.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"requirements.lock: {line!r} is not an exact pin"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_image_installs_exactly_the_lock_with_cpu_torch(builder: Stage) -> None:
+    copies = builder.all("COPY")
+    lock_copy = next(i for i, a in enumerate(copies) if a.startswith("requirements.lock "))
+    source_copy = next(i for i, a in enumerate(copies) if a.split()[0] == "src")
+    assert lock_copy < source_copy, "dependencies must be their own layer, before the source"
+    installs = [a for a in builder.all("RUN") if "pip install" in a]
+    assert len(installs) == 2
+    deps, project = installs
+    assert "-r /tmp/requirements.lock" in deps
+    assert "--no-deps" in deps and "pip check" in deps
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in deps
+    assert not re.search(r"whl/cu\d+|nvidia", deps)
+    assert re.search(r"pip install --no-deps --require-virtualenv /src(\s|$)", project)
+
+
+def test_lock_pins_the_cpu_build_of_torch(root: Path) -> None:
+    pins = lock_pins(root)
+    assert pins["torch"].endswith("+cpu")
+    assert not any(name.startswith("nvidia-") for name in pins)
+
+
+def test_lock_covers_every_project_dependency(root: Path) -> None:
+    pins = lock_pins(root)
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement.name} is a dependency but not in requirements.lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (spec, pins[name])
+
+
+def test_lock_is_closed_so_no_deps_installs_a_working_set(root: Path) -> None:
+    """Every requirement of every pinned distribution (and of the extras the project asks for) is pinned
+    too, in a matching version: `pip install --no-deps -r requirements.lock` misses nothing."""
+    pins = lock_pins(root)
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extras: dict[str, set[str]] = {}
+    for spec in project["dependencies"]:
+        requirement = Requirement(spec)
+        extras.setdefault(canonicalize_name(requirement.name), set()).update(requirement.extras)
+    missing: list[str] = []
+    for name, version in pins.items():
+        dist = importlib.metadata.distribution(name)
+        assert Version(dist.version) == Version(version), (
+            f"{name}: installed {dist.version}, locked {version}"
+        )
+        for spec in dist.requires or []:
+            requirement = Requirement(spec)
+            wanted = requirement.marker is None or any(
+                requirement.marker.evaluate({**default_environment(), "extra": extra})
+                for extra in ("", *extras.get(name, ()))
+            )
+            if not wanted:
+                continue
+            dep = canonicalize_name(requirement.name)
+            if dep not in pins or not requirement.specifier.contains(pins[dep], prereleases=True):
+                missing.append(f"{name} needs {spec} (locked: {pins.get(dep)})")
+    assert missing == []
+
+
+# --- the build context --------------------------------------------------------------------------
+
+
+def dockerignore_excludes(patterns: list[str], path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        glob = pattern.lstrip("!").strip("/")
+        regex = re.escape(glob).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        regex = regex.replace(r"\?", "[^/]")
+        if any(re.fullmatch(regex, candidate) for candidate in candidates):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_sends_only_what_the_build_copies(root: Path, builder: Stage) -> None:
+    patterns = [
+        line.strip()
+        for line in (root / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = [
+        word for args in builder.all("COPY") for word in args.split()[:-1] if not word.startswith("--")
+    ]
+    for source in sources:
+        assert (root / source).exists(), f"COPY {source}: not in the repository"
+        assert not dockerignore_excludes(patterns, source), f"COPY {source}: excluded by .dockerignore"
+    assert not dockerignore_excludes(patterns, "src/recsys/cli.py")
+    assert not dockerignore_excludes(patterns, "src/recsys/sql/0001_base.sql")
+    for unwanted in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".state/pg/PG_VERSION",
+        "tests/conftest.py",
+        "bench/_harness.py",
+        "deploy/ecs/vars.json",
+        "src/recsys/__pycache__/cli.cpython-311.pyc",
+        "src/recsys.egg-info/PKG-INFO",
+        ".env",
+    ):
+        assert dockerignore_excludes(patterns, unwanted), f"{unwanted} would be sent to the build"
