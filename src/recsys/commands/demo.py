@@ -439,6 +439,10 @@ def _run(args: argparse.Namespace) -> int:
 
         raise ConfigError("--events must be at least 1")
     rate = float(args.rate) if args.rate is not None else (50.0 if count is not None else 5.0)
+    import logging
+
+    for chatty in ("httpx", "uvicorn.error"):  # the demo prints its own progress
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     ready, source = _prepare(settings)
 
     async def live() -> int:
