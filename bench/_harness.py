@@ -6,21 +6,37 @@ numbers on a shared 2-core machine are noisy. Results go to ``bench/results/<nam
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["Figure", "Report", "machine", "repeat", "timed"]
+__all__ = [
+    "Figure",
+    "Prepared",
+    "Report",
+    "bench_stack",
+    "machine",
+    "percentile",
+    "prepared_model",
+    "repeat",
+    "run_async",
+    "stop_bench_stack",
+    "summarise",
+    "timed",
+]
 
+T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -84,13 +100,8 @@ class Report:
 
     def print(self) -> None:
         print(f"\n== {self.name}  {json.dumps(self.scale)}")
-        width = max((len(f.name) for f in self.figures), default=10)
-        for f in self.figures:
-            ref = f"  (vs {f.reference})" if f.reference else ""
-            line = (
-                f"  {f.name:<{width}}  {f.median:>12.4g} {f.unit:<8} ±{f.spread * 100:4.0f}%  n={len(f.runs)}"
-            )
-            print(f"{line}{ref}{'  ' + f.note if f.note else ''}")
+        for line in table_lines(self.figures):
+            print(line)
 
     def write(self) -> Path:
         RESULTS.mkdir(exist_ok=True)
@@ -105,6 +116,66 @@ class Report:
         return path
 
 
+def table_lines(figures: list[Figure]) -> list[str]:
+    """One aligned line per figure: name, median, unit, spread, number of runs, reference, note."""
+    width = max((len(f.name) for f in figures), default=10)
+    lines = []
+    for f in figures:
+        ref = f"  (vs {f.reference})" if f.reference else ""
+        line = f"  {f.name:<{width}}  {f.median:>12.4g} {f.unit:<8} ±{f.spread * 100:4.0f}%  n={len(f.runs)}"
+        lines.append(f"{line}{ref}{'  ' + f.note if f.note else ''}")
+    return lines
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank on the sorted values (no interpolation)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def summarise(names: list[str] | None = None) -> dict[str, Any]:
+    """Every ``results/<name>.json`` (all, or the named ones) -> one summary: each benchmark's
+    ratios (the headline figures) and the rest, with when each was measured. Written to
+    ``results/summary.json`` by ``python -m bench``."""
+    benches: dict[str, Any] = {}
+    for path in sorted(RESULTS.glob("*.json")):
+        if path.stem == "summary" or (names is not None and path.stem not in names):
+            continue
+        data = json.loads(path.read_text())
+        benches[path.stem] = {
+            "when": data.get("machine", {}).get("when"),
+            "scale": data.get("scale", {}),
+            "figures": [
+                {k: f[k] for k in ("name", "unit", "median", "spread", "reference", "note")}
+                | {"n": len(f["runs"])}
+                for f in data.get("figures", [])
+            ],
+        }
+    return {"machine": machine(), "benchmarks": benches}
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    m = summary["machine"]
+    print(f"\n==== summary ({m['cpus']} CPUs, {m['platform']}, Python {m['python']}, {m['when']})")
+    for name, bench in summary["benchmarks"].items():
+        figures = [
+            Figure(f["name"], f["unit"], [f["median"]], f["reference"], f["note"]) for f in bench["figures"]
+        ]
+        headline = [f for f in figures if f.unit == "x"] or figures
+        print(f"-- {name} (measured {bench['when']})")
+        for line in table_lines(headline):
+            print(line.replace("±   0%  n=1", ""))
+
+
+def write_summary(summary: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "summary.json"
+    path.write_text(json.dumps(summary, indent=2))
+    return path
+
+
 def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -114,3 +185,114 @@ def timed(fn: Callable[[], Any]) -> float:
 def repeat(fn: Callable[[], float], runs: int) -> list[float]:
     """Call ``fn`` (which returns one measurement) ``runs`` times."""
     return [fn() for _ in range(runs)]
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+# ------------------------------------------------------------------------------- the embedded stack
+# One embedded stack (PostgreSQL + pgvector, a moto server) per ``python -m bench`` run, in its own
+# state directory so a developer's `recsys stack` is left alone. Kept between runs (the seeded shop,
+# lake, artifacts and loaded model are reused) unless ``python -m bench --fresh``.
+STATE_DIR = Path(
+    os.environ.get("RECSYS_BENCH_STATE_DIR", Path(__file__).resolve().parent.parent / ".state" / "bench")
+)
+_STACKS: list[Any] = []  # the LocalStack this process started or reused
+
+
+def bench_stack() -> Any:
+    """Start (or reuse) the bench stack; point this process's AWS SDK at its moto server."""
+    from recsys.stack import LocalStack
+
+    local = LocalStack(STATE_DIR / "stack")
+    info = local.up()
+    for key, value in info.env().items():
+        if key.startswith("AWS_"):
+            os.environ[key] = value
+    if not _STACKS:
+        _STACKS.append(local)
+    return info
+
+
+def stop_bench_stack() -> None:
+    """Stop the bench stack if this process started or reused it (its data stays for the next run)."""
+    while _STACKS:
+        _STACKS.pop().down()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A seeded shop, its lake run, a trained artifact version, loaded and active in PostgreSQL."""
+
+    database_url: str
+    source_url: str
+    lake: str
+    artifacts: str
+    version: str
+    scale: float
+    train_seconds: float | None  # None when the version was reused from an earlier run
+    metrics: dict[str, float]
+
+
+async def _create_database(admin_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def prepared_model(scale: float = 1.0, *, load: bool = True, log: Callable[[str], None] = print) -> Prepared:
+    """The project's own seed -> ETL -> train -> load-vectors on the bench stack, each stage reused
+    when already done for this ``scale`` (the shop of scale 1 is the stack's ``shop`` database, other
+    scales get ``shop_s<scale>``; lake and artifacts are local folders under the state directory)."""
+    from recsys.etl.pipeline import run_etl
+    from recsys.etl.seed import seed
+    from recsys.infra.lake import latest_run
+    from recsys.infra.objectstore import open_store
+    from recsys.infra.pg import migrate
+    from recsys.model_store.artifacts import load_bundle, resolve_version
+    from recsys.model_store.loader import load_vectors
+    from recsys.model_store.training import train
+    from recsys.settings import TrainSettings
+
+    info = bench_stack()
+    database_url = info.database_url
+    run_async(migrate(database_url))
+    tag = f"s{scale:g}".replace(".", "_")
+    source = info.source_url
+    if scale != 1.0:
+        db = f"shop_{tag}"
+        run_async(_create_database(database_url, db))
+        source = source.rsplit("/", 1)[0] + "/" + db
+    lake = str(STATE_DIR / f"lake-{tag}")
+    artifacts = str(STATE_DIR / f"artifacts-{tag}")
+    try:
+        run = latest_run(open_store(lake))
+        log(f"  reusing lake run {run.run_id} ({run.row_count} rows, scale {scale:g})")
+    except Exception:
+        started = time.perf_counter()
+        summary = seed(source, scale=scale)
+        log(
+            f"  seeded scale {scale:g}: {summary.customers_total} customers, {summary.products_total} "
+            f"products in {time.perf_counter() - started:.1f}s"
+        )
+        etl = run_etl(source, lake)
+        log(f"  etl: {etl.rows} rows in {etl.seconds:.1f}s")
+    train_seconds: float | None = None
+    try:
+        version = resolve_version(open_store(artifacts), None)
+        metrics = load_bundle(open_store(artifacts), version).metrics
+        log(f"  reusing artifact version {version}")
+    except Exception:
+        trained = train(lake, artifacts, TrainSettings())
+        version, metrics, train_seconds = trained.version, trained.metrics, trained.seconds
+        log(f"  trained {version} in {trained.seconds:.1f}s")
+    if load:
+        loaded = run_async(load_vectors(database_url, artifacts, version))
+        log(f"  version {version} active: {loaded.items} items, {loaded.users} users")
+    return Prepared(database_url, source, lake, artifacts, version, scale, train_seconds, dict(metrics))
