@@ -188,3 +188,27 @@ def test_jobs_environment_is_read_by_the_settings(
     assert settings.artifacts == f"s3://{example_vars['ARTIFACTS_BUCKET']}/artifacts"
     assert settings.source_url is not None and settings.database_url is not None
     assert settings.log_format == "json"
+
+
+def test_one_off_jobs_use_the_task_role_not_a_local_emulator(
+    rendered: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Fargate the credentials come from the task role through the container credentials endpoint
+    (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI), never from AWS_ACCESS_KEY_ID: a job that reads s3://
+    URIs there must use real S3, not start the embedded stack's emulator (`recsys train` and
+    `recsys load-vectors` prepare their s3:// URIs with ``prepare_aws``)."""
+    from recsys import bootstrap
+    from recsys.commands.train import prepare_aws
+
+    settings = settings_in_container(rendered["task-definition-jobs.json"], monkeypatch)
+    for name in list(os.environ):
+        if name.startswith("AWS_") and name != "AWS_REGION":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials/task-role-id")
+    started: list[object] = []
+    monkeypatch.setattr(bootstrap, "ensure_local_stack", started.append)
+    monkeypatch.setattr(bootstrap, "use_local_aws", started.append)
+    assert settings.artifacts is not None and settings.lake is not None
+    prepare_aws(settings, settings.artifacts, settings.lake)
+    assert started == [], "on Fargate, train/load-vectors would use a local emulator instead of S3"
+    assert "AWS_ENDPOINT_URL" not in os.environ
