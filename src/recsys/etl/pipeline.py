@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from recsys.core.errors import ConfigError, NotFoundError
+from recsys.core.errors import ConfigError, NotFoundError, SourceSchemaError
 from recsys.etl.policies import POLICIES, Policy, RepeatReducer
 from recsys.etl.source import REQUIRED_COLUMNS, check_schema, describe_url, open_source, source_errors
 from recsys.infra.lake import (
@@ -271,14 +271,20 @@ def run_etl(
     writer: _PartWriter | None = None
     try:
         with source_errors(source_url), tempfile.TemporaryDirectory(prefix="recsys-etl-") as tmp:
-            required = {k: tuple(v) for k, v in REQUIRED_COLUMNS.items()}
-            if policy == "latest":
-                required["ratings"] = (*required["ratings"], rating_time_column)
-            names = check_schema(engine, required)
+            names = check_schema(engine, REQUIRED_COLUMNS)
             pk = sa.inspect(engine).get_pk_constraint(names["ratings"]["__table__"])
             key_cols = {str(col).lower() for col in (pk or {}).get("constrained_columns") or []}
+            # keyed on the pair: no repeats, every policy gives the same rows, no sort needed
             dedupe = key_cols != {"customernumber", "productcode"}
-            time_column = rating_time_column if policy == "latest" else None
+            time_column = None
+            if dedupe and policy != "average":  # the time column orders a pair's rows, if present
+                ratings_cols = {"ratings": (*REQUIRED_COLUMNS["ratings"], rating_time_column)}
+                try:
+                    names["ratings"] = check_schema(engine, ratings_cols)["ratings"]
+                    time_column = rating_time_column
+                except SourceSchemaError:
+                    if policy == "latest":
+                        raise
             query = _query(names, partitioning, dedupe, time_column)
             reducer = (
                 RepeatReducer(policy, (_CUSTOMER, _PRODUCT), _RATING, len(COLUMNS) if time_column else None)

@@ -5,8 +5,8 @@ same rows. A source without that key (an append-only ratings log) is read ordere
 :class:`RepeatReducer` folds each run of rows of one pair into one row, streaming (a pair's group
 may straddle two chunks; it is carried over):
 
-* ``replace`` (default): the later row replaces the earlier one, in read order (by the time
-  column when the source has one).
+* ``replace`` (default): the later row replaces the earlier one, in read order (the source is
+  read ordered by its time column when it has one).
 * ``latest``: the row with the greatest time column value (the source must have one).
 * ``average``: the pair's mean rating (the other columns from the last row).
 """

@@ -103,10 +103,12 @@ def test_repeated_ratings_follow_the_policy(tmp_path: Path, policy: str, expecte
     assert (999, "S10_1678") not in got  # a rating of an unknown customer does not join
 
 
-def test_latest_without_a_time_column_names_it(tmp_path: Path) -> None:
-    url = _source(tmp_path / "shop.db", UNIQUE, keyed=True)
+def test_latest_needs_a_time_column_only_when_pairs_can_repeat(tmp_path: Path) -> None:
+    keyed = _source(tmp_path / "keyed.db", UNIQUE, keyed=True)
+    assert run_etl(keyed, str(tmp_path / "a"), update_policy="latest", rating_time_column="ratedOn").rows == 4
+    log = _source(tmp_path / "log.db", REPEATED, keyed=False)
     with pytest.raises(SourceSchemaError, match=r"ratings.*'ratedOn'"):
-        run_etl(url, str(tmp_path / "lake"), update_policy="latest", rating_time_column="ratedOn")
+        run_etl(log, str(tmp_path / "b"), update_policy="latest", rating_time_column="ratedOn")
 
 
 def test_partition_by_customer_writes_a_self_contained_file_per_customer(tmp_path: Path) -> None:
