@@ -1,0 +1,437 @@
+"""``ModelRecommender``: the active model version + pgvector, batch-first (``recsys.core.ports.Recommender``).
+
+One ``recommend_batch`` call does:
+
+1. features: the distinct (city, country, credit limit) tuples of the batch, normalised and encoded
+   with the fitted parameters (numpy, no scikit-learn); unknown categories encode as zeros, and a
+   user the model knows nothing of (no known category, no credit limit) gets the popular items;
+2. model: one forward pass of the user tower over those tuples, in a thread executor so the event
+   loop stays free; the forward is row-independent (``NumpyTower``), so a request gets bit-identical
+   vectors alone or in any batch;
+3. database: ONE statement -- ``unnest`` of the query vectors with a ``LATERAL`` HNSW top-k per
+   vector, ``UNION ALL`` the precomputed neighbours of every browsed code of the batch;
+4. ranking (pure, ``recsys.core.recommendations``): browsed and cart items are excluded from the
+   recommendations, the neighbour lists are merged (cart items first) and an empty answer becomes the
+   popular items, marked ``fallback=True``.
+
+HNSW scans run with a fixed ``hnsw.ef_search`` and ``hnsw.iterative_scan = strict_order`` (set
+transaction-locally inside the same statement), so a scan returns the same items in the same order
+whatever LIMIT it is given: the answer for a request does not depend on the rest of its batch, and
+requests with more exclusions than ``ef_search`` still get ``k`` items.
+
+Hot reload: all of a version's state (weights, feature parameters, its tables, its popular items)
+is one immutable object; ``refresh()`` builds the new one off the event loop and swaps a single
+reference, so a batch runs entirely on one version and names it in every answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+from pgvector import Vector
+
+from recsys.core.errors import DatabaseUnavailable, ModelNotReady, NotFoundError, UserError
+from recsys.core.events import UserFeatures
+from recsys.core.recommendations import (
+    Recommendation,
+    RecommendRequest,
+    ScoredItem,
+    SimilarItems,
+    Source,
+    browse_order,
+    exclude,
+    merge_similar,
+)
+from recsys.infra.logs import get_logger
+from recsys.model_store.features import FeatureTransform, normalise_category
+from recsys.model_store.model import NumpyTower, load_state_dict
+
+__all__ = ["BadVector", "ModelRecommender", "ModelState"]
+
+log = get_logger(__name__)
+
+MAX_K = 1000
+POPULAR_KEPT = 1000
+_TABLE = re.compile(r"^(item|user)_emb__[a-z0-9_]{1,48}$")
+_DB_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class BadVector(UserError):
+    """A query vector of the wrong dimension or with non-finite values."""
+
+
+FeatureKey = tuple[str | None, str | None, float | None]
+
+
+def feature_key(features: UserFeatures) -> FeatureKey:
+    """The normalised tuple the user tower sees: equal keys give equal embeddings."""
+    credit = features.credit_limit
+    if credit is not None and not math.isfinite(float(credit)):
+        credit = None
+    return (
+        normalise_category(features.city),
+        normalise_category(features.country),
+        None if credit is None else float(credit),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """Everything one version needs to answer, immutable; swapped as a whole on refresh."""
+
+    version: str
+    item_table: str
+    user_table: str
+    dimension: int
+    user_transform: FeatureTransform
+    user_tower: NumpyTower
+    popular: tuple[ScoredItem, ...]
+
+    def embed(self, keys: Sequence[FeatureKey]) -> npt.NDArray[np.float32]:
+        rows = self.user_transform.sparse_rows(keys)
+        return self.user_tower.embed(rows, self.user_transform.numeric_offset)
+
+    def embed_known(self, keys: Sequence[FeatureKey]) -> tuple[npt.NDArray[np.float32], list[bool]]:
+        """Embeddings, and whether the model knows anything of each user (a known category or a
+        credit limit); a user it knows nothing of gets the popular items instead."""
+        rows = self.user_transform.sparse_rows(keys)
+        any_category: list[bool] = np.any(rows.indices >= 0, axis=1).tolist()
+        known = [hit or key[2] is not None for hit, key in zip(any_category, keys, strict=True)]
+        return self.user_tower.embed(rows, self.user_transform.numeric_offset), known
+
+
+def _table(name: str) -> str:
+    if not _TABLE.match(name):
+        raise DatabaseUnavailable(f"model_versions names an unexpected table {name!r}")
+    return name
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _build_state(row: asyncpg.Record, popular: list[asyncpg.Record]) -> ModelState:
+    """CPU part of loading a version (torch.load of the weights): runs in the executor."""
+    transform = FeatureTransform.from_json(_json(row["user_features"]))
+    tower = NumpyTower.from_state_dict(load_state_dict(bytes(row["weights"])), "user_tower")
+    if tower.in_dim != transform.dim:
+        raise DatabaseUnavailable(
+            f"version {row['version']}: the user tower reads {tower.in_dim} inputs, "
+            f"the feature parameters give {transform.dim}"
+        )
+    return ModelState(
+        version=str(row["version"]),
+        item_table=_table(str(row["item_table"])),
+        user_table=_table(str(row["user_table"])),
+        dimension=int(row["dimension"]),
+        user_transform=transform,
+        user_tower=tower,
+        popular=tuple(ScoredItem(str(p["id"]), float(p["score"])) for p in popular),
+    )
+
+
+def _batch_sql(item_table: str) -> str:
+    return f"""
+WITH cfg AS MATERIALIZED (
+    SELECT set_config('hnsw.ef_search', $4::text, true) AS ef,
+           set_config('hnsw.iterative_scan', 'strict_order', true) AS scan
+)
+SELECT 0 AS kind, q.ord, NULL::text AS code, t.ids, t.scores
+FROM cfg, unnest($1::int[], $2::vector[], $3::int[]) AS q(ord, vec, lim)
+CROSS JOIN LATERAL (
+    SELECT array_agg(s.id ORDER BY s.dist, s.id) AS ids, array_agg(-s.dist ORDER BY s.dist, s.id) AS scores
+    FROM (
+        SELECT e.id, e.embedding <#> q.vec AS dist
+        FROM {item_table} e
+        WHERE cfg.ef IS NOT NULL AND cfg.scan IS NOT NULL
+        ORDER BY e.embedding <#> q.vec
+        LIMIT q.lim
+    ) s
+) t
+UNION ALL
+SELECT 1, NULL, n.id, n.neighbour_ids, n.scores
+FROM item_neighbours n
+WHERE n.version = $5 AND n.id = ANY($6::text[])
+"""
+
+
+class ModelRecommender:
+    """The active model version answering through pgvector. Build it with :meth:`open`."""
+
+    def __init__(
+        self, pool: asyncpg.Pool[Any], state: ModelState, executor: ThreadPoolExecutor, ef_search: int
+    ) -> None:
+        self._pool = pool
+        self._state = state
+        self._executor = executor
+        self._ef_search = ef_search
+        self._refresh_lock = asyncio.Lock()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    @classmethod
+    async def open(
+        cls, pool: asyncpg.Pool[Any], *, ef_search: int = 100, torch_threads: int | None = 1
+    ) -> ModelRecommender:
+        """The recommender of the active version. Raises ``ModelNotReady`` when none is active."""
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-model")
+        try:
+            state = await cls._load_active(pool, executor)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        if state is None:
+            executor.shutdown(wait=False)
+            raise ModelNotReady("no model version is active; run `recsys train` and `recsys load-vectors`")
+        log.info("model version %s ready (%s)", state.version, state.item_table)
+        return cls(pool, state, executor, max(10, min(ef_search, 1000)))
+
+    @staticmethod
+    async def _load_active(
+        pool: asyncpg.Pool[Any], executor: ThreadPoolExecutor, skip: str | None = None
+    ) -> ModelState | None:
+        try:
+            async with pool.acquire() as conn:
+                row = await conn.fetchrow(
+                    "SELECT version, item_table, user_table, dimension, user_features, weights "
+                    "FROM model_versions WHERE active"
+                )
+                if row is None or row["version"] == skip:
+                    return None
+                popular = await conn.fetch(
+                    "SELECT id, score FROM popular_items WHERE version = $1 ORDER BY rank LIMIT $2",
+                    row["version"],
+                    POPULAR_KEPT,
+                )
+        except asyncpg.UndefinedTableError as exc:
+            raise ModelNotReady("the model tables do not exist; run `recsys migrate` first") from exc
+        except _DB_ERRORS as exc:
+            raise DatabaseUnavailable(f"reading the active model version failed: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, _build_state, row, popular)
+
+    @property
+    def model_version(self) -> str:
+        return self._state.version
+
+    async def refresh(self) -> bool:
+        """Switch to the active version if it changed (one cheap query when it did not)."""
+        async with self._refresh_lock:
+            current = self._state.version
+            try:
+                active = await self._pool.fetchval("SELECT version FROM model_versions WHERE active")
+            except _DB_ERRORS as exc:
+                raise DatabaseUnavailable(f"checking the active model version failed: {exc}") from exc
+            if active is None or active == current:
+                return False
+            state = await self._load_active(self._pool, self._executor, skip=current)
+            if state is None:
+                return False
+            self._state = state  # one reference swap: the next batch runs on the new version
+            log.info("switched model version %s -> %s", current, state.version)
+            return True
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # --- the batch path ---------------------------------------------------------------------------
+    async def recommend_batch(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
+        if not requests:
+            return []
+        try:
+            return await self._recommend(self._state, requests)
+        except asyncpg.UndefinedTableError:
+            # the version's tables were dropped under us (a newer version was loaded meanwhile)
+            if await self.refresh():
+                return await self._recommend(self._state, requests)
+            raise DatabaseUnavailable("the active version's vector table is missing") from None
+
+    async def recommend_one(self, request: RecommendRequest) -> Recommendation:
+        """The one-by-one path (one forward, one round trip per request): the batch path's reference."""
+        return (await self.recommend_batch([request]))[0]
+
+    async def _recommend(
+        self, state: ModelState, requests: Sequence[RecommendRequest]
+    ) -> list[Recommendation]:
+        keys: dict[FeatureKey, int] = {}
+        limits: list[int] = []
+        per_request: list[tuple[int, list[str], set[str], int]] = []
+        codes: dict[str, None] = {}
+        for req in requests:
+            key = feature_key(req.features)
+            slot = keys.setdefault(key, len(keys))
+            ordered = browse_order(req.browse_history)
+            banned = set(ordered)
+            k = max(0, min(int(req.k), MAX_K))
+            limit = k + len(banned) if k else 0
+            if slot == len(limits):
+                limits.append(limit)
+            else:
+                limits[slot] = max(limits[slot], limit)
+            codes.update(dict.fromkeys(ordered))
+            per_request.append((slot, ordered, banned, k))
+
+        loop = asyncio.get_running_loop()
+        vectors, known = await loop.run_in_executor(self._executor, state.embed_known, list(keys))
+        limits = [limit if knows else 0 for limit, knows in zip(limits, known, strict=True)]
+        rows = await self._fetch(state, vectors, limits, list(codes))
+
+        candidates: dict[int, list[ScoredItem]] = {}
+        neighbours: dict[str, list[ScoredItem]] = {}
+        for row in rows:
+            items = [
+                ScoredItem(str(i), float(s))
+                for i, s in zip(row["ids"] or (), row["scores"] or (), strict=True)
+            ]
+            if row["kind"] == 0:
+                candidates[int(row["ord"])] = items
+            else:
+                neighbours[str(row["code"])] = items
+
+        out: list[Recommendation] = []
+        for slot, ordered, banned, k in per_request:
+            recommended = exclude(candidates.get(slot, ()), banned, k)
+            similar = merge_similar([(code, neighbours.get(code, ())) for code in ordered], banned, k)
+            fallback = not recommended and k > 0
+            if fallback:
+                recommended = exclude(state.popular, banned, k)
+            out.append(
+                Recommendation(
+                    recommended_items=recommended,
+                    similar_items=similar,
+                    model_version=state.version,
+                    source=Source.POPULAR if fallback else Source.MODEL,
+                    fallback=fallback,
+                )
+            )
+        return out
+
+    async def _fetch(
+        self,
+        state: ModelState,
+        vectors: npt.NDArray[np.float32],
+        limits: list[int],
+        codes: list[str],
+    ) -> list[asyncpg.Record]:
+        try:
+            rows: list[asyncpg.Record] = await self._pool.fetch(
+                _batch_sql(state.item_table),
+                list(range(len(limits))),
+                [Vector(v) for v in vectors],
+                limits,
+                str(self._ef_search),
+                state.version,
+                codes,
+                timeout=30.0,
+            )
+        except asyncpg.UndefinedTableError:
+            raise
+        except _DB_ERRORS as exc:
+            raise DatabaseUnavailable(f"the vector query failed: {exc}") from exc
+        return rows
+
+    # --- single questions (the API) ---------------------------------------------------------------
+    async def similar_items(self, product_code: str, k: int) -> list[ScoredItem]:
+        state = self._state
+        k = max(0, min(int(k), MAX_K))
+        try:
+            row = await self._pool.fetchrow(
+                "SELECT neighbour_ids, scores FROM item_neighbours WHERE version = $1 AND id = $2",
+                state.version,
+                product_code,
+            )
+            if row is None:
+                raise NotFoundError(f"unknown product code {product_code!r} in model version {state.version}")
+            stored = [
+                ScoredItem(str(i), float(s)) for i, s in zip(row["neighbour_ids"], row["scores"], strict=True)
+            ]
+            if k <= len(stored) or len(stored) == 0:
+                return stored[:k]
+            # more than were precomputed: ask the index
+            found = await self._pool.fetch(
+                f"""SELECT e.id, -(e.embedding <#> q.embedding) AS score
+                    FROM {state.item_table} e, (SELECT embedding FROM {state.item_table} WHERE id = $1) q
+                    WHERE e.id <> $1
+                    ORDER BY e.embedding <#> q.embedding, e.id LIMIT $2""",
+                product_code,
+                k,
+            )
+        except _DB_ERRORS as exc:
+            raise DatabaseUnavailable(f"reading similar items failed: {exc}") from exc
+        return [ScoredItem(str(r["id"]), float(r["score"])) for r in found]
+
+    async def popular_items(self, k: int) -> list[ScoredItem]:
+        return list(self._state.popular[: max(0, int(k))])
+
+    async def user_embeddings(self, features: Sequence[UserFeatures]) -> list[list[float]]:
+        state = self._state
+        if not features:
+            return []
+        keys = [feature_key(f) for f in features]
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(self._executor, state.embed, keys)
+        return [[float(x) for x in row] for row in vectors]
+
+    async def items_from_vector(self, vector: Sequence[float], k: int) -> list[ScoredItem]:
+        state = self._state
+        try:
+            query = np.asarray([float(x) for x in vector], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise BadVector(f"the vector must be a list of numbers: {exc}") from exc
+        if query.shape != (state.dimension,):
+            raise BadVector(f"the vector must have {state.dimension} numbers, got {query.size}")
+        if not np.isfinite(query).all():
+            raise BadVector("the vector holds non-finite values")
+        norm = float(np.linalg.norm(query))
+        if norm == 0.0:
+            raise BadVector("the vector is all zeros")
+        unit = (query / norm).astype(np.float32)  # cosine scores; the ranking is the same either way
+        k = max(0, min(int(k), MAX_K))
+        rows = await self._fetch(state, unit.reshape(1, -1), [k], [])
+        for row in rows:
+            if row["kind"] == 0:
+                return [
+                    ScoredItem(str(i), float(s))
+                    for i, s in zip(row["ids"] or (), row["scores"] or (), strict=True)
+                ]
+        return []
+
+    async def recommend_customer(self, customer_number: int, k: int) -> Recommendation | None:
+        """Model recommendations from a known customer's stored embedding (same version), or None."""
+        state = self._state
+        try:
+            vector = await self._pool.fetchval(
+                f"SELECT embedding FROM {state.user_table} WHERE id = $1", int(customer_number)
+            )
+        except _DB_ERRORS as exc:
+            raise DatabaseUnavailable(f"reading the customer's embedding failed: {exc}") from exc
+        if vector is None:
+            return None
+        query = np.asarray(vector.to_list() if hasattr(vector, "to_list") else vector, dtype=np.float32)
+        k = max(0, min(int(k), MAX_K))
+        rows = await self._fetch(state, query.reshape(1, -1), [k], [])
+        items = next(
+            (
+                tuple(
+                    ScoredItem(str(i), float(s))
+                    for i, s in zip(r["ids"] or (), r["scores"] or (), strict=True)
+                )
+                for r in rows
+                if r["kind"] == 0
+            ),
+            (),
+        )
+        return Recommendation(items, SimilarItems(None, ()), state.version, Source.MODEL)

@@ -1,0 +1,229 @@
+"""load-vectors and the recommender against the real embedded PostgreSQL + pgvector."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pytest
+
+from recsys.core.errors import ModelNotReady, NotFoundError
+from recsys.core.events import BrowseItem, UserFeatures
+from recsys.core.recommendations import RecommendRequest, Source
+from recsys.infra.objectstore import LocalStore
+from recsys.infra.pg import create_pool, migrate
+from recsys.model_store.artifacts import load_bundle
+from recsys.model_store.loader import NEIGHBOURS, exact_neighbours, load_vectors, table_names
+from recsys.model_store.model import load_state_dict
+from recsys.model_store.recommender import BadVector, ModelRecommender, feature_key
+
+from .conftest import Artifacts
+
+
+def _exact_top(item_vectors: np.ndarray[Any, Any], query: np.ndarray[Any, Any], k: int) -> list[int]:
+    return list(np.argsort(-(item_vectors @ query), kind="stable")[:k])
+
+
+async def test_load_switches_atomically_and_stores_what_serving_needs(
+    ms_database_url: str, artifacts: Artifacts, ms_pool: asyncpg.Pool[Any]
+) -> None:
+    v0, v1 = artifacts.versions
+    first = await load_vectors(ms_database_url, artifacts.uri, v0)
+    assert (first.version, first.items, first.users, first.already_loaded) == (v0, 400, 150, False)
+    bundle = load_bundle(LocalStore(artifacts.uri), v0)
+    async with ms_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT version FROM model_versions WHERE active") == v0
+        assert await conn.fetchval("SELECT count(*) FROM item_emb") == 400  # the lab's name, a view
+        assert await conn.fetchval("SELECT count(*) FROM user_emb") == 150
+        stored = await conn.fetchval("SELECT embedding FROM item_emb WHERE id = $1", bundle.item_ids[7])
+        np.testing.assert_array_equal(stored.to_numpy(), bundle.item_vectors[7])
+        weights = await conn.fetchval("SELECT weights FROM model_versions WHERE version = $1", v0)
+        assert set(load_state_dict(bytes(weights))) == set(artifacts.models[0].state_dict)
+        item_table, _ = table_names(v0)
+        index = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = $1 AND indexdef LIKE '%hnsw%'", item_table
+        )
+        assert "vector_ip_ops" in index
+        row = await conn.fetchrow(
+            "SELECT neighbour_ids, scores FROM item_neighbours WHERE version = $1 AND id = $2",
+            v0,
+            bundle.item_ids[3],
+        )
+        idx, _ = exact_neighbours(bundle.item_vectors, NEIGHBOURS)
+        assert row["neighbour_ids"] == [bundle.item_ids[j] for j in idx[3]]
+        assert list(row["scores"]) == sorted(row["scores"], reverse=True)
+        popular = await conn.fetch("SELECT id FROM popular_items WHERE version = $1 ORDER BY rank", v0)
+        assert [r["id"] for r in popular] == [p.id for p in bundle.popular]
+
+    second = await load_vectors(ms_database_url, artifacts.uri, v1)
+    assert second.version == v1
+    again = await load_vectors(ms_database_url, artifacts.uri, v0)  # a rollback is a switch
+    assert again.already_loaded
+    async with ms_pool.acquire() as conn:
+        assert [
+            r["version"] for r in await conn.fetch("SELECT version FROM model_versions WHERE active")
+        ] == [v0]
+
+
+async def test_open_without_an_active_version_is_model_not_ready(database_url: str) -> None:
+    name = f"model_store_empty_{uuid.uuid4().hex[:8]}"
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    url = database_url.rsplit("/", 1)[0] + "/" + name
+    await migrate(url)
+    pool = await create_pool(url, max_size=2)
+    try:
+        with pytest.raises(ModelNotReady):
+            await ModelRecommender.open(pool)
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def recommender(ms_database_url: str, artifacts: Artifacts, ms_pool: asyncpg.Pool[Any]) -> Any:
+    await load_vectors(ms_database_url, artifacts.uri, artifacts.versions[0])
+    rec = await ModelRecommender.open(ms_pool)
+    try:
+        yield rec
+    finally:
+        await rec.close()
+
+
+def _requests(artifacts: Artifacts, n: int, seed: int) -> list[RecommendRequest]:
+    rng = np.random.default_rng(seed)
+    data = artifacts.models[0].data
+    items = data.item_ids
+    out = []
+    for i in range(n):
+        u = int(rng.integers(len(data.user_ids)))
+        features = UserFeatures(
+            data.user_columns["city"][u], data.user_columns["country"][u], data.user_columns["creditLimit"][u]
+        )
+        if i % 7 == 3:
+            features = UserFeatures("Atlantis", "narnia", None)  # nothing known: popular items
+        elif i % 5 == 1:
+            features = UserFeatures("Atlantis", features.country, features.credit_limit)  # unknown city
+        history = tuple(
+            BrowseItem(items[int(j)], 1, bool(rng.random() < 0.3))
+            for j in rng.choice(len(items), int(rng.integers(1, 6)), replace=False)
+        )
+        if i % 4 == 0:
+            history = (*history, BrowseItem("NO_SUCH_ITEM", 1, True))
+        out.append(RecommendRequest(100 + u, features, history, k=int(rng.choice([5, 10, 20]))))
+    out.append(out[0])  # exact duplicate in the batch
+    return out
+
+
+async def test_batch_equals_one_by_one_and_follows_the_rules(
+    recommender: ModelRecommender, artifacts: Artifacts
+) -> None:
+    requests = _requests(artifacts, 80, seed=3)
+    batch = await recommender.recommend_batch(requests)
+    one_by_one = [await recommender.recommend_one(r) for r in requests]
+    assert batch == one_by_one
+    assert len(batch) == len(requests)
+    for req, rec in zip(requests, batch, strict=True):
+        browsed = {b.product_code for b in req.browse_history}
+        assert rec.model_version == artifacts.versions[0]
+        assert len(rec.recommended_items) == req.k
+        assert not browsed & {i.id for i in rec.recommended_items}
+        assert not browsed & {i.id for i in rec.similar_items.similar_items}
+        assert len(rec.similar_items.similar_items) == req.k
+        cart = [
+            b.product_code
+            for b in req.browse_history
+            if b.in_shopping_cart and b.product_code != "NO_SUCH_ITEM"
+        ]
+        if cart:
+            assert rec.similar_items.product_code == cart[0]
+        nothing_known = req.features.city == "Atlantis" and req.features.country == "narnia"
+        assert rec.fallback is nothing_known
+        assert rec.source is (Source.POPULAR if nothing_known else Source.MODEL)
+
+
+async def test_pgvector_top10_matches_exact_top10(
+    recommender: ModelRecommender, artifacts: Artifacts
+) -> None:
+    bundle = load_bundle(LocalStore(artifacts.uri), artifacts.versions[0])
+    data = artifacts.models[0].data
+    features = [
+        UserFeatures(
+            data.user_columns["city"][u], data.user_columns["country"][u], data.user_columns["creditLimit"][u]
+        )
+        for u in range(len(data.user_ids))
+    ]
+    vectors = await recommender.user_embeddings(features)
+    hits = 0
+    for vector in vectors:
+        q = np.asarray(vector, dtype=np.float32)
+        exact = {bundle.item_ids[i] for i in _exact_top(bundle.item_vectors, q, 10)}
+        found = {item.id for item in await recommender.items_from_vector(vector, 10)}
+        hits += len(exact & found)
+    recall = hits / (10 * len(vectors))
+    print(f"pgvector HNSW recall@10 vs exact top-10: {recall:.4f} over {len(vectors)} users, 400 items")
+    assert recall >= 0.95
+
+
+async def test_user_embeddings_match_the_exported_ones(
+    recommender: ModelRecommender, artifacts: Artifacts
+) -> None:
+    bundle = load_bundle(LocalStore(artifacts.uri), artifacts.versions[0])
+    data = artifacts.models[0].data
+    features = [
+        UserFeatures(
+            data.user_columns["city"][u], data.user_columns["country"][u], data.user_columns["creditLimit"][u]
+        )
+        for u in range(5)
+    ]
+    got = np.asarray(await recommender.user_embeddings(features), dtype=np.float32)
+    np.testing.assert_array_equal(got, bundle.user_vectors[:5])
+
+
+async def test_similar_items_unknown_codes_and_bad_vectors(
+    recommender: ModelRecommender, artifacts: Artifacts
+) -> None:
+    bundle = load_bundle(LocalStore(artifacts.uri), artifacts.versions[0])
+    code = bundle.item_ids[11]
+    idx, _ = exact_neighbours(bundle.item_vectors, 150)
+    top10 = await recommender.similar_items(code, 10)
+    assert [i.id for i in top10] == [bundle.item_ids[j] for j in idx[11][:10]]
+    many = await recommender.similar_items(code, 150)  # beyond the precomputed lists: the index
+    assert len(many) == 150 and code not in {i.id for i in many}
+    assert len({i.id for i in many} & {bundle.item_ids[j] for j in idx[11]}) >= 140
+    with pytest.raises(NotFoundError):
+        await recommender.similar_items("NO_SUCH_ITEM", 5)
+    with pytest.raises(BadVector, match="32"):
+        await recommender.items_from_vector([0.1] * 31, 5)
+    with pytest.raises(BadVector, match="non-finite"):
+        await recommender.items_from_vector([float("nan")] + [0.1] * 31, 5)
+    assert [i.id for i in await recommender.popular_items(3)] == [p.id for p in bundle.popular[:3]]
+    only_unknown = await recommender.recommend_batch(
+        [RecommendRequest(1, UserFeatures(" NANTES ", "France", 1000.0), (BrowseItem("NOPE", 1, True),), k=5)]
+    )
+    assert len(only_unknown[0].recommended_items) == 5 and not only_unknown[0].fallback
+    assert only_unknown[0].similar_items.similar_items == ()
+    assert feature_key(UserFeatures(" NANTES ", "France", float("inf"))) == ("nantes", "france", None)
+
+
+async def test_hot_reload_switches_between_batches(
+    recommender: ModelRecommender, ms_database_url: str, artifacts: Artifacts
+) -> None:
+    v0, v1 = artifacts.versions
+    requests = _requests(artifacts, 10, seed=5)
+    assert await recommender.refresh() is False
+    before = await recommender.recommend_batch(requests)
+    await load_vectors(ms_database_url, artifacts.uri, v1)
+    # nothing changes until the process refreshes: a batch is answered by one version
+    assert recommender.model_version == v0
+    assert {r.model_version for r in await recommender.recommend_batch(requests)} == {v0}
+    assert await recommender.refresh() is True
+    assert recommender.model_version == v1
+    after = await recommender.recommend_batch(requests)
+    assert {r.model_version for r in after} == {v1}
+    assert [r.recommended_items for r in after] != [r.recommended_items for r in before]
+    assert await recommender.refresh() is False
