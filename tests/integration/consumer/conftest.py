@@ -7,8 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import shutil
+import socket
+import subprocess
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,3 +215,87 @@ def event(customer: int, n: int = 0) -> dict[str, Any]:
             {"product_code": "S18_2238", "quantity": "1", "in_shopping_cart": False},
         ],
     }
+
+
+KINESIS_MOCK_VERSION = "0.6.2"
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _kinesis_mock_main() -> Path | None:
+    """kinesis-mock's main.js under ``$RECSYS_KINESIS_MOCK_DIR`` or ``.cache/kinesis-local``."""
+    base = Path(os.environ.get("RECSYS_KINESIS_MOCK_DIR", REPO / ".cache" / "kinesis-local"))
+    for candidate in (base / "main.js", base / "node_modules" / "kinesis-local" / "main.js"):
+        if candidate.is_file():
+            return candidate
+    npm = shutil.which("npm")
+    if npm is None:
+        return None
+    base.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            npm,
+            "install",
+            "--silent",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            str(base),
+            f"kinesis-local@{KINESIS_MOCK_VERSION}",
+        ],
+        check=False,
+        timeout=180,
+        capture_output=True,
+    )
+    main = base / "node_modules" / "kinesis-local" / "main.js"
+    return main if main.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def kinesis_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """kinesis-mock (npm ``kinesis-local``) on plain HTTP: right about resharding and ChildShards."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node.js is not installed: the resharding tests need kinesis-mock (npm kinesis-local)")
+    main = _kinesis_mock_main()
+    if main is None:
+        pytest.skip("kinesis-mock is not installed and npm could not fetch it (run `make install-dev`)")
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "KINESIS_MOCK_PLAIN_PORT": str(port),
+            "KINESIS_MOCK_TLS_PORT": str(_free_port()),
+            "CREATE_STREAM_DURATION": "50ms",
+            "SPLIT_SHARD_DURATION": "50ms",
+            "MERGE_SHARDS_DURATION": "50ms",
+            "UPDATE_SHARD_COUNT_DURATION": "50ms",
+            "LOG_LEVEL": "WARN",
+        }
+    )
+    log_path = tmp_path_factory.mktemp("kinesis-mock") / "kinesis-mock.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([node, str(main)], cwd=main.parent, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                s.settimeout(0.2)
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"kinesis-mock did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
