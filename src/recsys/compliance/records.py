@@ -1,0 +1,171 @@
+"""Which stored records belong to a customer: pure functions over bytes, no I/O.
+
+A record *names* a customer when it is a JSON object whose ``customer_number`` is that number (an
+int, or a numeric string as some producers send), or, for bytes that are not a JSON object (a
+truncated line, a KPL aggregate, a payload a producer garbled), when the text holds
+``"customer_number": N`` with N not followed by another digit. The second rule errs on the side of
+removal: a bad record that merely *looks* like it names the customer is dropped with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import orjson
+
+__all__ = [
+    "FilterResult",
+    "customer_pattern",
+    "filter_dead_letters",
+    "filter_delivered",
+    "filter_embeddings_csv",
+    "is_gzip",
+    "names_customer",
+    "same_customer",
+]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True, slots=True)
+class FilterResult:
+    """The object's new body (``None``: nothing of the customer was in it) and how many lines went."""
+
+    body: bytes | None
+    removed: int
+    kept: int
+
+    @property
+    def changed(self) -> bool:
+        return self.removed > 0
+
+
+def same_customer(value: object, customer: int) -> bool:
+    """``value`` (from JSON) denotes ``customer``: 103, "103", " 103 " and 103.0 do; True does not."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value == customer
+    if isinstance(value, float):
+        return value == customer
+    if isinstance(value, str):
+        text = value.strip()
+        return text.isdigit() and int(text) == customer
+    return False
+
+
+def customer_pattern(customer: int) -> re.Pattern[bytes]:
+    return re.compile(rb'"customer_number"\s*:\s*"?\s*' + str(customer).encode() + rb"(?![0-9.])")
+
+
+def names_customer(data: bytes, customer: int, pattern: re.Pattern[bytes] | None = None) -> bool:
+    """True when ``data`` (one raw record) names ``customer``; see the module docstring."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and same_customer(parsed.get("customer_number"), customer):
+        return True
+    return bool((pattern or customer_pattern(customer)).search(data))
+
+
+def is_gzip(key: str, body: bytes) -> bool:
+    return key.endswith(".gz") or body[:2] == _GZIP_MAGIC
+
+
+def _lines(body: bytes) -> list[bytes]:
+    return [line for line in body.split(b"\n") if line.strip()]
+
+
+def _join(lines: Iterable[bytes]) -> bytes:
+    return b"".join(line + b"\n" for line in lines)
+
+
+def _failed_delivery_names(line: bytes, customer: int, pattern: re.Pattern[bytes]) -> bool:
+    """Firehose's error output (``errors/`` prefix): ``{"rawData": base64 of our record, ...}``."""
+    if b'"rawData"' not in line:
+        return False
+    try:
+        failed = orjson.loads(line)
+        data = base64.b64decode(str(failed.get("rawData", "")), validate=True)
+    except (orjson.JSONDecodeError, binascii.Error, ValueError, AttributeError):
+        return False
+    return names_customer(data, customer, pattern)
+
+
+def filter_delivered(key: str, body: bytes, customer: int) -> FilterResult:
+    """A delivered object (newline-delimited recommendation records, maybe gzipped) without the
+    customer's lines. An object that does not even contain the number's digits is not parsed."""
+    compressed = is_gzip(key, body)
+    text = gzip.decompress(body) if compressed else body
+    digits = str(customer).encode()
+    if digits not in text and b'"rawData"' not in text:
+        return FilterResult(None, 0, len(_lines(text)))
+    pattern = customer_pattern(customer)
+    kept: list[bytes] = []
+    removed = 0
+    for line in _lines(text):
+        if names_customer(line, customer, pattern) or _failed_delivery_names(line, customer, pattern):
+            removed += 1
+        else:
+            kept.append(line)
+    if not removed:
+        return FilterResult(None, 0, len(kept))
+    out = _join(kept)
+    if compressed and kept:
+        out = gzip.compress(out, mtime=0)
+    return FilterResult(out, removed, len(kept))
+
+
+def _dead_letter_names(line: bytes, customer: int, pattern: re.Pattern[bytes]) -> bool:
+    try:
+        letter = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return bool(pattern.search(line))  # a damaged line: judge the text we have
+    if not isinstance(letter, dict):
+        return False
+    # The producer's partition key is the customer number: a record keyed by it names the customer.
+    if same_customer(letter.get("partition_key"), customer):
+        return True
+    raw = letter.get("data_base64")
+    if isinstance(raw, str):
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            data = raw.encode()
+        if names_customer(data, customer, pattern):
+            return True
+    detail = letter.get("detail")
+    return isinstance(detail, str) and bool(pattern.search(detail.encode()))
+
+
+def filter_dead_letters(body: bytes, customer: int) -> FilterResult:
+    """A dead-letter object (one JSON line per bad record) without the records naming the customer."""
+    pattern = customer_pattern(customer)
+    kept: list[bytes] = []
+    removed = 0
+    for line in _lines(body):
+        if _dead_letter_names(line, customer, pattern):
+            removed += 1
+        else:
+            kept.append(line)
+    if not removed:
+        return FilterResult(None, 0, len(kept))
+    return FilterResult(_join(kept), removed, len(kept))
+
+
+def filter_embeddings_csv(body: bytes, customer: int) -> FilterResult:
+    """``id,embedding`` CSV (the artifact store's user embeddings) without the customer's row."""
+    lines = body.split(b"\n")
+    header, rows = lines[0], [line for line in lines[1:] if line.strip()]
+    wanted = str(customer).encode()
+    kept = [row for row in rows if row.split(b",", 1)[0].strip() != wanted]
+    removed = len(rows) - len(kept)
+    if not removed:
+        return FilterResult(None, 0, len(kept))
+    return FilterResult(_join([header, *kept]), removed, len(kept))
