@@ -34,7 +34,9 @@ class ModelSlot:
     def __init__(self, recommender: ServingRecommender | None = None, reason: str = "") -> None:
         self._recommender = recommender
         self.reason = reason or ("" if recommender else "no model is loaded yet")
+        self._loaded = asyncio.Event()
         if recommender is not None:
+            self._loaded.set()
             set_model_version(recommender.model_version)
 
     @property
@@ -50,7 +52,13 @@ class ModelSlot:
     def set(self, recommender: ServingRecommender) -> None:
         self._recommender = recommender
         self.reason = ""
+        self._loaded.set()
         set_model_version(recommender.model_version)
+
+    async def wait_loaded(self) -> ServingRecommender:
+        """Returns once a recommender is loaded (callers bound it with a timeout)."""
+        await self._loaded.wait()
+        return self.get()
 
     async def maintain(self, open_model: Opener, retry_s: float, refresh_s: float) -> None:
         """Open the model when there is none, refresh it when there is (runs until cancelled)."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,9 +18,9 @@ from fastapi import FastAPI
 from recsys.core.errors import NotFoundError, UserError
 from recsys.core.events import UserFeatures
 from recsys.core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
-from recsys.infra.pg import create_pool
+from recsys.infra.pg import create_pool, migrate
 from recsys.service.app import create_app
-from recsys.settings import Settings
+from recsys.settings import Settings, TrainSettings
 
 DIM = 32
 ITEMS = tuple(f"S10_{1000 + i}" for i in range(40))
@@ -129,3 +131,35 @@ def api_client(api_pool: asyncpg.Pool[Any], database_url: str) -> AppClient:
                 yield client
 
     return make
+
+
+# ---------------------------------------------------------------- the real model, small
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(artifacts URI, version): 60 customers (100..159), 50 products, a few epochs."""
+    from recsys.model_store.artifacts import export_trained
+    from recsys.model_store.testing import synthetic_ratings
+    from recsys.model_store.training import fit
+
+    root: Path = tmp_path_factory.mktemp("api-artifacts")
+    table = synthetic_ratings(n_customers=60, n_products=50, ratings_per_customer=20, seed=3)
+    model = fit(table, TrainSettings(seed=1, epochs=4))
+    yield str(root), export_trained(str(root), model)
+
+
+@pytest.fixture(scope="session")
+async def model_db(database_url: str, small_model: tuple[str, str]) -> str:
+    from recsys.model_store.loader import load_vectors
+
+    name = f"api_{uuid.uuid4().hex[:10]}"
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    url = database_url.rsplit("/", 1)[0] + "/" + name
+    await migrate(url)
+    await load_vectors(url, *small_model)
+    return url

@@ -1,0 +1,78 @@
+"""The API with the model store's real recommender: a small model trained on synthetic ratings and
+loaded into a database of these tests' own (versions are switched there, not in the shared one)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from recsys.infra.pg import create_pool
+from recsys.service.app import create_app
+from recsys.settings import Settings
+
+
+@asynccontextmanager
+async def served(url: str, *, own_model: bool) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    from recsys.service.model import open_recommender
+
+    pool = await create_pool(url, min_size=1, max_size=4)
+    recommender = None if own_model else await open_recommender(pool)
+    app = create_app(Settings(database_url=url), pool=pool, recommender=recommender)
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+                yield client, app
+    finally:
+        if recommender is not None:
+            await recommender.close()
+        await pool.close()
+
+
+async def test_model_and_popular_paths_with_the_real_model(
+    model_db: str, small_model: tuple[str, str]
+) -> None:
+    version = small_model[1]
+    async with served(model_db, own_model=False) as (client, _):
+        known = await client.get("/recommendations/103", params={"limit": 5})
+        unknown = await client.get("/recommendations/99999", params={"limit": 5})
+    assert known.status_code == 200
+    assert known.json()["source"] == "model"
+    assert known.json()["model_version"] == version
+    assert len(known.json()["recommended_items"]) == 5
+    assert unknown.json()["source"] == "popular"
+    assert unknown.json()["model_version"] == version
+    assert len(unknown.json()["recommended_items"]) == 5
+
+
+async def test_lab_endpoints_with_the_real_model(model_db: str) -> None:
+    async with served(model_db, own_model=False) as (client, _):
+        emb = await client.post(
+            "/user_embeddings", json=[{"city": "Nantes", "country": "France", "creditlimit": 21000}]
+        )
+        vector = emb.json()[0]
+        from_user = await client.post("/items_from_user", params={"limit": 4}, json=vector)
+        item = from_user.json()[0]["id"]
+        from_item = await client.get("/items_from_item", params={"item_id": item, "limit": 3})
+        unknown = await client.get("/items_from_item", params={"item_id": "S99_0000"})
+        short = await client.post("/items_from_user", json=vector[:-1])
+        zeros = await client.post("/items_from_user", json=[0.0] * len(vector))
+    assert emb.status_code == 200 and len(vector) == 32
+    assert from_user.status_code == 200 and len(from_user.json()) == 4
+    assert from_item.status_code == 200 and item not in {i["id"] for i in from_item.json()}
+    assert unknown.status_code == 404 and "S99_0000" in unknown.json()["reason"]
+    assert short.status_code == 422 and "32" in short.json()["reason"]
+    assert zeros.status_code == 422
+
+
+async def test_an_app_without_a_model_opens_it_itself(model_db: str, small_model: tuple[str, str]) -> None:
+    async with served(model_db, own_model=True) as (client, app):
+        loaded = await asyncio.wait_for(app.state.services.model.wait_loaded(), 30)
+        ready = await client.get("/readyz")
+    assert loaded.model_version == small_model[1]
+    assert ready.status_code == 200
+    assert ready.json()["model_version"] == small_model[1]
