@@ -74,7 +74,7 @@ class SuppressionList:
         try:
             async with self._pool.acquire(timeout=10.0) as conn:
                 row = await conn.fetchrow(_CHANGE_CHECK, timeout=10.0)
-                token = (int(row[0]), row[1])
+                token = (int(row[0]), row[1]) if row is not None else (0, None)
                 if token == self._token:
                     return False
                 rows = await conn.fetch(_ALL, timeout=10.0)
