@@ -8,7 +8,8 @@
 #
 # linux/amd64 only: requirements.lock pins the CPU build of torch (torch==2.13.0+cpu) from the
 # PyTorch CPU index; the CUDA build (several GB of NVIDIA libraries) is never installed.
-# Expected size: see docs/operations.md, "The image" (about 1.7 GB uncompressed; torch is half of it).
+# Expected size: about 1.8 GB uncompressed, 0.5 GB compressed; torch is 0.75 GB of it (how it was
+# estimated: docs/operations.md, "The image").
 
 ARG PYTHON_VERSION=3.11
 
