@@ -81,7 +81,12 @@ def open_source(url: str) -> Engine:
     backend = parsed.get_backend_name()
     connect_args: dict[str, object]
     if backend in ("mysql", "mariadb"):
-        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}
+        connect_args = {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "read_timeout": READ_TIMEOUT_S,
+            # a streaming read pauses while a finished file uploads: let the server wait for us
+            "init_command": f"SET SESSION net_write_timeout = {READ_TIMEOUT_S}",
+        }
     elif backend == "postgresql":
         connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
     elif backend == "sqlite":
