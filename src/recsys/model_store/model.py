@@ -44,14 +44,22 @@ class ModelConfig:
     item_dim: int
     hidden: tuple[int, ...] = (64,)
     embedding_dim: int = 32
+    item_hidden: tuple[int, ...] | None = None  # when the item tower differs (imported models)
+
+    @property
+    def item_layers(self) -> tuple[int, ...]:
+        return self.hidden if self.item_hidden is None else self.item_hidden
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "user_dim": self.user_dim,
             "item_dim": self.item_dim,
             "hidden": list(self.hidden),
             "embedding_dim": self.embedding_dim,
         }
+        if self.item_hidden is not None and self.item_hidden != self.hidden:
+            out["item_hidden"] = list(self.item_hidden)
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelConfig:
@@ -61,6 +69,7 @@ class ModelConfig:
                 int(data["item_dim"]),
                 tuple(int(h) for h in data["hidden"]),
                 int(data["embedding_dim"]),
+                tuple(int(h) for h in data["item_hidden"]) if data.get("item_hidden") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"model configuration is malformed: {exc!r}") from exc
@@ -89,7 +98,7 @@ class TwoTower(nn.Module):
         super().__init__()
         self.config = config
         self.user_tower = Tower(config.user_dim, config.hidden, config.embedding_dim)
-        self.item_tower = Tower(config.item_dim, config.hidden, config.embedding_dim)
+        self.item_tower = Tower(config.item_dim, config.item_layers, config.embedding_dim)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         user: torch.Tensor = self.user_tower(users)

@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 from pgvector import Vector
 
-from recsys.core.errors import DatabaseUnavailable, ModelNotReady, NotFoundError, UserError
+from recsys.core.errors import ArtifactError, DatabaseUnavailable, ModelNotReady, NotFoundError, UserError
 from recsys.core.events import UserFeatures
 from recsys.core.recommendations import (
     Recommendation,
@@ -71,6 +71,7 @@ class BadVector(UserError):
 
 
 FeatureKey = tuple[str | None, str | None, float | None]
+_KEY_POSITION = {"city": 0, "country": 1, "creditLimit": 2}
 
 
 def feature_key(features: UserFeatures) -> FeatureKey:
@@ -97,14 +98,20 @@ class ModelState:
     user_tower: NumpyTower
     popular: tuple[ScoredItem, ...]
 
+    def _rows(self, keys: Sequence[FeatureKey]) -> list[tuple[Any, ...]]:
+        """Keys (city, country, credit limit) in the column order of the fitted parameters."""
+        spec = self.user_transform.spec
+        order = [_KEY_POSITION[c] for c in (*spec.categorical, *spec.numeric)]
+        return [tuple(key[i] for i in order) for key in keys]
+
     def embed(self, keys: Sequence[FeatureKey]) -> npt.NDArray[np.float32]:
-        rows = self.user_transform.sparse_rows(keys)
+        rows = self.user_transform.sparse_rows(self._rows(keys))
         return self.user_tower.embed(rows, self.user_transform.numeric_offset)
 
     def embed_known(self, keys: Sequence[FeatureKey]) -> tuple[npt.NDArray[np.float32], list[bool]]:
         """Embeddings, and whether the model knows anything of each user (a known category or a
         credit limit); a user it knows nothing of gets the popular items instead."""
-        rows = self.user_transform.sparse_rows(keys)
+        rows = self.user_transform.sparse_rows(self._rows(keys))
         any_category: list[bool] = np.any(rows.indices >= 0, axis=1).tolist()
         known = [hit or key[2] is not None for hit, key in zip(any_category, keys, strict=True)]
         return self.user_tower.embed(rows, self.user_transform.numeric_offset), known
@@ -123,9 +130,14 @@ def _json(value: Any) -> Any:
 def _build_state(row: asyncpg.Record, popular: list[asyncpg.Record]) -> ModelState:
     """CPU part of loading a version (torch.load of the weights): runs in the executor."""
     transform = FeatureTransform.from_json(_json(row["user_features"]))
+    unknown = {*transform.spec.categorical, *transform.spec.numeric} - set(_KEY_POSITION)
+    if unknown:
+        raise DatabaseUnavailable(
+            f"version {row['version']}: the user features {sorted(unknown)} are unknown"
+        )
     tower = NumpyTower.from_state_dict(load_state_dict(bytes(row["weights"])), "user_tower")
     if tower.in_dim != transform.dim:
-        raise DatabaseUnavailable(
+        raise ArtifactError(
             f"version {row['version']}: the user tower reads {tower.in_dim} inputs, "
             f"the feature parameters give {transform.dim}"
         )

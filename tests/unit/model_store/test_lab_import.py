@@ -1,0 +1,137 @@
+"""Artifacts made the lab's way (state_dict + pickled scikit-learn scalers) import into our layout."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from torch import nn
+
+from recsys.cli import main
+from recsys.core.errors import ArtifactError
+from recsys.infra.objectstore import LocalStore
+from recsys.model_store.artifacts import load_bundle
+from recsys.model_store.lab_import import import_lab_artifacts
+from recsys.model_store.testing import synthetic_ratings
+
+
+class LabModel(nn.Module):
+    """How the lab's notebook might have written it: other names, different tower widths."""
+
+    def __init__(self, user_dim: int, item_dim: int) -> None:
+        super().__init__()
+        self.user_model = nn.Sequential(nn.Linear(user_dim, 48), nn.ReLU(), nn.Linear(48, 32))
+        self.item_model = nn.Sequential(nn.Linear(item_dim, 24), nn.ReLU(), nn.Linear(24, 32))
+
+    def embed(self, tower: nn.Module, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        with torch.no_grad():
+            out = nn.functional.normalize(tower(torch.from_numpy(x.astype(np.float32))), dim=-1)
+        return out.numpy()
+
+
+def _vec(v: np.ndarray[Any, Any]) -> str:
+    return "[" + ", ".join(f"{x:.8f}" for x in v) + "]"
+
+
+def _lab_artifacts(root: Path) -> dict[str, Any]:
+    cols = synthetic_ratings(n_customers=30, n_products=25, ratings_per_customer=6, seed=9).to_pydict()
+    users = {c: i for i, c in reversed(list(enumerate(cols["customerNumber"])))}
+    items = {p: i for i, p in reversed(list(enumerate(cols["productCode"])))}
+    u_rows, i_rows = list(users.values()), list(items.values())
+    u_cat = np.array([[cols["city"][r], cols["country"][r]] for r in u_rows], dtype=object)
+    u_num = np.array([[cols["creditLimit"][r]] for r in u_rows])
+    i_cat = np.array([[cols["productLine"][r], cols["productScale"][r]] for r in i_rows], dtype=object)
+    i_num = np.array(
+        [[cols["quantityInStock"][r], cols["buyPrice"][r], cols["MSRP"][r]] for r in i_rows], dtype=float
+    )
+    u_enc = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(u_cat)
+    u_sc = StandardScaler().fit(u_num)
+    i_enc = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(i_cat)
+    i_sc = StandardScaler().fit(i_num)
+    u_x = np.hstack([u_enc.transform(u_cat), u_sc.transform(u_num)])
+    i_x = np.hstack([i_enc.transform(i_cat), i_sc.transform(i_num)])
+    torch.manual_seed(0)
+    model = LabModel(u_x.shape[1], i_x.shape[1])
+    (root / "model").mkdir(parents=True)
+    (root / "scalers").mkdir()
+    (root / "embeddings").mkdir()
+    torch.save(model.state_dict(), root / "model" / "best_model.pth")
+    (root / "scalers" / "user_preprocessors.pkl").write_bytes(
+        pickle.dumps({"encoder": u_enc, "scaler": u_sc})
+    )
+    (root / "scalers" / "item_encoder.pkl").write_bytes(pickle.dumps(i_enc))
+    (root / "scalers" / "item_scaler.pkl").write_bytes(pickle.dumps(i_sc))
+    u_emb, i_emb = model.embed(model.user_model, u_x), model.embed(model.item_model, i_x)
+    (root / "embeddings" / "user_embeddings.csv").write_text(
+        "id,embedding\n" + "".join(f'{c},"{_vec(v)}"\n' for c, v in zip(users, u_emb, strict=True))
+    )
+    (root / "embeddings" / "item_embeddings.csv").write_text(
+        "id,embedding\n" + "".join(f'{p},"{_vec(v)}"\n' for p, v in zip(items, i_emb, strict=True))
+    )
+    return {
+        "cols": cols,
+        "u_rows": u_rows,
+        "i_rows": i_rows,
+        "u_emb": u_emb,
+        "i_emb": i_emb,
+        "items": list(items),
+    }
+
+
+def test_import_refuses_without_trust_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _lab_artifacts(tmp_path / "lab")
+    with pytest.raises(ArtifactError, match="--trust-pickle"):
+        import_lab_artifacts(str(tmp_path / "lab"), str(tmp_path / "out"), trust_pickle=False)
+    code = main(["import-lab-artifacts", str(tmp_path / "lab"), "--artifacts", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unpickling runs any code" in err and "--trust-pickle" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_converts_to_plain_parameters_that_reproduce_the_lab(tmp_path: Path) -> None:
+    lab = _lab_artifacts(tmp_path / "lab")
+    code = main(
+        [
+            "import-lab-artifacts",
+            str(tmp_path / "lab"),
+            "--trust-pickle",
+            "--artifacts",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0
+    bundle = load_bundle(LocalStore(str(tmp_path / "out")))  # verified like any version
+    assert not list((tmp_path / "out").rglob("*.pkl"))
+    assert bundle.config.hidden == (48,) and bundle.config.item_hidden == (24,)
+    np.testing.assert_allclose(bundle.item_vectors, lab["i_emb"], atol=1e-7)
+    assert bundle.item_ids == lab["items"]
+    cols = lab["cols"]
+    user_tower, item_tower = bundle.towers()
+    # our transform (lower-cased categories, plain JSON) + our forward == the lab's pipeline
+    u_columns = {c: [cols[c][r] for r in lab["u_rows"]] for c in ("city", "country", "creditLimit")}
+    u_columns["city"] = [f"  {c.upper()} " for c in u_columns["city"]]
+    ours = user_tower.embed(bundle.user_transform.sparse(u_columns), bundle.user_transform.numeric_offset)
+    np.testing.assert_allclose(ours, lab["u_emb"], atol=1e-5)
+    i_columns = {
+        c: [cols[c][r] for r in lab["i_rows"]]
+        for c in ("productLine", "productScale", "quantityInStock", "buyPrice", "MSRP")
+    }
+    ours_items = item_tower.embed(
+        bundle.item_transform.sparse(i_columns), bundle.item_transform.numeric_offset
+    )
+    np.testing.assert_allclose(ours_items, lab["i_emb"], atol=1e-5)
+
+
+def test_a_pickle_that_is_not_a_scaler_is_refused(tmp_path: Path) -> None:
+    _lab_artifacts(tmp_path / "lab")
+    (tmp_path / "lab" / "scalers" / "extra.pkl").write_bytes(pickle.dumps({"user": [1, 2, 3]}))
+    with pytest.raises(ArtifactError, match="not a fitted"):
+        import_lab_artifacts(str(tmp_path / "lab"), str(tmp_path / "out"), trust_pickle=True)
