@@ -46,8 +46,6 @@ from recsys.settings import Settings
 __all__ = ["Consumer", "ConsumerStats"]
 
 log = get_logger(__name__)
-SHARD_SYNC_INTERVAL_S = 30.0
-MODEL_REFRESH_INTERVAL_S = 30.0
 
 
 def default_worker_id() -> str:
@@ -131,8 +129,8 @@ class Consumer:
         now = time.monotonic()
         next_renew = now + self.cfg.lease_renew_interval_s
         next_take = now
-        next_sync = now + SHARD_SYNC_INTERVAL_S
-        next_refresh = now + MODEL_REFRESH_INTERVAL_S
+        next_sync = now + self.cfg.shard_sync_interval_s
+        next_refresh = now + self.cfg.model_refresh_interval_s
         while not stop.is_set():
             now = time.monotonic()
             try:
@@ -142,13 +140,13 @@ class Consumer:
                 if self._resync or now >= next_sync:
                     self._resync = False
                     await self._sync_shards()
-                    next_sync = now + SHARD_SYNC_INTERVAL_S
+                    next_sync = now + self.cfg.shard_sync_interval_s
                 if now >= next_take or self._wake.is_set():
                     self._wake.clear()
                     await self._take_round(draining)
                     next_take = now + self.cfg.lease_take_interval_s
                 if now >= next_refresh:
-                    next_refresh = now + MODEL_REFRESH_INTERVAL_S
+                    next_refresh = now + self.cfg.model_refresh_interval_s
                     await self._refresh_model()
             except Exception as exc:  # the supervising loop: log, keep the worker alive
                 if isinstance(exc, RecsysError) and not exc.retriable:
@@ -264,6 +262,7 @@ class Consumer:
             draining=draining,
             stats=self.stats,
             on_children=self._on_children,
+            recommend_k=self.cfg.recommend_k,
         )
         with bind(shard_id=lease.shard_id):
             log.info("processing shard", extra={"fields": {"checkpoint": lease.checkpoint_seq}})

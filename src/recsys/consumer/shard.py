@@ -152,6 +152,12 @@ class ShardWorker:
         )
         next_call = 0.0
         attempt = 0
+        # records of a shard that is behind may wait up to batch_max_wait_ms for the next page, so
+        # small pages share one recommender call; a full batch, a caught-up shard or the end of the
+        # shard is processed at once
+        held: list[KinesisRecord] = []
+        held_since = 0.0
+        window_s = self._cfg.batch_max_wait_ms / 1000
         while not self._draining.is_set():
             wait = next_call - time.monotonic()
             if wait > 0:
@@ -165,6 +171,7 @@ class ShardWorker:
                 page = await self._reader.get_records(iterator, self._cfg.get_records_limit)
             except IteratorExpired:
                 log.info("iterator expired; re-acquiring from the last handled record")
+                held.clear()  # not registered yet: they are read again from the safe position
                 iterator = await self._retry(
                     "get_shard_iterator", lambda: self._reader.iterator(self.shard_id, self._start())
                 )
@@ -181,7 +188,18 @@ class ShardWorker:
             if page.millis_behind is not None:
                 metrics.MILLIS_BEHIND.labels(self.shard_id).set(page.millis_behind)
             if page.records:
-                await self.process(page.records)
+                if not held:
+                    held_since = time.monotonic()
+                held.extend(page.records)
+            wait_for_more = (
+                page.next_iterator is not None
+                and (page.millis_behind or 0) > 0
+                and len(held) < self._cfg.batch_max_records
+                and time.monotonic() - held_since + self._cfg.poll_interval_s <= window_s
+            )
+            if held and not wait_for_more:
+                await self.process(held)
+                held = []
             if page.child_shards:
                 await self._on_children(page.child_shards)
             if page.next_iterator is None:
@@ -190,6 +208,8 @@ class ShardWorker:
                 log.info("shard ended; checkpointed at SHARD_END")
                 return ShardOutcome.ENDED
             iterator = page.next_iterator
+        if held:
+            await self.process(held)  # shutdown requested: finish what was read
         return ShardOutcome.DRAINED
 
     # ------------------------------------------------------------------ one batch
