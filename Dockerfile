@@ -45,24 +45,30 @@ FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 LABEL org.opencontainers.image.title="recsys" \
       org.opencontainers.image.description="Streaming product recommendations: Kinesis consumer + HTTP API"
 
+# /scratch: the only writable place when the root file system is read-only (as in the ECS task
+# definition). ECS mounts its bind-mount volume there and, because the path is a VOLUME here, copies
+# this directory's owner and mode onto it (a bare bind mount would be root-owned, mode 0755).
 RUN groupadd --system --gid 10001 recsys \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin recsys
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /scratch \
+        --shell /usr/sbin/nologin recsys \
+    && mkdir -p /scratch \
+    && chown 10001:10001 /scratch \
+    && chmod 0700 /scratch
+VOLUME ["/scratch"]
 
 COPY --from=builder /opt/venv /opt/venv
 
-# HOME and the embedded-stack folder point at /tmp: the root file system may be read-only (it is in
-# the ECS task definition, which mounts a writable /tmp).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/tmp \
-    RECSYS_STATE_DIR=/tmp/recsys \
+    HOME=/scratch \
+    TMPDIR=/scratch \
+    RECSYS_STATE_DIR=/scratch/recsys \
     RECSYS_HOST=0.0.0.0 \
     RECSYS_PORT=8000 \
     RECSYS_LOG_FORMAT=json
 
-WORKDIR /tmp
+WORKDIR /scratch
 USER 10001:10001
 EXPOSE 8000
 

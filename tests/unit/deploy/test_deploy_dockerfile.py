@@ -137,6 +137,26 @@ def test_slim_runtime_stage_from_the_builder_as_a_non_root_user(
     assert runtime.last("STOPSIGNAL") == "SIGTERM"
 
 
+def test_the_read_only_task_writes_only_to_a_volume_the_user_owns(
+    runtime: Stage, rendered: dict[str, Any]
+) -> None:
+    """ECS mounts a root-owned 0755 bind mount unless the image declares the path as a VOLUME: then it
+    copies the image directory's owner and mode, which must be the runtime user's."""
+    container = rendered["task-definition.json"]["containerDefinitions"][0]
+    assert container["readonlyRootFilesystem"] is True
+    (mount,) = container["mountPoints"]
+    path = mount["containerPath"]
+    assert exec_form(runtime.last("VOLUME")) == [path]
+    uid = runtime.last("USER").split(":")[0]
+    setup = " ".join(runtime.all("RUN"))
+    assert f"mkdir -p {path}" in setup
+    assert re.search(rf"chown {uid}:\d+ {re.escape(path)}\b", setup)
+    env = env_of(runtime)
+    assert env["TMPDIR"] == env["HOME"] == path
+    assert env["RECSYS_STATE_DIR"].startswith(path + "/")
+    assert runtime.last("WORKDIR") == path
+
+
 def test_entry_point_runs_recsys_run_in_exec_form(
     root: Path, runtime: Stage, rendered: dict[str, Any]
 ) -> None:

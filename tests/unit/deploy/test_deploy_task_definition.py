@@ -57,7 +57,10 @@ def test_fargate_basics(rendered: dict[str, Any], path: str) -> None:
     assert box["essential"] is True
     assert box["linuxParameters"]["initProcessEnabled"] is True  # signals forwarded, zombies reaped
     assert box["readonlyRootFilesystem"] is True
-    assert {m["containerPath"] for m in box["mountPoints"]} == {"/tmp"}
+    (scratch,) = box["mountPoints"]  # the only writable path (see the Dockerfile's VOLUME)
+    assert scratch["containerPath"] == "/scratch" and scratch["readOnly"] is False
+    assert [v["name"] for v in task["volumes"]] == [scratch["sourceVolume"]]
+    assert environment(task)["RECSYS_STATE_DIR"].startswith("/scratch/")
     assert box["user"].split(":")[0] not in ("0", "root")
     logs = box["logConfiguration"]
     assert logs["logDriver"] == "awslogs"
