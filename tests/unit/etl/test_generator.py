@@ -20,8 +20,8 @@ def _model(scale: float, seed: int) -> tuple[RatingModel, list[dict[str, object]
     customers = generate_customers(scale, seed)
     products = generate_products(scale, seed)
     model = RatingModel(
-        [(int(c["customerNumber"]), str(c["country"]), float(c["creditLimit"])) for c in customers],  # type: ignore[call-overload,arg-type]
-        [(str(p["productCode"]), str(p["productLine"]), float(p["buyPrice"])) for p in products],  # type: ignore[arg-type]
+        [(int(c["customerNumber"]), str(c["country"]), float(c["creditLimit"])) for c in customers],
+        [(str(p["productCode"]), str(p["productLine"]), float(p["buyPrice"])) for p in products],
         seed,
     )
     return model, customers, products
@@ -58,8 +58,8 @@ def test_rows_look_like_classicmodels() -> None:
     assert {c["country"] for c in customers} >= {"USA", "France", "Germany"}
     assert {p["productLine"] for p in products} >= {"Classic Cars", "Vintage Cars", "Motorcycles"}
     for p in products:
-        assert str(p["productCode"]).startswith("S") and 0 <= int(p["quantityInStock"]) < 10_000  # type: ignore[call-overload]
-        assert p["MSRP"] > p["buyPrice"]  # type: ignore[operator]
+        assert str(p["productCode"]).startswith("S") and 0 <= int(p["quantityInStock"]) < 10_000
+        assert p["MSRP"] > p["buyPrice"]
     usa = [c for c in customers if c["country"] == "USA"]
     assert all(c["state"] for c in usa)
 
@@ -73,7 +73,7 @@ def test_ratings_are_one_to_five_and_unique_pairs() -> None:
 
 def test_purchased_pairs_are_always_rated() -> None:
     model, customers, products = _model(1, 5)
-    first, second = int(customers[0]["customerNumber"]), int(customers[1]["customerNumber"])  # type: ignore[call-overload]
+    first, second = int(customers[0]["customerNumber"]), int(customers[1]["customerNumber"])
     bought = {first: {str(products[0]["productCode"]), str(products[1]["productCode"])}, second: {"S99_nope"}}
     rows = [row for block in model.blocks(3.0, bought) for row in block]
     assert {(first, code) for code in bought[first]} <= {(c, p) for c, p, _ in rows}
@@ -82,8 +82,8 @@ def test_purchased_pairs_are_always_rated() -> None:
 def test_features_predict_ratings_better_than_popularity() -> None:
     """A model that sees (country, line, price fit) beats the per-item mean on held-out ratings."""
     model, customers, products = _model(4, 11)
-    country = {int(c["customerNumber"]): c["country"] for c in customers}  # type: ignore[call-overload]
-    credit = {int(c["customerNumber"]): float(c["creditLimit"]) for c in customers}  # type: ignore[call-overload,arg-type]
+    country = {int(c["customerNumber"]): c["country"] for c in customers}
+    credit = {int(c["customerNumber"]): float(c["creditLimit"]) for c in customers}
     line = {str(p["productCode"]): p["productLine"] for p in products}
     rows = [row for block in model.blocks(shop_size(4).ratings_per_customer) for row in block]
     rng = np.random.default_rng(0)
@@ -100,7 +100,7 @@ def test_features_predict_ratings_better_than_popularity() -> None:
         cell[(country[c], line[p], credit[c] > median_credit)].append(r)
 
     def rmse(predict: object) -> float:
-        errors = [(predict(c, p) - r) ** 2 for c, p, r in held]  # type: ignore[operator]
+        errors = [(predict(c, p) - r) ** 2 for c, p, r in held]
         return float(np.sqrt(np.mean(errors)))
 
     popularity = rmse(lambda c, p: float(np.mean(item[p])) if item[p] else mean)

@@ -188,3 +188,17 @@ def test_a_failed_run_leaves_the_previous_one_published_and_no_files(tmp_path: P
     assert failing.uploads == 2
     assert latest_run(LocalStore(lake)).run_id == before
     assert [k.split("/")[2] for k in LocalStore(lake).list("ratings_ml_training/runs/")] == [before]
+
+
+def test_decimal_money_becomes_the_nearest_double() -> None:
+    """Arrow's decimal cast gives 26.150000000000002 for 26.15; the ETL must not."""
+    from decimal import Decimal
+
+    from recsys.etl.pipeline import rows_to_table
+
+    row = (103, "Nantes", None, None, "France", Decimal("26.15"), "S10_1678", "Motorcycles", "1:10", 5)
+    table = rows_to_table([(*row, Decimal("0.10"), Decimal("95.70"), 4), (*row, None, Decimal("1.1"), 2.5)])
+    assert table.column("buyPrice").to_pylist() == [0.1, None]
+    assert table.column("creditLimit").to_pylist() == [26.15, 26.15]
+    assert table.column("MSRP").to_pylist() == [95.7, 1.1]
+    assert table.column("productRating").to_pylist() == [4.0, 2.5]
