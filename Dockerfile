@@ -3,7 +3,7 @@
 # The recsys image: `recsys run` (Kinesis consumer + HTTP API in one process) by default; the same
 # image runs the one-off tasks with another command: migrate, etl, train, load-vectors.
 #
-#   docker build -t recsys:0.1.0 .
+#   docker build --platform linux/amd64 -t recsys:0.1.0 .
 #   docker run --init --rm -p 8000:8000 -e RECSYS_DATABASE_URL=... recsys:0.1.0
 #
 # linux/amd64 only: requirements.lock pins the CPU build of torch (torch==2.13.0+cpu) from the
