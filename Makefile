@@ -19,6 +19,9 @@ $(VENV)/.runtime: $(BIN)/python requirements.lock pyproject.toml
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 	$(BIN)/pip install --quiet -r requirements-dev.lock
+	# kinesis-mock (pure JavaScript) for the resharding tests; they skip with a reason without Node.js
+	if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --no-audit --no-fund --prefix .cache/kinesis-local kinesis-local@0.6.2; fi
 	touch $@
 
 install: $(VENV)/.runtime
