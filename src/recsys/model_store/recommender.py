@@ -30,6 +30,7 @@ import asyncio
 import json
 import math
 import re
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,13 +109,19 @@ class ModelState:
         rows = self.user_transform.sparse_rows(self._rows(keys))
         return self.user_tower.embed(rows, self.user_transform.numeric_offset)
 
-    def embed_known(self, keys: Sequence[FeatureKey]) -> tuple[npt.NDArray[np.float32], list[bool]]:
-        """Embeddings, and whether the model knows anything of each user (a known category or a
-        credit limit); a user it knows nothing of gets the popular items instead."""
+    def embed_known(
+        self, keys: Sequence[FeatureKey]
+    ) -> tuple[npt.NDArray[np.float32], list[bool], float, float]:
+        """Embeddings, whether the model knows anything of each user (a known category or a credit
+        limit; a user it knows nothing of gets the popular items instead), and the seconds spent
+        encoding features and running the tower."""
+        started = time.perf_counter()
         rows = self.user_transform.sparse_rows(self._rows(keys))
         any_category: list[bool] = np.any(rows.indices >= 0, axis=1).tolist()
         known = [hit or key[2] is not None for hit, key in zip(any_category, keys, strict=True)]
-        return self.user_tower.embed(rows, self.user_transform.numeric_offset), known
+        encoded = time.perf_counter()
+        vectors = self.user_tower.embed(rows, self.user_transform.numeric_offset)
+        return vectors, known, encoded - started, time.perf_counter() - encoded
 
 
 def _table(name: str) -> str:
@@ -171,7 +178,7 @@ CROSS JOIN LATERAL (
     ) s
 ) t
 UNION ALL
-SELECT 1, NULL, n.id, n.neighbour_ids, n.scores
+SELECT 1, NULL, n.id, n.neighbour_ids[1:$7], n.scores[1:$7]
 FROM item_neighbours n
 WHERE n.version = $5 AND n.id = ANY($6::text[])
 """
@@ -260,24 +267,34 @@ class ModelRecommender:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     # --- the batch path ---------------------------------------------------------------------------
-    async def recommend_batch(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
+    async def recommend_batch(
+        self, requests: Sequence[RecommendRequest], timings: dict[str, float] | None = None
+    ) -> list[Recommendation]:
+        """See ``recsys.core.ports.Recommender``. ``timings``, when given, accumulates the seconds
+        spent in ``features``, ``model``, ``database`` and ``ranking`` (for benchmarks)."""
         if not requests:
             return []
         try:
-            return await self._recommend(self._state, requests)
+            return await self._recommend(self._state, requests, timings)
         except asyncpg.UndefinedTableError:
             # the version's tables were dropped under us (a newer version was loaded meanwhile)
             if await self.refresh():
-                return await self._recommend(self._state, requests)
+                return await self._recommend(self._state, requests, timings)
             raise DatabaseUnavailable("the active version's vector table is missing") from None
 
-    async def recommend_one(self, request: RecommendRequest) -> Recommendation:
+    async def recommend_one(
+        self, request: RecommendRequest, timings: dict[str, float] | None = None
+    ) -> Recommendation:
         """The one-by-one path (one forward, one round trip per request): the batch path's reference."""
-        return (await self.recommend_batch([request]))[0]
+        return (await self.recommend_batch([request], timings))[0]
 
     async def _recommend(
-        self, state: ModelState, requests: Sequence[RecommendRequest]
+        self,
+        state: ModelState,
+        requests: Sequence[RecommendRequest],
+        timings: dict[str, float] | None,
     ) -> list[Recommendation]:
+        started = time.perf_counter()
         keys: dict[FeatureKey, int] = {}
         limits: list[int] = []
         per_request: list[tuple[int, list[str], set[str], int]] = []
@@ -297,9 +314,15 @@ class ModelRecommender:
             per_request.append((slot, ordered, banned, k))
 
         loop = asyncio.get_running_loop()
-        vectors, known = await loop.run_in_executor(self._executor, state.embed_known, list(keys))
+        prepared = time.perf_counter()
+        vectors, known, t_features, t_model = await loop.run_in_executor(
+            self._executor, state.embed_known, list(keys)
+        )
         limits = [limit if knows else 0 for limit, knows in zip(limits, known, strict=True)]
-        rows = await self._fetch(state, vectors, limits, list(codes))
+        queried = time.perf_counter()
+        depth = max((k + len(banned) for _, _, banned, k in per_request), default=0)
+        rows = await self._fetch(state, vectors, limits, list(codes), depth)
+        fetched = time.perf_counter()
 
         candidates: dict[int, list[ScoredItem]] = {}
         neighbours: dict[str, list[ScoredItem]] = {}
@@ -329,6 +352,15 @@ class ModelRecommender:
                     fallback=fallback,
                 )
             )
+        if timings is not None:
+            done = time.perf_counter()
+            for name, seconds in (
+                ("features", (prepared - started) + t_features),
+                ("model", t_model),
+                ("database", fetched - queried),
+                ("ranking", done - fetched),
+            ):
+                timings[name] = timings.get(name, 0.0) + seconds
         return out
 
     async def _fetch(
@@ -337,7 +369,11 @@ class ModelRecommender:
         vectors: npt.NDArray[np.float32],
         limits: list[int],
         codes: list[str],
+        depth: int = 0,
     ) -> list[asyncpg.Record]:
+        """One statement: a top-``limits[i]`` per vector, and the first ``depth`` neighbours of each
+        code. ``k + len(banned)`` neighbours per list always suffice for ``merge_similar`` (each list
+        alone holds ``k`` allowed items), so any depth above that gives the same merged answer."""
         try:
             rows: list[asyncpg.Record] = await self._pool.fetch(
                 _batch_sql(state.item_table),
@@ -347,6 +383,7 @@ class ModelRecommender:
                 str(self._ef_search),
                 state.version,
                 codes,
+                depth,
                 timeout=30.0,
             )
         except asyncpg.UndefinedTableError:

@@ -1,0 +1,209 @@
+"""The batch recommender against the one-by-one path, on real PostgreSQL + pgvector.
+
+Scale: 10k items / 100k users (``--quick``: 2k / 10k). A model is trained on synthetic ratings, its
+towers embed a synthetic catalog and customer base, ``load_bundle_into`` loads them (binary COPY,
+HNSW, exact neighbours), and browsing events (1-5 browsed items, 30% in the cart, k=10) go through
+
+- ``recommend_batch`` in batches of 500 (the consumer's default batch), and
+- ``recommend_one`` per event (one forward and one round trip per event),
+
+measured side by side in the same run. Also printed: where the batch path's time goes (features,
+model, database, ranking), HNSW recall@10 against an exact top-10 at this scale, the load time,
+and the model-size sweep behind the default tower shape (docs/model.md).
+
+Uses ``RECSYS_DATABASE_URL`` when set (a fresh database is created on that server), otherwise an
+embedded stack in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from bench._harness import Figure, Report
+from recsys.core.events import BrowseItem, UserFeatures
+from recsys.core.recommendations import RecommendRequest
+from recsys.infra.pg import connect, create_pool, migrate
+from recsys.model_store.artifacts import ArtifactBundle, new_version
+from recsys.model_store.loader import load_bundle_into
+from recsys.model_store.model import NumpyTower, save_state_dict
+from recsys.model_store.recommender import ModelRecommender
+from recsys.model_store.testing import synthetic_ratings
+from recsys.model_store.training import PopularItem, fit, popularity, prepare
+from recsys.settings import TrainSettings
+
+BATCH = 500
+
+
+async def _fresh_database(server_url: str) -> str:
+    name = f"bench_recommender_{uuid.uuid4().hex[:8]}"
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    url = server_url.rsplit("/", 1)[0] + "/" + name
+    await migrate(url)
+    return url
+
+
+def _bundle(n_items: int, n_users: int) -> tuple[ArtifactBundle, Any]:
+    trained = fit(synthetic_ratings(seed=1), TrainSettings())
+    big = prepare(synthetic_ratings(n_customers=n_users, n_products=n_items, ratings_per_customer=1, seed=2))
+    user_tower = NumpyTower.from_state_dict(trained.state_dict, "user_tower")
+    item_tower = NumpyTower.from_state_dict(trained.state_dict, "item_tower")
+    users = user_tower.embed(
+        trained.user_transform.sparse(big.user_columns), trained.user_transform.numeric_offset
+    )
+    items = item_tower.embed(
+        trained.item_transform.sparse(big.item_columns), trained.item_transform.numeric_offset
+    )
+    score, count = popularity(big.item_index, big.rating, len(big.item_ids))
+    order = np.lexsort((-count, -score))[:1000]
+    weights = save_state_dict(trained.state_dict)
+    bundle = ArtifactBundle(
+        version=new_version(weights),
+        config=trained.config,
+        weights=weights,
+        user_transform=trained.user_transform,
+        item_transform=trained.item_transform,
+        item_ids=big.item_ids,
+        item_vectors=items,
+        user_ids=big.user_ids,
+        user_vectors=users,
+        popular=[PopularItem(big.item_ids[i], float(score[i]), int(count[i])) for i in order],
+    )
+    return bundle, big
+
+
+def _events(big: Any, n: int, seed: int) -> list[RecommendRequest]:
+    rng = np.random.default_rng(seed)
+    cols, items = big.user_columns, big.item_ids
+    out = []
+    for _ in range(n):
+        u = int(rng.integers(len(big.user_ids)))
+        history = tuple(
+            BrowseItem(items[int(j)], 1, bool(rng.random() < 0.3))
+            for j in rng.choice(len(items), int(rng.integers(1, 6)), replace=False)
+        )
+        features = UserFeatures(cols["city"][u], cols["country"][u], cols["creditLimit"][u])
+        out.append(RecommendRequest(big.user_ids[u], features, history, k=10))
+    return out
+
+
+async def _recommender_report(quick: bool, server_url: str) -> Report:
+    n_items, n_users = (2_000, 10_000) if quick else (10_000, 100_000)
+    n_batch_events, n_one_events, runs = (2_000, 200, 3) if quick else (10_000, 500, 5)
+    report = Report("recommender", scale={"items": n_items, "users": n_users, "batch": BATCH, "k": 10})
+    url = await _fresh_database(server_url)
+    bundle, big = await asyncio.to_thread(_bundle, n_items, n_users)
+
+    conn = await connect(url)
+    started = time.perf_counter()
+    await load_bundle_into(conn, bundle)
+    load_s = time.perf_counter() - started
+    await conn.close()
+    report.add(Figure("load-vectors (COPY + HNSW + neighbours)", "s", [load_s], note="one run"))
+
+    pool = await create_pool(url, min_size=1, max_size=4)
+    position = {code: i for i, code in enumerate(bundle.item_ids)}
+    for ef in (40, 100, 200):  # recall of the HNSW top-10 against an exact top-10 at this scale
+        probe = await ModelRecommender.open(pool, ef_search=ef)
+        hits = 0
+        for q in bundle.user_vectors[:200]:
+            exact = set(np.argsort(-(bundle.item_vectors @ q), kind="stable")[:10].tolist())
+            got = {position[item.id] for item in await probe.items_from_vector(q.tolist(), 10)}
+            hits += len(exact & got)
+        await probe.close()
+        report.add(
+            Figure(f"HNSW recall@10 vs exact, ef_search={ef}", "ratio", [hits / 2000], note="200 users")
+        )
+    rec = await ModelRecommender.open(pool)
+    try:
+        events = _events(big, n_batch_events, seed=3)
+        await rec.recommend_batch(events[:BATCH])  # warm the connection and the prepared statement
+        shares: dict[str, float] = {}
+
+        async def batch_run() -> float:
+            start = time.perf_counter()
+            for i in range(0, len(events), BATCH):
+                await rec.recommend_batch(events[i : i + BATCH], timings=shares)
+            return len(events) / (time.perf_counter() - start)
+
+        async def one_run() -> float:
+            start = time.perf_counter()
+            for event in events[:n_one_events]:
+                await rec.recommend_one(event)
+            return n_one_events / (time.perf_counter() - start)
+
+        batch_runs, one_runs = [], []
+        for _ in range(runs):  # interleaved, so both see the same machine load
+            batch_runs.append(await batch_run())
+            one_runs.append(await one_run())
+        batch = report.add(Figure("recommend_batch (500/batch)", "events/s", batch_runs))
+        one = report.add(Figure("recommend_one", "events/s", one_runs))
+        report.ratio("batch speed-up vs one-by-one", batch, one)
+        total = sum(shares.values())
+        for name in ("features", "model", "database", "ranking"):
+            report.add(Figure(f"batch time in {name}", "%", [100 * shares.get(name, 0.0) / total]))
+        per_event = [1e6 / r for r in batch_runs]
+        report.add(Figure("batch cost per event", "us", per_event))
+        # the identity the tests assert, checked at this scale too
+        same = await rec.recommend_batch(events[:50]) == [await rec.recommend_one(e) for e in events[:50]]
+        report.add(Figure("batch == one-by-one (50 events)", "bool", [float(same)]))
+    finally:
+        await rec.close()
+        await pool.close()
+    return report
+
+
+def _sizes_report(quick: bool) -> Report:
+    """The tower shapes tried for the default (docs/model.md): quality and training time."""
+    report = Report("model_sizes", scale={"customers": 122, "products": 110, "ratings": 3050})
+    seeds = (1,) if quick else (1, 2, 3)
+    shapes: list[list[int]] = [[], [32], [64], [128, 64]] if not quick else [[], [64]]
+    for hidden in shapes:
+        rmse, ndcg, secs = [], [], []
+        for seed in seeds:
+            table = synthetic_ratings(seed=seed)
+
+            start = time.perf_counter()
+            model = fit(table, TrainSettings(hidden=hidden))
+            secs.append(time.perf_counter() - start)
+            rmse.append(model.metrics["rmse"] / model.metrics["rmse_mean_baseline"])
+            ndcg.append(model.metrics["ndcg_at_10"] / max(model.metrics["popular_ndcg_at_10"], 1e-9))
+        name = "x".join(map(str, hidden)) or "linear"
+        report.add(Figure(f"hidden={name}: rmse / mean baseline", "x", rmse))
+        report.add(Figure(f"hidden={name}: ndcg@10 / popularity", "x", ndcg))
+        report.add(Figure(f"hidden={name}: training time", "s", secs, note=f"{statistics.mean(secs):.2f}s"))
+    return report
+
+
+def main(quick: bool = False) -> None:
+    sizes = _sizes_report(quick)
+    sizes.print()
+    sizes.write()
+    server = os.environ.get("RECSYS_DATABASE_URL")
+    if server:
+        report = asyncio.run(_recommender_report(quick, server))
+    else:
+        from recsys.stack import LocalStack
+
+        with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
+            stack = LocalStack(Path(tmp) / "state")
+            info = stack.up()
+            try:
+                report = asyncio.run(_recommender_report(quick, info.database_url))
+            finally:
+                stack.destroy()
+    report.print()
+    print(f"results: {report.write()}")
