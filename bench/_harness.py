@@ -198,14 +198,36 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 STATE_DIR = Path(
     os.environ.get("RECSYS_BENCH_STATE_DIR", Path(__file__).resolve().parent.parent / ".state" / "bench")
 )
-_STACKS: list[Any] = []  # the LocalStack this process started or reused
+_STACKS: list[Any] = []  # the LocalStack this process uses
+_USERS = STATE_DIR / "users"  # one file per process using the stack: <pid>
+
+
+def _live_users() -> list[int]:
+    users = []
+    for path in _USERS.glob("*"):
+        try:
+            pid = int(path.name)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError):
+            path.unlink(missing_ok=True)  # a user that died without signing off
+            continue
+        except PermissionError:
+            pass
+        users.append(pid)
+    return users
 
 
 def bench_stack() -> Any:
-    """Start (or reuse) the bench stack; point this process's AWS SDK at its moto server."""
+    """Start (or reuse) the bench stack; point this process's AWS SDK at its moto server.
+
+    Several ``python -m bench`` processes may share the stack at once: each signs in under
+    ``<state>/users/<pid>``, and :func:`stop_bench_stack` stops it only when the last one leaves.
+    """
     from recsys.stack import LocalStack
 
     local = LocalStack(STATE_DIR / "stack")
+    _USERS.mkdir(parents=True, exist_ok=True)
+    (_USERS / str(os.getpid())).touch()
     info = local.up()
     for key, value in info.env().items():
         if key.startswith("AWS_"):
@@ -216,9 +238,13 @@ def bench_stack() -> Any:
 
 
 def stop_bench_stack() -> None:
-    """Stop the bench stack if this process started or reused it (its data stays for the next run)."""
+    """Sign this process off the bench stack; stop it when no other bench process uses it
+    (its data stays for the next run)."""
     while _STACKS:
-        _STACKS.pop().down()
+        local = _STACKS.pop()
+        (_USERS / str(os.getpid())).unlink(missing_ok=True)
+        if not _live_users():
+            local.down()
 
 
 @dataclass(frozen=True)
@@ -246,7 +272,9 @@ async def _create_database(admin_url: str, name: str) -> None:
         await conn.close()
 
 
-def prepared_model(scale: float = 1.0, *, load: bool = True, log: Callable[[str], None] = print) -> Prepared:
+def prepared_model(
+    scale: float = 1.0, *, train_model: bool = True, load: bool = True, log: Callable[[str], None] = print
+) -> Prepared:
     """The project's own seed -> ETL -> train -> load-vectors on the bench stack, each stage reused
     when already done for this ``scale`` (the shop of scale 1 is the stack's ``shop`` database, other
     scales get ``shop_s<scale>``; lake and artifacts are local folders under the state directory)."""
@@ -284,6 +312,8 @@ def prepared_model(scale: float = 1.0, *, load: bool = True, log: Callable[[str]
         etl = run_etl(source, lake)
         log(f"  etl: {etl.rows} rows in {etl.seconds:.1f}s")
     train_seconds: float | None = None
+    if not train_model:
+        return Prepared(database_url, source, lake, artifacts, "", scale, None, {})
     try:
         version = resolve_version(open_store(artifacts), None)
         metrics = load_bundle(open_store(artifacts), version).metrics

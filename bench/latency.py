@@ -1,0 +1,191 @@
+"""Put-to-visible latency: PutRecords acknowledged -> ``GET /recommendations/{customer}`` shows the event.
+
+Wiring as ``recsys run``: ``recsys.commands.run.running`` starts the Consumer and the API in this
+process on one pool and one model (the bench stack's moto Kinesis/Firehose and embedded PostgreSQL),
+with the default consumer settings (poll interval 0.25 s, batches of up to 500 records or 200 ms).
+A producer puts browsing events at a steady rate onto a fresh 2-shard stream (PutRecords every
+100 ms), and a watcher polls the API (4 requests in flight) for every customer with an event not
+yet visible. An event is visible when the API's ``event_id`` is that event's
+``<shard>:<sequence>`` or a later event of the same customer (same partition key, so same shard,
+so ordered). The time is taken when the API's answer arrives, so it includes the watcher's own
+polling delay (a few ms while the API is idle).
+
+A warm-up (the consumer taking its leases, the first events through) is not measured. The steady
+phase is split into windows; each window gives one p50 and one p99 (the figure's runs). The
+headline ratios divide them by the consumer's poll interval: how many poll intervals a click takes to
+become visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench._harness import Figure, Report, percentile, prepared_model, run_async
+
+
+@dataclass
+class Tracker:
+    pending: dict[int, list[tuple[str, float]]] = field(default_factory=dict)  # customer -> (id, put at)
+    latency: list[tuple[float, float]] = field(default_factory=list)  # (put at, seconds to visible)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set when nothing is pending
+
+    def add(self, customer: int, event_id: str, at: float) -> None:
+        self.pending.setdefault(customer, []).append((event_id, at))
+        self.idle.clear()
+
+    async def settle(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle.wait(), timeout_s)
+
+    def seen(self, customer: int, event_id: str | None, at: float) -> None:
+        waiting = self.pending.get(customer)
+        if not waiting or event_id is None:
+            return
+        ids = [e for e, _ in waiting]
+        if event_id not in ids:
+            return
+        upto = ids.index(event_id) + 1
+        self.latency.extend((put, at - put) for _, put in waiting[:upto])
+        del waiting[:upto]
+        if not waiting:
+            del self.pending[customer]
+            if not self.pending:
+                self.idle.set()
+
+
+async def _produce(stream: str, catalog: Any, tracker: Tracker, rate: float, seconds: float) -> None:
+    from recsys.consumer.producer import ProduceSummary, make_event, put_records
+    from recsys.infra.aws import sync_client
+
+    client = sync_client("kinesis")
+    rng = random.Random(7)
+    summary = ProduceSummary()
+    tick = 0.1
+    per_tick = max(1, round(rate * tick))
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < seconds:
+        events = [
+            make_event(rng, rng.choice(catalog.customers), catalog.product_codes) for _ in range(per_tick)
+        ]
+        entries = [
+            {"PartitionKey": str(e["customer_number"]), "Data": json.dumps(e).encode()} for e in events
+        ]
+        placed = await asyncio.to_thread(put_records, client, stream, entries, summary, rng)
+        at = time.monotonic()
+        for e, (shard, seq) in zip(events, placed, strict=True):
+            tracker.add(int(e["customer_number"]), f"{shard}:{seq}", at)
+        n += per_tick
+        ahead = n / rate - (time.monotonic() - started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+async def _watch(url: str, tracker: Tracker, stop: asyncio.Event) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+        sem = asyncio.Semaphore(4)
+
+        async def check(customer: int) -> None:
+            async with sem:
+                resp = await client.get(f"/recommendations/{customer}")
+            if resp.status_code == 200:
+                tracker.seen(customer, resp.json().get("event_id"), time.monotonic())
+
+        while not stop.is_set():
+            customers = list(tracker.pending)
+            if customers:
+                await asyncio.gather(*(check(c) for c in customers))
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.005)
+
+
+async def _run(prepared: Any, rate: float, windows: int, window_s: float) -> tuple[list[list[float]], Any]:
+    from pydantic import SecretStr
+
+    from bench.lab_reference import _fresh_streams
+    from recsys.commands.run import running
+    from recsys.etl.source import load_catalog
+    from recsys.settings import Settings
+
+    catalog = await asyncio.to_thread(load_catalog, prepared.source_url)
+    stream, delivery, bucket = await asyncio.to_thread(_fresh_streams, 2)
+    settings = Settings(
+        database_url=SecretStr(prepared.database_url),
+        stream=stream,
+        delivery_stream=delivery,
+        dead_letters=f"s3://{bucket}/dead",
+        initial_position="TRIM_HORIZON",
+        host="127.0.0.1",
+        port=0,
+    )
+    stop = asyncio.Event()
+    async with running(settings, stop) as up:
+        warm = Tracker()
+        done = asyncio.Event()
+        watcher = asyncio.create_task(_watch(up.url, warm, done))
+        await _produce(stream, catalog, warm, rate, 1.0)
+        await warm.settle(60)
+        done.set()
+        await watcher
+        if warm.pending:
+            raise RuntimeError("the warm-up events never became visible")
+
+        tracker = Tracker()
+        done = asyncio.Event()
+        watcher = asyncio.create_task(_watch(up.url, tracker, done))
+        started = time.monotonic()
+        await _produce(stream, catalog, tracker, rate, windows * window_s)
+        await tracker.settle(60)
+        done.set()
+        await watcher
+        missing = sum(len(v) for v in tracker.pending.values())
+        if missing:
+            raise RuntimeError(f"{missing} events never became visible")
+        per_window: list[list[float]] = [[] for _ in range(windows)]
+        for put, seconds in tracker.latency:
+            per_window[min(windows - 1, int((put - started) // window_s))].append(seconds)
+        stats = up.consumer.stats
+        stop.set()
+    return per_window, (settings.consumer, stats)
+
+
+def main(quick: bool) -> None:
+    from recsys.infra.logs import configure_logging
+
+    configure_logging("WARNING")
+    rate = 20.0 if quick else 50.0
+    windows = 3
+    window_s = 10.0 if quick else 30.0
+    prepared = prepared_model(1.0)
+    per_window, (cfg, stats) = run_async(_run(prepared, rate, windows, window_s))
+    poll = cfg.poll_interval_s
+    report = Report(
+        "latency",
+        scale={
+            "rate_per_s": rate,
+            "windows": windows,
+            "window_s": window_s,
+            "events": sum(len(w) for w in per_window),
+            "shards": 2,
+            "poll_interval_s": poll,
+            "batch_max_wait_ms": cfg.batch_max_wait_ms,
+            "wiring": "recsys run (Consumer + API in one process)",
+        },
+    )
+    p50 = report.add(Figure("put->visible p50", "ms", [1000 * percentile(w, 0.5) for w in per_window]))
+    p99 = report.add(Figure("put->visible p99", "ms", [1000 * percentile(w, 0.99) for w in per_window]))
+    interval = report.add(Figure("poll interval", "ms", [1000 * poll] * windows))
+    report.ratio("p50 / poll interval", p50, interval, note="headline: poll intervals per click")
+    report.ratio("p99 / poll interval", p99, interval)
+    report.add(Figure("consumer batches", "", [float(stats.batches)], note=f"{stats.records_in} records in"))
+    report.print()
+    print(f"  wrote {report.write()}")
