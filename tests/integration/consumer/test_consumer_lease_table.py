@@ -1,0 +1,69 @@
+"""The lease table on the embedded PostgreSQL: every write is conditional on the lease counter."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from recsys.consumer.leases import PgLeaseTable
+from recsys.core.checkpointing import Position
+from recsys.core.errors import LeaseLost
+
+
+async def test_two_workers_racing_for_one_lease_exactly_one_wins(pool: asyncpg.Pool[Any]) -> None:
+    stream = f"race-{uuid.uuid4().hex[:8]}"
+    a, b = PgLeaseTable(pool, stream, "a"), PgLeaseTable(pool, stream, "b")
+    assert await a.add_shards([("s0", ()), ("s1", ("s0",))]) == 2
+    assert await b.add_shards([("s0", ()), ("s1", ("s0",))]) == 0  # idempotent
+    rows = {r.shard_id: r for r in await a.list()}
+    assert rows["s0"].checkpoint_seq is None and rows["s1"].checkpoint_seq == "TRIM_HORIZON"
+    assert rows["s1"].parents == ("s0",)
+    observed = rows["s0"].view()
+    for _ in range(20):
+        got = await asyncio.gather(a.take(observed), b.take(observed))
+        assert sum(x is not None for x in got) == 1
+        winner = next(x for x in got if x is not None)
+        observed = next(r for r in await a.list() if r.shard_id == "s0").view()
+        assert observed.counter == winner.counter
+
+
+async def test_a_stolen_lease_cannot_be_renewed_checkpointed_or_released(pool: asyncpg.Pool[Any]) -> None:
+    stream = f"steal-{uuid.uuid4().hex[:8]}"
+    a, b = PgLeaseTable(pool, stream, "a"), PgLeaseTable(pool, stream, "b")
+    await a.add_shards([("s0", ())])
+    (row,) = await a.list()
+    held = await a.take(row.view())
+    assert held is not None
+    await a.renew(held)
+    await a.checkpoint(held, Position("17", 2))
+    (row,) = await b.list()
+    stolen = await b.take(row.view())
+    assert stolen is not None and stolen.checkpoint == Position("17", 2)
+    with pytest.raises(LeaseLost):
+        await a.checkpoint(held, Position("18", 0))
+    with pytest.raises(LeaseLost):
+        await a.renew(held)
+    assert not await a.release(held)
+    (row,) = await b.list()
+    assert (row.owner, row.checkpoint_seq, row.checkpoint_sub, row.owner_switches) == ("b", "17", 2, 2)
+    assert await b.release(stolen)
+    (row,) = await b.list()
+    assert row.owner is None
+
+
+async def test_an_ended_shard_is_never_taken_again(pool: asyncpg.Pool[Any]) -> None:
+    stream = f"ended-{uuid.uuid4().hex[:8]}"
+    a = PgLeaseTable(pool, stream, "a")
+    await a.add_shards([("s0", ())])
+    (row,) = await a.list()
+    held = await a.take(row.view())
+    assert held is not None
+    await a.checkpoint(held, None, shard_end=True)
+    await a.release(held)
+    (row,) = await a.list()
+    assert row.ended and row.checkpoint_seq == "SHARD_END"
+    assert await a.take(row.view()) is None
