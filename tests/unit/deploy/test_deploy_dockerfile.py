@@ -8,6 +8,7 @@ it must install exactly requirements.lock, which must pin every dependency of th
 from __future__ import annotations
 
 import argparse
+import ast
 import http.server
 import importlib.metadata
 import json
@@ -384,3 +385,42 @@ def test_dockerignore_sends_only_what_the_build_copies(root: Path, builder: Stag
         ".env",
     ):
         assert dockerignore_excludes(patterns, unwanted), f"{unwanted} would be sent to the build"
+
+
+def _runtime_imports(package: Path) -> dict[str, set[str]]:
+    """Top-level modules imported by the package at run time (not under ``if TYPE_CHECKING:``)."""
+    found: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        type_only: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                type_only.update(id(child) for stmt in node.body for child in ast.walk(stmt))
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(package.parent)))
+    return found
+
+
+def test_the_image_has_every_package_the_code_imports(root: Path) -> None:
+    """The image holds only requirements.lock: a runtime import of a dev-only package (httpx, packaging,
+    pytest...) would work in the development venv and fail in the container."""
+    pins = lock_pins(root)
+    providers = importlib.metadata.packages_distributions()
+    missing: list[str] = []
+    for module, where in sorted(_runtime_imports(root / "src" / "recsys").items()):
+        if module in sys.stdlib_module_names or module in ("recsys", "__future__"):
+            continue
+        dists = {canonicalize_name(d) for d in providers.get(module, [])}
+        if not dists & set(pins):
+            missing.append(
+                f"{module} (from {sorted(dists) or 'no installed distribution'}) in {sorted(where)[:3]}"
+            )
+    assert missing == []
