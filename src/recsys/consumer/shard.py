@@ -20,6 +20,7 @@ second per shard); throttling and transient failures back off (capped, jittered)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,12 +33,19 @@ import orjson
 
 from recsys.consumer import metrics
 from recsys.consumer.deadletters import DeadLetter, DeadLetterStore
-from recsys.consumer.kinesis import IteratorExpired, KinesisReader, KinesisRecord, ShardInfo, StartAt
+from recsys.consumer.kinesis import (
+    IteratorExpired,
+    KinesisReader,
+    KinesisRecord,
+    RecordsPage,
+    ShardInfo,
+    StartAt,
+)
 from recsys.consumer.kpl import deaggregate, is_aggregated
 from recsys.consumer.leases import HeldLease, PgLeaseTable
 from recsys.consumer.sink import MAX_RECORD_BYTES, FirehoseSink
 from recsys.core.checkpointing import TRIM_HORIZON, CheckpointTracker, Position, is_after
-from recsys.core.errors import BadRecord, DatabaseUnavailable, InfraError, ModelNotReady
+from recsys.core.errors import BadRecord, DatabaseUnavailable, InfraError, ModelNotReady, RecsysError
 from recsys.core.events import BrowsingEvent, parse_event
 from recsys.core.leases import backoff_delay
 from recsys.core.ports import LatestStore, Recommender
@@ -146,11 +154,38 @@ class ShardWorker:
                 await asyncio.sleep(delay)
                 attempt += 1
 
+    async def _fetch(self, iterator: str, not_before: float) -> tuple[RecordsPage, float]:
+        """One paced GetRecords: not before ``not_before`` (monotonic); returns the page and its start."""
+        delay = not_before - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        started = time.monotonic()
+        return await self._reader.get_records(iterator, self._cfg.get_records_limit), started
+
+    async def _next(self, fetch: asyncio.Task[tuple[RecordsPage, float]]) -> tuple[RecordsPage, float] | None:
+        """The fetched page, or ``None`` if draining began first (the fetch is then cancelled)."""
+        if self._draining.is_set():
+            fetch.cancel()
+            return None
+        drain = asyncio.create_task(self._draining.wait())
+        try:
+            await asyncio.wait({fetch, drain}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drain.cancel()
+        if not fetch.done():
+            fetch.cancel()
+            return None
+        return fetch.result()
+
     async def run(self) -> ShardOutcome:
+        """Read and process the shard until it ends, the lease is lost, or draining is requested.
+
+        The next page is fetched (paced) while the current one is processed, like the KCL's
+        prefetching publisher; a page's records are handled in full before the next page's.
+        """
         iterator = await self._retry(
             "get_shard_iterator", lambda: self._reader.iterator(self.shard_id, self._start())
         )
-        next_call = 0.0
         attempt = 0
         # records of a shard that is behind may wait up to batch_max_wait_ms for the next page, so
         # small pages share one recommender call; a full batch, a caught-up shard or the end of the
@@ -158,56 +193,65 @@ class ShardWorker:
         held: list[KinesisRecord] = []
         held_since = 0.0
         window_s = self._cfg.batch_max_wait_ms / 1000
-        while not self._draining.is_set():
-            wait = next_call - time.monotonic()
-            if wait > 0:
+        fetch = asyncio.create_task(self._fetch(iterator, 0.0), name=f"fetch-{self.shard_id}")
+        try:
+            while True:
                 try:
-                    await asyncio.wait_for(self._draining.wait(), wait)
+                    got = await self._next(fetch)
+                except IteratorExpired:
+                    log.info("iterator expired; re-acquiring from the last handled record")
+                    held.clear()  # not registered yet: they are read again from the safe position
+                    iterator = await self._retry(
+                        "get_shard_iterator", lambda: self._reader.iterator(self.shard_id, self._start())
+                    )
+                    fetch = asyncio.create_task(self._fetch(iterator, 0.0))
+                    continue
+                except InfraError as exc:
+                    if not exc.retriable:
+                        raise
+                    metrics.RECORDS_FAILED.labels("get_records").inc()
+                    log.warning("GetRecords failed, backing off: %s", exc)
+                    delay = backoff_delay(attempt, 0.2, 5.0, self._rng.random())
+                    attempt += 1
+                    fetch = asyncio.create_task(self._fetch(iterator, time.monotonic() + delay))
+                    continue
+                if got is None:
                     break
-                except TimeoutError:
-                    pass
-            next_call = time.monotonic() + self._cfg.poll_interval_s
-            try:
-                page = await self._reader.get_records(iterator, self._cfg.get_records_limit)
-            except IteratorExpired:
-                log.info("iterator expired; re-acquiring from the last handled record")
-                held.clear()  # not registered yet: they are read again from the safe position
-                iterator = await self._retry(
-                    "get_shard_iterator", lambda: self._reader.iterator(self.shard_id, self._start())
+                page, called_at = got
+                attempt = 0
+                if page.millis_behind is not None:
+                    metrics.MILLIS_BEHIND.labels(self.shard_id).set(page.millis_behind)
+                if page.next_iterator is not None:
+                    iterator = page.next_iterator
+                    fetch = asyncio.create_task(
+                        self._fetch(iterator, called_at + self._cfg.poll_interval_s),
+                        name=f"fetch-{self.shard_id}",
+                    )
+                if page.records:
+                    if not held:
+                        held_since = time.monotonic()
+                    held.extend(page.records)
+                wait_for_more = (
+                    page.next_iterator is not None
+                    and (page.millis_behind or 0) > 0
+                    and len(held) < self._cfg.batch_max_records
+                    and time.monotonic() - held_since + self._cfg.poll_interval_s <= window_s
                 )
-                continue
-            except InfraError as exc:
-                if not exc.retriable:
-                    raise
-                metrics.RECORDS_FAILED.labels("get_records").inc()
-                next_call = time.monotonic() + backoff_delay(attempt, 0.2, 5.0, self._rng.random())
-                attempt += 1
-                log.warning("GetRecords failed, backing off: %s", exc)
-                continue
-            attempt = 0
-            if page.millis_behind is not None:
-                metrics.MILLIS_BEHIND.labels(self.shard_id).set(page.millis_behind)
-            if page.records:
-                if not held:
-                    held_since = time.monotonic()
-                held.extend(page.records)
-            wait_for_more = (
-                page.next_iterator is not None
-                and (page.millis_behind or 0) > 0
-                and len(held) < self._cfg.batch_max_records
-                and time.monotonic() - held_since + self._cfg.poll_interval_s <= window_s
-            )
-            if held and not wait_for_more:
-                await self.process(held)
-                held = []
-            if page.child_shards:
-                await self._on_children(page.child_shards)
-            if page.next_iterator is None:
-                await self._table.checkpoint(self.lease, None, shard_end=True)
-                self._stats.shards_ended += 1
-                log.info("shard ended; checkpointed at SHARD_END")
-                return ShardOutcome.ENDED
-            iterator = page.next_iterator
+                if held and not wait_for_more:
+                    await self.process(held)
+                    held = []
+                if page.child_shards:
+                    await self._on_children(page.child_shards)
+                if page.next_iterator is None:
+                    await self._table.checkpoint(self.lease, None, shard_end=True)
+                    self._stats.shards_ended += 1
+                    log.info("shard ended; checkpointed at SHARD_END")
+                    return ShardOutcome.ENDED
+        finally:
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RecsysError):
+                    await fetch
         if held:
             await self.process(held)  # shutdown requested: finish what was read
         return ShardOutcome.DRAINED

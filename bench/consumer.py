@@ -1,0 +1,163 @@
+"""The streaming consumer end to end: events/s from a pre-filled Kinesis stream to Firehose -> S3,
+and how it scales with the number of shards (1, 2, 4) in one consumer process.
+
+Setup per run: a fresh moto stream with S shards holding N events (PutRecords, 500 per call), a fresh
+Firehose delivery stream to a moto bucket, the embedded PostgreSQL for leases, checkpoints and the
+latest-recommendations table. The clock runs from ``Consumer.run`` until ``stats.delivered == N``
+(start-up included: ListShards, the first lease take). The recommender is an in-process fake that
+answers instantly, so the figures are the consumer's own cost (Kinesis reads, JSON, Firehose
+batches, PostgreSQL writes) and moto's; the full run adds the real ``ModelRecommender`` (the
+project's trained model on the bench stack) on 2 shards.
+
+Headline ratios: events/s with 2 and 4 shards over 1 shard, measured in the same run; and (full
+run) the real recommender's events/s over the fake one's on 2 shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from bench._harness import Figure, Report, bench_stack, prepared_model, run_async
+
+SHARD_COUNTS = (1, 2, 4)
+
+
+class FastRecommender:
+    model_version = "bench-fake"
+
+    async def recommend_batch(self, requests: Sequence[Any]) -> list[Any]:
+        from recsys.core.recommendations import Recommendation, ScoredItem, SimilarItems
+
+        return [
+            Recommendation(
+                tuple(ScoredItem(f"S{(r.customer_number + i) % 110}", 1.0 - i / 10) for i in range(10)),
+                SimilarItems(r.browse_history[0].product_code, (ScoredItem("S10_1678", 0.9),)),
+                self.model_version,
+            )
+            for r in requests
+        ]
+
+    async def similar_items(self, product_code: str, k: int) -> list[Any]:
+        return []
+
+    async def popular_items(self, k: int) -> list[Any]:
+        return []
+
+
+def _fill(stream: str, shards: int, count: int) -> None:
+    from recsys.consumer.setup import ensure_stream
+    from recsys.infra.aws import sync_client
+
+    ensure_stream(stream, shards)
+    client = sync_client("kinesis")
+    for start in range(0, count, 500):
+        records = []
+        for i in range(start, min(count, start + 500)):
+            event = {
+                "session_id": f"b{i}",
+                "customer_number": 103 + i % 120,
+                "city": "Nantes",
+                "country": "France",
+                "credit_limit": 21000.0,
+                "browse_history": [
+                    {"product_code": "S10_1678", "quantity": 2, "in_shopping_cart": True},
+                    {"product_code": "S18_2238", "quantity": "1", "in_shopping_cart": False},
+                ],
+            }
+            records.append({"PartitionKey": str(event["customer_number"]), "Data": orjson.dumps(event)})
+        resp = client.put_records(StreamName=stream, Records=records)
+        if resp["FailedRecordCount"]:
+            raise RuntimeError("moto rejected records while filling the stream")
+
+
+async def _consume(database_url: str, stream: str, delivery: str, count: int, recommender: Any) -> float:
+    from recsys.consumer.app import Consumer
+    from recsys.infra.latest import PgLatestStore
+    from recsys.infra.pg import pool
+    from recsys.settings import ConsumerSettings, Settings
+
+    settings = Settings(
+        stream=stream,
+        delivery_stream=delivery,
+        dead_letters=f"s3://bench-consumer/dead/{stream}",
+        consumer=ConsumerSettings(lease_take_interval_s=0.3, lease_renew_interval_s=1.0, poll_interval_s=0.2),
+    )
+    async with pool(database_url, min_size=2, max_size=10) as pg:
+        rec = recommender if recommender is not None else await _real(pg)
+        stop = asyncio.Event()
+        consumer = Consumer(settings, pg, rec, PgLatestStore(pg))
+        started = time.perf_counter()
+        task = asyncio.create_task(consumer.run(stop), name="bench-consumer")
+        try:
+            while consumer.stats.delivered < count:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("the consumer stopped early")
+                if time.perf_counter() - started > 600:
+                    raise RuntimeError(f"only {consumer.stats.delivered}/{count} delivered in 600 s")
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - started
+        finally:
+            stop.set()
+            await task
+            if recommender is None:
+                await rec.close()
+    return count / elapsed
+
+
+async def _real(pg: Any) -> Any:
+    from recsys.model_store.recommender import ModelRecommender
+
+    return await ModelRecommender.open(pg)
+
+
+def _run(database_url: str, shards: int, count: int, recommender: Any) -> float:
+    from recsys.consumer.setup import ensure_delivery_stream
+
+    tag = uuid.uuid4().hex[:8]
+    stream, delivery = f"bench-events-{tag}", f"bench-recs-{tag}"
+    _fill(stream, shards, count)
+    ensure_delivery_stream(delivery, f"s3://bench-consumer/out/{tag}")
+    return run_async(_consume(database_url, stream, delivery, count, recommender))
+
+
+def main(quick: bool) -> Report:
+    from recsys.infra.pg import migrate
+
+    count = 2_000 if quick else 10_000
+    runs = 1 if quick else 3
+    info = bench_stack()
+    run_async(migrate(info.database_url))
+    report = Report("consumer", scale={"events": count, "runs": runs, "shards": list(SHARD_COUNTS)})
+    per_shards: dict[int, Figure] = {}
+    for shards in SHARD_COUNTS:
+        rates = [_run(info.database_url, shards, count, FastRecommender()) for _ in range(runs)]
+        per_shards[shards] = report.add(
+            Figure(f"events/s, fake recommender, {shards} shard(s)", "events/s", rates)
+        )
+    for shards in SHARD_COUNTS[1:]:
+        report.ratio(
+            f"{shards} shards vs 1 shard",
+            per_shards[shards],
+            per_shards[1],
+            note="one consumer process; moto and PostgreSQL on the same 2 cores",
+        )
+    if not quick:
+        prepared = prepared_model()
+        real = report.add(
+            Figure(
+                "events/s, ModelRecommender, 2 shards",
+                "events/s",
+                [_run(prepared.database_url, 2, count, None) for _ in range(runs)],
+            )
+        )
+        report.ratio("real model vs fake recommender (2 shards)", real, per_shards[2])
+    report.print()
+    report.write()
+    return report
