@@ -16,8 +16,9 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
-from recsys.commands.run import running
+from recsys.commands.run import ApiLoop, running
 from recsys.infra.aws import sync_client
 from recsys.settings import Settings
 
@@ -33,12 +34,14 @@ async def _until(predicate: Any, timeout_s: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.parametrize("api_loop", ["own", "shared"])
 async def test_run_consumes_serves_and_drains_on_stop(
-    model_db: str, tmp_path: Path, aws_endpoint: str
+    model_db: str, tmp_path: Path, aws_endpoint: str, api_loop: ApiLoop
 ) -> None:
     from recsys.consumer.setup import ensure_delivery_stream, ensure_stream
 
     tag = uuid.uuid4().hex[:8]
+    customer = 700_000 + uuid.uuid4().int % 100_000  # moto numbers every new stream's records alike
     stream, delivery, bucket = f"run-{tag}", f"run-out-{tag}", f"run-out-{tag}"
     await asyncio.to_thread(ensure_stream, stream, 1)
     await asyncio.to_thread(ensure_delivery_stream, delivery, f"s3://{bucket}/records")
@@ -52,21 +55,24 @@ async def test_run_consumes_serves_and_drains_on_stop(
     )
     kinesis = sync_client("kinesis")
     events = [
-        {"customer_number": 103, "city": "Nantes", "country": "France", "credit_limit": 21000.0,
+        {"customer_number": customer, "city": "Nantes", "country": "France", "credit_limit": 21000.0,
          "browse_history": [{"product_code": "S10_1000", "quantity": i + 1, "in_shopping_cart": False}],
          "event_time": f"2026-11-26T06:00:0{i}Z"}
         for i in range(3)
     ]  # fmt: skip
     stop = asyncio.Event()
-    async with running(settings, stop) as up, httpx.AsyncClient(base_url=up.url, timeout=5) as client:
+    async with (
+        running(settings, stop, api_loop=api_loop) as up,
+        httpx.AsyncClient(base_url=up.url, timeout=5) as client,
+    ):
         put = [
-            kinesis.put_record(StreamName=stream, PartitionKey="103", Data=json.dumps(e).encode())
+            kinesis.put_record(StreamName=stream, PartitionKey=str(customer), Data=json.dumps(e).encode())
             for e in events
         ]
         last_id = f"{put[-1]['ShardId']}:{put[-1]['SequenceNumber']}"
 
         async def streamed() -> dict[str, Any] | None:
-            body: dict[str, Any] = (await client.get("/recommendations/103")).json()
+            body: dict[str, Any] = (await client.get(f"/recommendations/{customer}")).json()
             return body if body.get("event_id") == last_id else None
 
         answer = await _until(streamed, 60, "the stream answer of the last event")
