@@ -75,6 +75,7 @@ class FirehoseSink:
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 5.0,
         rng: random.Random | None = None,
+        max_in_flight: int = 4,
     ) -> None:
         self._client = client
         self.delivery_stream = delivery_stream
@@ -83,6 +84,7 @@ class FirehoseSink:
         self._cap = backoff_cap_s
         self._rng = rng or random.Random()
         self.calls = 0
+        self._in_flight = asyncio.Semaphore(max_in_flight)
 
     async def put_batch(self, payloads: Sequence[bytes]) -> list[str | None]:
         """One PutRecordBatch: per record ``None`` (accepted) or its ``ErrorCode``; raises on failure."""
@@ -98,31 +100,38 @@ class FirehoseSink:
             raise InfraError(f"PutRecordBatch answered {len(results)} results for {len(payloads)} records")
         return [r.get("ErrorCode") or None for r in results]
 
+    async def _send(self, group: list[tuple[T, bytes]], on_ack: Callable[[T], None]) -> list[tuple[T, bytes]]:
+        """One call for ``group``; acknowledge what was accepted, return what must be resent."""
+        async with self._in_flight:
+            self.calls += 1
+            try:
+                codes = await self.put_batch([payload for _, payload in group])
+            except InfraError as exc:
+                log.warning("PutRecordBatch failed, retrying: %s", exc)
+                metrics.RECORDS_FAILED.labels("firehose").inc(len(group))
+                return group
+        failed: list[tuple[T, bytes]] = []
+        for (key, payload), code in zip(group, codes, strict=True):
+            if code is None:
+                on_ack(key)
+            else:
+                failed.append((key, payload))
+        if failed:
+            metrics.FIREHOSE_FAILED_PUTS.inc(len(failed))
+            log.warning("Firehose rejected %d of %d records; resending them", len(failed), len(group))
+        return failed
+
     async def deliver(self, items: Sequence[tuple[T, bytes]], on_ack: Callable[[T], None]) -> None:
-        """Deliver every ``(key, payload)``; call ``on_ack(key)`` for each once Firehose accepted it."""
+        """Deliver every ``(key, payload)``; call ``on_ack(key)`` for each once Firehose accepted it.
+
+        The calls of one delivery run concurrently (at most ``max_in_flight`` at a time).
+        """
         pending = list(items)
         attempt = 0
         while pending:
-            failed: list[tuple[T, bytes]] = []
-            for group in batches(pending):
-                self.calls += 1
-                try:
-                    codes = await self.put_batch([payload for _, payload in group])
-                except InfraError as exc:
-                    log.warning("PutRecordBatch failed, retrying: %s", exc)
-                    metrics.RECORDS_FAILED.labels("firehose").inc(len(group))
-                    failed.extend(group)
-                    continue
-                for (key, payload), code in zip(group, codes, strict=True):
-                    if code is None:
-                        on_ack(key)
-                    else:
-                        failed.append((key, payload))
-                rejected = sum(1 for code in codes if code is not None)
-                if rejected:
-                    metrics.FIREHOSE_FAILED_PUTS.inc(rejected)
-                    log.warning("Firehose rejected %d of %d records; resending them", rejected, len(group))
-            pending = failed
+            groups = batches(pending)
+            results = await asyncio.gather(*(self._send(group, on_ack) for group in groups))
+            pending = [item for failed in results for item in failed]
             if pending:
                 await asyncio.sleep(backoff_delay(attempt, self._base, self._cap, self._rng.random()))
                 attempt += 1
