@@ -5,6 +5,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 EVENTS ?= 200
+# Where pip finds torch==2.13.0+cpu: this machine kind ships the wheel locally; elsewhere use
+#   make demo PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
+PIP_EXTRA ?=
 
 .PHONY: install install-dev demo test lint typecheck contracts unit integration e2e bench clean
 
@@ -13,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 
 $(VENV)/.runtime: $(BIN)/python requirements.lock pyproject.toml
-	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet $(PIP_EXTRA) -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
