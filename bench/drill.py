@@ -132,6 +132,7 @@ class ConsumerProcess:
         self.args, self.env, self.log = args, env, log
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.peak_rss_mb = 0.0  # the largest peak RSS of the children reaped so far
 
     def start(self) -> None:
         with self.log.open("ab") as out:
@@ -148,17 +149,31 @@ class ConsumerProcess:
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
+    def _reap(self, deadline_s: float) -> bool:
+        """Wait for the child with ``os.wait4`` (its peak RSS comes with it); False on timeout."""
+        assert self.proc is not None
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            try:
+                pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            except ChildProcessError:  # already reaped by poll()
+                return True
+            if pid:
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+                self.peak_rss_mb = max(self.peak_rss_mb, usage.ru_maxrss / 1024)
+                return True
+            time.sleep(0.05)
+        return False
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+            self._reap(30)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+            if not self._reap(60):
                 self.kill()
 
 
@@ -374,6 +389,15 @@ def main(quick: bool = False) -> None:
         report.add(Figure("events put", "count", [float(sent)]))
         report.add(Figure("events lost (RPO)", "count", [float(len(missing))], note="must be 0"))
         report.add(Figure("duplicate deliveries", "count", [float(duplicates)], note="at-least-once replays"))
+        consumer.stop()
+        report.add(
+            Figure(
+                "consumer peak RSS",
+                "MB",
+                [consumer.peak_rss_mb],
+                note=f"largest of the {consumer.starts} `recsys consume` processes (os.wait4)",
+            )
+        )
         report.print()
         print(f"  wrote {report.write()}")
         if missing:
