@@ -57,7 +57,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from recsys.consumer.kinesis import parse_initial_position
+
     settings = settings_from(args)
+    parse_initial_position(settings.initial_position)  # a bad value is reported before connecting
     if settings.database_url is None:
         bootstrap.use_local_aws(bootstrap.ensure_local_stack(settings))
     url = bootstrap.database_url(settings)
