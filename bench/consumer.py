@@ -76,7 +76,9 @@ def _fill(stream: str, shards: int, count: int) -> None:
             raise RuntimeError("moto rejected records while filling the stream")
 
 
-async def _consume(database_url: str, stream: str, delivery: str, count: int, recommender: Any) -> float:
+async def _consume(
+    database_url: str, stream: str, delivery: str, count: int, recommender: Any
+) -> tuple[float, float]:
     from recsys.consumer.app import Consumer
     from recsys.infra.latest import PgLatestStore
     from recsys.infra.pg import pool
@@ -93,6 +95,7 @@ async def _consume(database_url: str, stream: str, delivery: str, count: int, re
         stop = asyncio.Event()
         consumer = Consumer(settings, pg, rec, PgLatestStore(pg))
         started = time.perf_counter()
+        cpu_started = time.process_time()
         task = asyncio.create_task(consumer.run(stop), name="bench-consumer")
         try:
             while consumer.stats.delivered < count:
@@ -103,12 +106,13 @@ async def _consume(database_url: str, stream: str, delivery: str, count: int, re
                     raise RuntimeError(f"only {consumer.stats.delivered}/{count} delivered in 600 s")
                 await asyncio.sleep(0.01)
             elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started
         finally:
             stop.set()
             await task
             if recommender is None:
                 await rec.close()
-    return count / elapsed
+    return count / elapsed, cpu / count * 1e6
 
 
 async def _real(pg: Any) -> Any:
@@ -117,7 +121,8 @@ async def _real(pg: Any) -> Any:
     return await ModelRecommender.open(pg)
 
 
-def _run(database_url: str, shards: int, count: int, recommender: Any) -> float:
+def _run(database_url: str, shards: int, count: int, recommender: Any) -> tuple[float, float]:
+    """(events/s end to end, CPU microseconds per event in the consumer's own process)."""
     from recsys.consumer.setup import ensure_delivery_stream
 
     tag = uuid.uuid4().hex[:8]
@@ -135,27 +140,41 @@ def main(quick: bool) -> Report:
     info = bench_stack()
     run_async(migrate(info.database_url))
     report = Report("consumer", scale={"events": count, "runs": runs, "shards": list(SHARD_COUNTS)})
-    per_shards: dict[int, Figure] = {}
-    for shards in SHARD_COUNTS:
-        rates = [_run(info.database_url, shards, count, FastRecommender()) for _ in range(runs)]
-        per_shards[shards] = report.add(
-            Figure(f"events/s, fake recommender, {shards} shard(s)", "events/s", rates)
+    rates: dict[int, list[float]] = {n: [] for n in SHARD_COUNTS}
+    cpu: dict[int, list[float]] = {n: [] for n in SHARD_COUNTS}
+    for _ in range(runs):  # interleaved, so a noisy neighbour hits every shard count alike
+        for shards in SHARD_COUNTS:
+            rate, us = _run(info.database_url, shards, count, FastRecommender())
+            rates[shards].append(rate)
+            cpu[shards].append(us)
+    per_shards = {
+        n: report.add(Figure(f"events/s, fake recommender, {n} shard(s)", "events/s", rates[n]))
+        for n in SHARD_COUNTS
+    }
+    for n in SHARD_COUNTS:
+        report.add(
+            Figure(
+                f"consumer CPU per event, {n} shard(s)",
+                "us",
+                cpu[n],
+                note="the consumer process only (moto and PostgreSQL are other processes)",
+            )
         )
     for shards in SHARD_COUNTS[1:]:
         report.ratio(
             f"{shards} shards vs 1 shard",
             per_shards[shards],
             per_shards[1],
-            note="one consumer process; moto and PostgreSQL on the same 2 cores",
+            note="one consumer process; moto and PostgreSQL on the same cores",
         )
     if not quick:
         prepared = prepared_model()
+        real_runs = [_run(prepared.database_url, 2, count, None) for _ in range(runs)]
         real = report.add(
-            Figure(
-                "events/s, ModelRecommender, 2 shards",
-                "events/s",
-                [_run(prepared.database_url, 2, count, None) for _ in range(runs)],
-            )
+            Figure("events/s, ModelRecommender, 2 shards", "events/s", [r for r, _ in real_runs])
+        )
+        report.add(
+            Figure("consumer CPU per event, ModelRecommender, 2 shards", "us", [c for _, c in real_runs])
         )
         report.ratio("real model vs fake recommender (2 shards)", real, per_shards[2])
     report.print()

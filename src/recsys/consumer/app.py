@@ -270,8 +270,7 @@ class Consumer:
                 outcome = await worker.run()
             except LeaseLost as exc:
                 log.warning("lease lost: %s", exc)
-                self.held.pop(lease.shard_id, None)
-                metrics.LEASES_HELD.set(len(self.held))
+                self._forget_lease(lease)
                 return
             except asyncio.CancelledError:
                 raise
@@ -281,14 +280,21 @@ class Consumer:
                 log.exception("shard worker failed; releasing its lease")
                 await self._release(lease)
                 return
+            finally:
+                with contextlib.suppress(KeyError):
+                    metrics.MILLIS_BEHIND.remove(lease.shard_id)
             if outcome is ShardOutcome.ENDED:
                 await self._release(lease)
                 self._resync = True
                 self._wake.set()
 
-    async def _release(self, lease: HeldLease) -> None:
-        self.held.pop(lease.shard_id, None)
+    def _forget_lease(self, lease: HeldLease) -> None:
+        if self.held.get(lease.shard_id) is lease:
+            del self.held[lease.shard_id]
         metrics.LEASES_HELD.set(len(self.held))
+
+    async def _release(self, lease: HeldLease) -> None:
+        self._forget_lease(lease)
         with contextlib.suppress(RecsysError):
             await asyncio.shield(self._table.release(lease))
 

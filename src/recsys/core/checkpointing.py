@@ -14,7 +14,7 @@ acknowledged prefix. It never passes an unacknowledged record.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "SHARD_END",
@@ -35,10 +35,11 @@ class Position:
 
     sequence: str
     sub: int = 0
+    key: tuple[int, int] = field(init=False, repr=False, compare=False, hash=False)
 
-    @property
-    def key(self) -> tuple[int, int]:
-        return int(self.sequence), self.sub
+    def __post_init__(self) -> None:
+        # parsed once: positions are compared on every registration and checkpoint decision
+        object.__setattr__(self, "key", (int(self.sequence), self.sub))
 
     def __lt__(self, other: Position) -> bool:
         return self.key < other.key
