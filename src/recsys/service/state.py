@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -90,4 +90,3 @@ class Services:
     pool: asyncpg.Pool[Any]
     latest: LatestStore
     model: ModelSlot
-    extra: dict[str, Any] = field(default_factory=dict)
