@@ -26,6 +26,7 @@ __all__ = [
     "Prepared",
     "Report",
     "bench_stack",
+    "create_database",
     "machine",
     "percentile",
     "prepared_model",
@@ -135,12 +136,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def summarise(names: list[str] | None = None) -> dict[str, Any]:
+def summarise(names: list[str] | None = None, results: Path | None = None) -> dict[str, Any]:
     """Every ``results/<name>.json`` (all, or the named ones) -> one summary: each benchmark's
     ratios (the headline figures) and the rest, with when each was measured. Written to
     ``results/summary.json`` by ``python -m bench``."""
     benches: dict[str, Any] = {}
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted((results or RESULTS).glob("*.json")):
         if path.stem == "summary" or (names is not None and path.stem not in names):
             continue
         data = json.loads(path.read_text())
@@ -261,7 +262,7 @@ class Prepared:
     metrics: dict[str, float]
 
 
-async def _create_database(admin_url: str, name: str) -> None:
+async def create_database(admin_url: str, name: str) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(admin_url, timeout=10)
@@ -295,7 +296,7 @@ def prepared_model(
     source = info.source_url
     if scale != 1.0:
         db = f"shop_{tag}"
-        run_async(_create_database(database_url, db))
+        run_async(create_database(database_url, db))
         source = source.rsplit("/", 1)[0] + "/" + db
     lake = str(STATE_DIR / f"lake-{tag}")
     artifacts = str(STATE_DIR / f"artifacts-{tag}")

@@ -1,0 +1,162 @@
+"""How cost grows: consumer events/s and peak RSS against catalog size and shard count.
+
+Catalogs: the trained scale-1 model (``prepared_model``) with its item table grown to 1k, 10k and
+100k items -- the 110 real items plus random L2-normalised 32-d vectors -- each loaded as its own
+version with ``recsys.model_store.loader.load_bundle_into`` (binary COPY, the HNSW index, exact
+neighbours, atomic switch) into a separate database (``bench_scaling``) of the bench stack, so other
+benchmarks' active model is never switched under them. Loaded versions are reused between runs.
+
+Each measurement is a child process (``python -m bench.scaling --child ...``) that creates a fresh
+moto Kinesis stream with the given shard count, puts N events, and runs the real ``Consumer``
+(``ModelRecommender``, Firehose to moto S3, the latest table, leases and checkpoints in PostgreSQL)
+until all N are delivered: events/s from the consumer's start (lease take included), and the
+child's peak RSS from ``os.wait4`` (the kernel's high-water mark for that child alone). The vectors
+live in PostgreSQL, so the table + index size is reported too: that is where the catalog's memory
+goes. Catalog sweep at 2 shards; shard sweep (1, 2, 4) at 10k items; one consumer process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+
+from bench._harness import Figure, Report, prepared_model, run_async
+
+DB = "bench_scaling"
+
+
+def _version(items: int) -> str:
+    return f"bench-items-{items:07d}"
+
+
+async def _ensure_version(url: str, artifacts: str, items: int) -> float:
+    """Load (or re-activate) the catalog of ``items`` items; return its table + index size in MB."""
+    from recsys.infra.objectstore import open_store
+    from recsys.infra.pg import connect, migrate
+    from recsys.model_store.artifacts import load_bundle
+    from recsys.model_store.loader import load_bundle_into, table_names
+
+    await migrate(url)
+    base = load_bundle(open_store(artifacts))
+    conn = await connect(url, timeout_s=30)
+    try:
+        version = _version(items)
+        known = await conn.fetchval("SELECT count(*) FROM model_versions WHERE version = $1", version)
+        if known:
+            bundle = replace(base, version=version)  # already loaded: load_bundle_into just switches
+        else:
+            extra = items - len(base.item_ids)
+            rng = np.random.default_rng(items)
+            noise = rng.standard_normal((extra, base.item_vectors.shape[1])).astype(np.float32)
+            noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+            bundle = replace(
+                base,
+                version=version,
+                item_ids=[*base.item_ids, *(f"B{i:07d}" for i in range(extra))],
+                item_vectors=np.vstack([base.item_vectors, noise]),
+            )
+            print(f"  loading a {items}-item catalog ...", flush=True)
+        await conn.execute("SET maintenance_work_mem = '1GB'")
+        await load_bundle_into(conn, bundle, keep=10)
+        size = await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", table_names(version)[0])
+    finally:
+        await conn.close()
+    return float(size) / 2**20
+
+
+async def _create_db(admin_url: str) -> str:
+    from bench._harness import create_database
+
+    await create_database(admin_url, DB)
+    return admin_url.rsplit("/", 1)[0] + "/" + DB
+
+
+def _child(url: str, shards: int, events: int) -> None:
+    """In the child: fresh stream, N events put, our Consumer until all are delivered."""
+    from bench.lab_reference import _fresh_streams, consume_all, consumer_settings, put_events
+    from recsys.consumer.producer import make_event
+    from recsys.infra.logs import configure_logging
+
+    configure_logging("WARNING")
+    import random
+
+    rng = random.Random(3)
+    codes = [f"S{10 + p % 90}_{1000 + p}" for p in range(110)]
+
+    class Customer:
+        def __init__(self, n: int) -> None:
+            self.customer_number = 100 + n
+            self.city = f"City {n % 20}"
+            self.country = ("USA", "France", "Germany", "Spain", "Japan")[n % 5]
+            self.credit_limit = float(20_000 + 1000 * n)
+
+    customers = [Customer(n) for n in range(122)]
+    payloads = [json.dumps(make_event(rng, rng.choice(customers), codes)).encode() for _ in range(events)]
+    stream, delivery, bucket = _fresh_streams(shards)
+    put_events(stream, payloads)
+    seconds = asyncio.run(consume_all(url, consumer_settings(stream, delivery, bucket), events))
+    print(json.dumps({"seconds": seconds}), flush=True)
+
+
+def _measure(url: str, shards: int, events: int) -> tuple[float, float]:
+    """(events/s, peak RSS MB) of one child."""
+    cmd = [sys.executable, "-m", "bench.scaling", "--child", url, str(shards), str(events)]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the scaling child failed ({proc.returncode})")
+    seconds = float(json.loads(out.strip().splitlines()[-1])["seconds"])
+    return events / seconds, usage.ru_maxrss / 1024
+
+
+def main(quick: bool) -> None:
+    catalogs = (1_000, 10_000, 100_000)
+    shard_counts = (1, 2, 4)
+    events = 1000 if quick else 3000
+    runs = 1 if quick else 3
+    prepared = prepared_model(1.0)
+    url = run_async(_create_db(prepared.database_url))
+    report = Report(
+        "scaling",
+        scale={"catalogs": list(catalogs), "shards": list(shard_counts), "events": events, "runs": runs},
+    )
+    rate: dict[tuple[int, int], Figure] = {}
+    rss: dict[tuple[int, int], Figure] = {}
+    plan = [(items, 2) for items in catalogs] + [(10_000, s) for s in shard_counts if s != 2]
+    for items, shards in plan:
+        size = run_async(_ensure_version(url, prepared.artifacts, items))
+        measured = [_measure(url, shards, events) for _ in range(runs)]
+        label = f"{items // 1000}k items, {shards} shard{'s' if shards > 1 else ''}"
+        rate[items, shards] = report.add(Figure(f"{label}: events/s", "events/s", [m[0] for m in measured]))
+        rss[items, shards] = report.add(Figure(f"{label}: peak RSS", "MB", [m[1] for m in measured]))
+        if shards == 2:
+            report.add(Figure(f"{items // 1000}k items: item table + index", "MB", [size]))
+    report.ratio(
+        "events/s 100k / 1k items", rate[100_000, 2], rate[1_000, 2], note="1.0 = flat in catalog size"
+    )
+    report.ratio(
+        "peak RSS 100k / 1k items", rss[100_000, 2], rss[1_000, 2], note="the vectors live in PostgreSQL"
+    )
+    report.ratio("events/s 4 / 1 shards", rate[10_000, 4], rate[10_000, 1], note="one consumer process")
+    report.ratio("events/s 2 / 1 shards", rate[10_000, 2], rate[10_000, 1])
+    report.print()
+    print(f"  wrote {report.write()}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", nargs=3, metavar=("DATABASE_URL", "SHARDS", "EVENTS"), required=True)
+    args = parser.parse_args()
+    _child(args.child[0], int(args.child[1]), int(args.child[2]))
