@@ -6,7 +6,7 @@ missing is printed as MISSING with the assumed value used instead (pass the flag
 
 - events/s of one consumer process with the real model: ``scaling.json`` ("10k items, 2 shards:
   events/s"), else ``api.json`` (the consumer's rate in ``recsys run`` while the API was loaded);
-- peak memory of that process: ``scaling.json`` (the largest "peak RSS"), else ``drill.json``
+- peak memory of that process: ``scaling.json`` (the same run's "peak RSS"), else ``drill.json``
   ("consumer peak RSS" of ``recsys consume`` during the drill);
 - API requests/s of one process: ``api.json`` ("recommendations alone").
 
@@ -110,10 +110,10 @@ def resolve_inputs(flags: dict[str, float | None]) -> tuple[list[Input], list[st
             found["events_per_s"] = Input(
                 "events_per_s", rate, f"scaling.json '10k items, 2 shards: events/s' ({when(scaling)})"
             )
-        peaks = [float(f["median"]) for f in scaling.get("figures", []) if f["name"].endswith("peak RSS")]
-        if peaks:
+        peak = _median(scaling, "10k items, 2 shards: peak RSS")
+        if peak is not None:
             found["memory_mb"] = Input(
-                "memory_mb", max(peaks), f"scaling.json largest 'peak RSS' ({when(scaling)})"
+                "memory_mb", peak, f"scaling.json '10k items, 2 shards: peak RSS' ({when(scaling)})"
             )
     else:
         notes.append("MISSING bench/results/scaling.json (run `python -m bench scaling`)")
