@@ -362,6 +362,18 @@ async def consume_all(database_url: str, settings: Any, count: int, timeout_s: f
         await pool.close()
 
 
+STAGES = ("decode", "recommend", "firehose", "latest", "checkpoint", "batch")
+
+
+def stage_totals() -> dict[str, float]:
+    """Seconds spent so far in each of the consumer's processing stages (its Prometheus histogram)."""
+    from prometheus_client import REGISTRY
+
+    return {
+        s: REGISTRY.get_sample_value("recsys_consumer_stage_seconds_sum", {"stage": s}) or 0.0 for s in STAGES
+    }
+
+
 def lab_consume(base: str, stream: str, delivery: str, count: int) -> float:
     """The lab's loop: GetRecords per shard, per record three HTTP calls and one Firehose PutRecord."""
     import httpx
@@ -432,6 +444,7 @@ def main(quick: bool) -> None:
         report.add(Figure("top-10 agreement (Jaccard)", "", [agreement(lab_out, ours_out)]))
 
         lab_e2e, ours_e2e = [], []
+        stages: dict[str, list[float]] = {s: [] for s in (*STAGES, "outside batches")}
         for _ in range(e2e_runs):
             stream, delivery, bucket = _fresh_streams(2)
             put_events(stream, events[:e2e_n])
@@ -439,7 +452,13 @@ def main(quick: bool) -> None:
             stream, delivery, bucket = _fresh_streams(2)
             put_events(stream, events[:e2e_n])
             settings = consumer_settings(stream, delivery, bucket)
-            ours_e2e.append(e2e_n / run_async(consume_all(prepared.database_url, settings, e2e_n)))
+            before = stage_totals()
+            seconds = run_async(consume_all(prepared.database_url, settings, e2e_n))
+            after = stage_totals()
+            ours_e2e.append(e2e_n / seconds)
+            for stage in STAGES:
+                stages[stage].append(1000 * (after[stage] - before[stage]) / e2e_n)
+            stages["outside batches"].append(1000 * (seconds - (after["batch"] - before["batch"])) / e2e_n)
         le = report.add(
             Figure("e2e: lab loop", "events/s", lab_e2e, note="moto Kinesis -> ... -> moto Firehose")
         )
@@ -447,6 +466,11 @@ def main(quick: bool) -> None:
             Figure("e2e: ours Consumer", "events/s", ours_e2e, note="incl. start-up and lease take")
         )
         report.ratio("e2e: ours / lab", oe, le, note="headline: consumer end to end")
+        for stage, values in stages.items():
+            note = "wall time per event; shards overlap" if stage == "batch" else ""
+            if stage == "outside batches":
+                note = "start-up, lease take, polling, waiting for records"
+            report.add(Figure(f"e2e ours: {stage}", "ms/event", values, note=note))
     report.print()
     print(f"  wrote {report.write()}")
 

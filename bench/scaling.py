@@ -10,7 +10,8 @@ Each measurement is a child process (``python -m bench.scaling --child ...``) th
 moto Kinesis stream with the given shard count, puts N events, and runs the real ``Consumer``
 (``ModelRecommender``, Firehose to moto S3, the latest table, leases and checkpoints in PostgreSQL)
 until all N are delivered: events/s from the consumer's start (lease take included), and the
-child's peak RSS from ``os.wait4`` (the kernel's high-water mark for that child alone). The vectors
+child's peak RSS (``VmHWM`` read by the child at the end; ``ru_maxrss`` from ``wait4`` would carry
+the parent's peak across fork + exec, and the parent grows while it builds a 100k catalog). The vectors
 live in PostgreSQL, so the table + index size is reported too: that is where the catalog's memory
 goes. Catalog sweep at 2 shards; shard sweep (1, 2, 4) at 10k items; one consumer process.
 """
@@ -102,7 +103,16 @@ def _child(url: str, shards: int, events: int) -> None:
     stream, delivery, bucket = _fresh_streams(shards)
     put_events(stream, payloads)
     seconds = asyncio.run(consume_all(url, consumer_settings(stream, delivery, bucket), events))
-    print(json.dumps({"seconds": seconds}), flush=True)
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}), flush=True)
+
+
+def _peak_rss_mb() -> float:
+    """This process's resident-set high-water mark (``VmHWM``: per address space, so unlike
+    ``ru_maxrss`` it does not inherit the parent's peak across fork + exec)."""
+    for line in open("/proc/self/status", encoding="ascii").read().splitlines():  # noqa: SIM115
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _measure(url: str, shards: int, events: int) -> tuple[float, float]:
@@ -113,12 +123,10 @@ def _measure(url: str, shards: int, events: int) -> tuple[float, float]:
     )
     assert proc.stdout is not None
     out = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    if proc.wait() != 0:
         raise RuntimeError(f"the scaling child failed ({proc.returncode})")
-    seconds = float(json.loads(out.strip().splitlines()[-1])["seconds"])
-    return events / seconds, usage.ru_maxrss / 1024
+    result = json.loads(out.strip().splitlines()[-1])
+    return events / float(result["seconds"]), float(result["peak_rss_mb"])
 
 
 def main(quick: bool) -> None:
