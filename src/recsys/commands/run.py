@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from recsys.commands._common import add_command, flag, run_async, settings_from
-from recsys.commands.serve import stop_on_signals, with_database
+from recsys.commands.serve import freeze_heap, stop_on_signals, with_database
 from recsys.core.errors import ConfigError, InfraError
 from recsys.infra.logs import get_logger
 from recsys.settings import Settings
@@ -202,7 +202,9 @@ async def running(
                 if ready not in done:
                     ready.cancel()  # the consumer's own error, raised below, says why
                     raise InfraError("the consumer stopped before the API was up")
-                yield Running(ready.result(), consumer, stop, tasks)
+                url = ready.result()
+                freeze_heap()
+                yield Running(url, consumer, stop, tasks)
             finally:
                 stop.set()
                 results = await asyncio.gather(*tasks, return_exceptions=True)
