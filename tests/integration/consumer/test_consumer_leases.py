@@ -98,9 +98,9 @@ async def test_kill_9_at_a_random_point_then_a_successor_loses_nothing(
 ) -> None:
     env = make_env(shards=2)
     ids = env.put(
-        [json.dumps(h.event(500 + i % 50, i)).encode() for i in range(1500)], key=lambda i: str(i % 50)
+        [json.dumps(h.event(500 + i % 50, i)).encode() for i in range(2500)], key=lambda i: str(i % 50)
     )
-    threshold = random.Random().randint(40, 1200)
+    threshold = random.Random().randint(40, 900)
     proc = _spawn(env, tmp_path)
     try:
         await h.wait_for(lambda: len(env.outputs()) >= threshold or proc.poll() is not None, 60, "progress")
