@@ -52,6 +52,13 @@ def _object_store_step(name: str, uri: str | None, flag: str, run: ObjectStep, c
     return StoreResult(name, store.uri, changes=run(store, customer))
 
 
+def _preflight(targets: Targets) -> None:
+    """Reach every configured object store before anything changes (a typo fails the whole run)."""
+    for uri in (targets.artifacts, targets.lake, targets.delivery, targets.dead_letters):
+        if uri:
+            next(iter(open_store(uri).list("")), None)
+
+
 async def forget(
     customer: int, targets: Targets, *, actor: str, dry_run: bool = False, suppress_events: bool = False
 ) -> ForgetReport:
@@ -60,6 +67,7 @@ async def forget(
         raise ConfigError(f"a customer number is a non-negative integer, got {customer}")
     apply = not dry_run
     report = ForgetReport(customer, dry_run, suppress_events, actor, datetime.now(UTC))
+    await asyncio.to_thread(_preflight, targets)
     conn = await connect(targets.database_url)
     try:
         missing = await conn.fetchval(

@@ -21,6 +21,7 @@ import pytest
 
 from recsys.cli import main as cli_main
 from recsys.compliance import Targets, forget
+from recsys.core.errors import RecsysError
 from recsys.infra.lake import latest_run, read_run
 from recsys.infra.objectstore import open_store
 from recsys.infra.suppression import SuppressionList
@@ -146,6 +147,15 @@ async def test_dry_run_lists_every_store_and_changes_nothing(world: World) -> No
     assert "DRY RUN" in report.lines()[0] and "dry run: nothing was changed" in report.lines()
     async with _conn(world) as conn:
         assert await conn.fetchval("SELECT count(*) FROM forget_audit") == 0
+
+
+async def test_an_unreachable_store_fails_the_run_before_anything_changes(world: World) -> None:
+    before = await snapshot(world)
+    wrong = Targets(world.database_url, world.lake, world.artifacts, "s3://no-such-bucket-forget/x")
+    with pytest.raises(RecsysError):
+        await forget(world.target, wrong, actor="tester")
+    after = await snapshot(world)
+    assert after.pg == before.pg and after.objects == before.objects
 
 
 class _conn:
