@@ -32,14 +32,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def prepare_aws(settings: Settings, *uris: str) -> None:
-    """For s3:// URIs without an AWS endpoint or credentials: use the embedded stack's moto server,
-    and create the bucket there (an emulator starts empty; on real AWS buckets are provisioned)."""
+    """For s3:// URIs with neither an AWS endpoint nor any credentials (the SDK's whole chain, task
+    roles included): use the embedded stack's moto server, and create the bucket there (an emulator
+    starts empty; on real AWS buckets are provisioned)."""
+    import boto3
+
     from recsys.infra.objectstore import S3Store, open_store
 
     s3 = [u for u in uris if u.strip().startswith("s3://")]
     if not s3:
         return
-    if not os.environ.get("AWS_ENDPOINT_URL") and not os.environ.get("AWS_ACCESS_KEY_ID"):
+    if not os.environ.get("AWS_ENDPOINT_URL") and boto3.Session().get_credentials() is None:
         bootstrap.use_local_aws(bootstrap.ensure_local_stack(settings))
     if os.environ.get("AWS_ENDPOINT_URL"):
         for uri in s3:

@@ -215,6 +215,8 @@ def fit(
 ) -> TrainedModel:
     """Fit the feature parameters and the towers; evaluate on the held-out test split."""
     started = time.perf_counter()
+    if any(width < 1 for width in cfg.hidden):
+        raise UserError(f"hidden layer widths must be positive, got {cfg.hidden}")
     data = prepare(table)
     torch.set_num_threads(cfg.torch_threads)
     torch.use_deterministic_algorithms(True)
