@@ -1,9 +1,10 @@
 """The suppression list: customers whose events the product must not process (``recsys forget --suppress``).
 
 ``SuppressionList.load(pool)`` reads ``suppressed_customers`` once; ``contains(n)`` is a set lookup
-(no I/O, safe on the hot path); ``await maybe_refresh()`` re-reads the list at most every
-``refresh_s`` seconds, and only when it changed: the check is one aggregate query
-(``count``, ``max(suppressed_at)``), the full read happens only when that answer moves. A refresh that
+and ``partition(items, customer_of)`` splits a batch (no I/O, safe on the hot path);
+``await maybe_refresh()`` re-reads the list at most every ``refresh_s`` seconds, and only when it
+changed: the check is one aggregate query (``count``, ``max(suppressed_at)``), the full read happens
+only when that answer moves. A refresh that
 fails (database down) keeps the last list and is retried at the next due time: a consumer keeps
 running through a database outage with the list it has.
 
@@ -13,8 +14,8 @@ A customer suppressed now is honoured by a running process within ``refresh_s`` 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -25,6 +26,7 @@ from recsys.infra.pg import map_pg_error
 __all__ = ["DEFAULT_REFRESH_S", "SuppressionList"]
 
 log = get_logger(__name__)
+T = TypeVar("T")
 DEFAULT_REFRESH_S = 30.0
 _CHANGE_CHECK = "SELECT count(*), max(suppressed_at) FROM suppressed_customers"
 _ALL = "SELECT customer_number FROM suppressed_customers"
@@ -88,10 +90,24 @@ class SuppressionList:
         log.info("suppression list loaded", extra={"fields": {"customers": len(self._customers)}})
         return True
 
+    def partition(
+        self, items: Iterable[T], customer_of: Callable[[T], int | None]
+    ) -> tuple[list[T], list[T]]:
+        """(items to process, items of suppressed customers), order kept. No I/O."""
+        kept: list[T] = []
+        dropped: list[T] = []
+        for item in items:
+            customer = customer_of(item)
+            (dropped if customer is not None and customer in self._customers else kept).append(item)
+        return kept, dropped
+
     async def maybe_refresh(self) -> bool:
-        """``refresh()`` when it is due (every ``refresh_s``); keeps the old list if the database fails."""
+        """``refresh()`` when it is due (every ``refresh_s``); keeps the old list if the database fails.
+        Cheap to call per batch from every shard worker: one clock read until it is due, and one
+        caller at a time does the query."""
         if self._clock() < self._next_at:
             return False
+        self._next_at = self._clock() + self.refresh_s
         try:
             return await self.refresh()
         except DatabaseUnavailable as exc:

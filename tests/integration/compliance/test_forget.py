@@ -271,6 +271,10 @@ async def test_suppression_list_loads_and_refreshes_cheaply(world: World) -> Non
         now[0] = 31.0
         assert await suppression.maybe_refresh()
         assert suppression.contains(world.others[2])
+        kept, dropped = suppression.partition(
+            [(1, world.others[2]), (2, world.target), (3, world.others[1]), (4, None)], lambda pair: pair[1]
+        )
+        assert [n for n, _ in kept] == [2, 4] and [n for n, _ in dropped] == [1, 3]
         reloads = suppression.reloads
         now[0] = 62.0
         assert not await suppression.maybe_refresh()  # due, checked, unchanged: no full read
