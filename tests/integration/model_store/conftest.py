@@ -62,3 +62,43 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
         out.versions.append(export_trained(str(root), model))
         out.models.append(model)
     return out
+
+
+@dataclass
+class Catalog:
+    """A version whose 6000-item catalog is large enough for the planner to use the HNSW index."""
+
+    bundle: Any
+    user_columns: dict[str, list[Any]]
+    item_ids: list[str]
+
+
+@pytest.fixture(scope="session")
+def big_catalog(artifacts: Artifacts) -> Catalog:
+    from recsys.model_store.artifacts import ArtifactBundle, new_version
+    from recsys.model_store.model import NumpyTower, save_state_dict
+    from recsys.model_store.training import PopularItem, prepare
+
+    model = artifacts.models[0]
+    data = prepare(synthetic_ratings(n_customers=20_000, n_products=6_000, ratings_per_customer=1, seed=6))
+    user_tower = NumpyTower.from_state_dict(model.state_dict, "user_tower")
+    item_tower = NumpyTower.from_state_dict(model.state_dict, "item_tower")
+    weights = save_state_dict(model.state_dict)
+    bundle = ArtifactBundle(
+        version=new_version(weights),
+        config=model.config,
+        weights=weights,
+        user_transform=model.user_transform,
+        item_transform=model.item_transform,
+        item_ids=data.item_ids,
+        item_vectors=item_tower.embed(
+            model.item_transform.sparse(data.item_columns), model.item_transform.numeric_offset
+        ),
+        user_ids=data.user_ids[:1000],
+        user_vectors=user_tower.embed(
+            model.user_transform.sparse({c: v[:1000] for c, v in data.user_columns.items()}),
+            model.user_transform.numeric_offset,
+        ),
+        popular=[PopularItem(code, 4.0, 1) for code in data.item_ids[:50]],
+    )
+    return Catalog(bundle, data.user_columns, data.item_ids)
