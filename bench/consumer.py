@@ -121,30 +121,33 @@ async def _real(pg: Any) -> Any:
     return await ModelRecommender.open(pg)
 
 
-def _run(database_url: str, shards: int, count: int, recommender: Any) -> tuple[float, float]:
+def _run(database_url: str, delivery: str, shards: int, count: int, recommender: Any) -> tuple[float, float]:
     """(events/s end to end, CPU microseconds per event in the consumer's own process)."""
+    from recsys.infra.aws import sync_client
+
+    stream = f"bench-consumer-{uuid.uuid4().hex[:8]}"
+    _fill(stream, shards, count)
+    try:
+        return run_async(_consume(database_url, stream, delivery, count, recommender))
+    finally:
+        sync_client("kinesis").delete_stream(StreamName=stream, EnforceConsumerDeletion=True)
+
+
+def _delivery_stream() -> str:
+    """One Firehose delivery stream per benchmark run (moto allows 50 per account)."""
     from recsys.consumer.setup import ensure_delivery_stream
 
-    tag = uuid.uuid4().hex[:8]
-    stream, delivery = f"bench-events-{tag}", f"bench-recs-{tag}"
-    _fill(stream, shards, count)
-    ensure_delivery_stream(delivery, f"s3://bench-consumer/out/{tag}")
-    return run_async(_consume(database_url, stream, delivery, count, recommender))
+    name = f"bench-consumer-{uuid.uuid4().hex[:8]}"
+    ensure_delivery_stream(name, f"s3://bench-consumer/out/{name}")
+    return name
 
 
-def main(quick: bool) -> Report:
-    from recsys.infra.pg import migrate
-
-    count = 2_000 if quick else 10_000
-    runs = 1 if quick else 3
-    info = bench_stack()
-    run_async(migrate(info.database_url))
-    report = Report("consumer", scale={"events": count, "runs": runs, "shards": list(SHARD_COUNTS)})
+def _measure(report: Report, *, database_url: str, delivery: str, count: int, runs: int, quick: bool) -> None:
     rates: dict[int, list[float]] = {n: [] for n in SHARD_COUNTS}
     cpu: dict[int, list[float]] = {n: [] for n in SHARD_COUNTS}
     for _ in range(runs):  # interleaved, so a noisy neighbour hits every shard count alike
         for shards in SHARD_COUNTS:
-            rate, us = _run(info.database_url, shards, count, FastRecommender())
+            rate, us = _run(database_url, delivery, shards, count, FastRecommender())
             rates[shards].append(rate)
             cpu[shards].append(us)
     per_shards = {
@@ -169,7 +172,7 @@ def main(quick: bool) -> Report:
         )
     if not quick:
         prepared = prepared_model()
-        real_runs = [_run(prepared.database_url, 2, count, None) for _ in range(runs)]
+        real_runs = [_run(prepared.database_url, delivery, 2, count, None) for _ in range(runs)]
         real = report.add(
             Figure("events/s, ModelRecommender, 2 shards", "events/s", [r for r, _ in real_runs])
         )
@@ -177,6 +180,24 @@ def main(quick: bool) -> Report:
             Figure("consumer CPU per event, ModelRecommender, 2 shards", "us", [c for _, c in real_runs])
         )
         report.ratio("real model vs fake recommender (2 shards)", real, per_shards[2])
+
+
+def main(quick: bool) -> Report:
+    from recsys.infra.aws import sync_client
+    from recsys.infra.pg import migrate
+
+    count = 2_000 if quick else 10_000
+    runs = 1 if quick else 3
+    info = bench_stack()
+    run_async(migrate(info.database_url))
+    report = Report("consumer", scale={"events": count, "runs": runs, "shards": list(SHARD_COUNTS)})
+    delivery = _delivery_stream()
+    try:
+        _measure(
+            report, database_url=info.database_url, delivery=delivery, count=count, runs=runs, quick=quick
+        )
+    finally:
+        sync_client("firehose").delete_delivery_stream(DeliveryStreamName=delivery, AllowForceDelete=True)
     report.print()
     report.write()
     return report

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -126,7 +127,10 @@ def consumer_settings(**overrides: Any) -> ConsumerSettings:
 
 
 @pytest.fixture
-def make_env(stack: StackInfo, database_url: str, tmp_path: Path) -> Callable[..., Env]:
+def make_env(stack: StackInfo, database_url: str, tmp_path: Path) -> Iterator[Callable[..., Env]]:
+    """Fresh streams per test, deleted afterwards (moto allows 50 delivery streams per account)."""
+    made: list[Env] = []
+
     def make(shards: int = 2, initial_position: str = "TRIM_HORIZON", **consumer: Any) -> Env:
         tag = uuid.uuid4().hex[:10]
         bucket = f"consumer-{tag}"
@@ -142,9 +146,18 @@ def make_env(stack: StackInfo, database_url: str, tmp_path: Path) -> Callable[..
             initial_position=initial_position,
             consumer=consumer_settings(**consumer),
         )
-        return Env(stream, delivery, bucket, settings, database_url)
+        env = Env(stream, delivery, bucket, settings, database_url)
+        made.append(env)
+        return env
 
-    return make
+    yield make
+    for env in made:
+        with contextlib.suppress(Exception):
+            sync_client("firehose").delete_delivery_stream(
+                DeliveryStreamName=env.delivery, AllowForceDelete=True
+            )
+        with contextlib.suppress(Exception):
+            sync_client("kinesis").delete_stream(StreamName=env.stream, EnforceConsumerDeletion=True)
 
 
 class Helpers:
