@@ -394,16 +394,23 @@ class ModelRecommender:
 
     # --- single questions (the API) ---------------------------------------------------------------
     async def similar_items(self, product_code: str, k: int) -> list[ScoredItem]:
-        state = self._state
         k = max(0, min(int(k), MAX_K))
+        for attempt in range(2):
+            state = self._state
+            try:
+                row = await self._pool.fetchrow(
+                    "SELECT neighbour_ids, scores FROM item_neighbours WHERE version = $1 AND id = $2",
+                    state.version,
+                    product_code,
+                )
+            except _DB_ERRORS as exc:
+                raise DatabaseUnavailable(f"reading similar items failed: {exc}") from exc
+            # not found: an unknown code, or our version was dropped after newer loads -> refresh once
+            if row is not None or attempt == 1 or not await self.refresh():
+                break
+        if row is None:
+            raise NotFoundError(f"unknown product code {product_code!r} in model version {state.version}")
         try:
-            row = await self._pool.fetchrow(
-                "SELECT neighbour_ids, scores FROM item_neighbours WHERE version = $1 AND id = $2",
-                state.version,
-                product_code,
-            )
-            if row is None:
-                raise NotFoundError(f"unknown product code {product_code!r} in model version {state.version}")
             stored = [
                 ScoredItem(str(i), float(s)) for i, s in zip(row["neighbour_ids"], row["scores"], strict=True)
             ]

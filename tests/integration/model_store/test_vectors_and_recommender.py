@@ -286,3 +286,18 @@ async def test_hnsw_path_recall_and_batch_identity_at_6000_items(
         assert all(len(r.recommended_items) == q.k for r, q in zip(batch, requests, strict=True))
     finally:
         await rec.close()
+
+
+async def test_a_process_whose_version_was_dropped_moves_to_the_active_one(
+    recommender: ModelRecommender, ms_database_url: str, artifacts: Artifacts
+) -> None:
+    v0, v1 = artifacts.versions
+    assert recommender.model_version == v0
+    summary = await load_vectors(ms_database_url, artifacts.uri, v1, keep=1)  # drops v0's tables
+    assert v0 in summary.dropped
+    code = artifacts.models[1].data.item_ids[0]
+    assert len(await recommender.similar_items(code, 5)) == 5  # v0's neighbours are gone: refreshed
+    assert recommender.model_version == v1
+    await load_vectors(ms_database_url, artifacts.uri, v0, keep=1)  # and back, dropping v1
+    answers = await recommender.recommend_batch(_requests(artifacts, 5, seed=9))
+    assert {a.model_version for a in answers} == {v0}
