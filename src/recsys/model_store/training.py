@@ -213,14 +213,32 @@ def fit(
     cfg: TrainSettings,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainedModel:
-    """Fit the feature parameters and the towers; evaluate on the held-out test split."""
-    started = time.perf_counter()
+    """Fit the feature parameters and the towers; evaluate on the held-out test split.
+
+    Runs with ``cfg.torch_threads`` threads, deterministic algorithms and a seeded generator, and
+    restores the process's torch settings and random state afterwards.
+    """
     if any(width < 1 for width in cfg.hidden):
         raise UserError(f"hidden layer widths must be positive, got {cfg.hidden}")
-    data = prepare(table)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(cfg.torch_threads)
     torch.use_deterministic_algorithms(True)
-    torch.manual_seed(cfg.seed)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return _fit(table, cfg, on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _fit(
+    table: pa.Table,
+    cfg: TrainSettings,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+) -> TrainedModel:
+    started = time.perf_counter()
+    data = prepare(table)
     train_rows, val_rows, test_rows = _split(len(data.rating), cfg.seed, cfg.val_fraction, cfg.test_fraction)
 
     # feature parameters from the training split only (users/items seen in it)
