@@ -96,6 +96,7 @@ class ApiSettings(BaseModel):
     model_refresh_s: float = Field(30.0, gt=0, le=86_400, description="how often to look for a newer model")
     ready_timeout_s: float = Field(2.0, gt=0, le=60, description="time limit of the /readyz database check")
     shutdown_timeout_s: float = Field(10.0, gt=0, le=110, description="graceful drain of open requests")
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=256 * 1024 * 1024, description="larger bodies get 413")
 
 
 class Settings(BaseSettings):

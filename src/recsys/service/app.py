@@ -102,5 +102,5 @@ def create_app(
     install_error_handlers(app)
     for router in build_routers(settings):
         app.include_router(router)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.api.max_body_bytes)
     return app

@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.infra.logs import bind, get_logger
@@ -36,9 +37,20 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int = 1_048_576) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,7 +71,11 @@ class RequestContextMiddleware:
 
         try:
             with bind(request_id=request_id):
-                await self.app(scope, receive, send_with_id)
+                length = _content_length(scope)
+                if length is not None and length > self.max_body_bytes:
+                    await _too_large(request_id, self.max_body_bytes, send_with_id)
+                else:
+                    await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
             route: Any = scope.get("route")
@@ -76,3 +92,12 @@ class RequestContextMiddleware:
                     elapsed * 1000,
                     extra={"fields": {"request_id": request_id}},
                 )
+
+
+async def _too_large(request_id: str, limit: int, send: Send) -> None:
+    body = orjson.dumps(
+        {"error": "too_large", "reason": f"the body is larger than {limit} bytes", "request_id": request_id}
+    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -193,6 +193,16 @@ async def test_too_many_profiles_is_422(api_client: AppClient) -> None:
     assert "body" in resp.json()["reason"]
 
 
+async def test_an_oversized_body_is_413_before_it_is_read(api_client: AppClient) -> None:
+    async with api_client(max_body_bytes=2048) as client:
+        resp = await client.post("/user_embeddings", json=[{"city": "x" * 100}] * 30)
+        small = await client.post("/user_embeddings", json=[{"city": "x"}])
+    assert resp.status_code == 413
+    assert resp.json()["error"] == "too_large"
+    assert resp.json()["request_id"] == resp.headers["x-request-id"]
+    assert small.status_code == 200
+
+
 async def test_unknown_item_is_404(api_client: AppClient) -> None:
     async with api_client() as client:
         resp = await client.get("/items_from_item", params={"item_id": "NOPE_1"})
