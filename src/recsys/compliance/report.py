@@ -92,7 +92,7 @@ class ForgetReport:
             else:
                 state = "added to" if self.newly_suppressed else "already in"
                 out.append(
-                    f"  suppression   {who} {state} suppressed_customers: the consumer drops its events"
+                    f"  suppression   {who} {state} suppressed_customers (its later events are to be dropped)"
                 )
         if self.dry_run:
             out.append("dry run: nothing was changed")
