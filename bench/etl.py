@@ -1,8 +1,10 @@
 """ETL throughput and peak memory at 1x, 10x, 100x data: memory must not grow with the rows.
 
 Each scale is seeded into its own MariaDB database (``RECSYS_BENCH_MYSQL_URL``, default the
-machine's root@127.0.0.1:3306), then ``recsys etl`` runs as a child process writing to a local lake;
-its peak RSS comes from ``os.wait4`` (the kernel's high-water mark for that child alone). The
+machine's root@127.0.0.1:3306), then ``recsys etl`` runs as a child process writing to a local lake.
+Its peak RSS is the ``VmHWM`` the child reads from ``/proc/self/status`` as it exits: per address
+space, so it is the ETL's own. (``ru_maxrss`` from ``wait4`` is not: Linux carries the parent's
+high-water mark into the child across fork+exec, and the parent here has just generated the data.) The
 headline is the ratio of peak RSS at the largest scale to 1x, next to the ratio of rows.
 Databases are dropped at the end unless ``RECSYS_BENCH_KEEP_DB=1`` (reseeding 100x takes a while).
 """
@@ -55,32 +57,35 @@ def _database(scale: int) -> str:
     return url
 
 
+# Runs `recsys etl` and prints this process's VmHWM (KiB) to stderr on the way out.
+_CHILD = """
+import atexit, sys
+
+def _peak():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                sys.stderr.write(f"BENCH_VMHWM_KB {line.split()[1]}\\n")
+
+atexit.register(_peak)
+from recsys.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _etl_child(url: str) -> tuple[int, float, float]:
     """(rows, seconds inside the ETL, peak RSS in MB) of one ``recsys etl`` child process."""
     with tempfile.TemporaryDirectory(prefix="bench-etl-lake-") as lake:
-        cmd = [
-            sys.executable,
-            "-m",
-            "recsys.cli",
-            "etl",
-            "--source-url",
-            url,
-            "--lake",
-            lake,
-            "--log-level",
-            "WARNING",
-        ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert proc.stdout is not None and proc.stderr is not None
-        out = proc.stdout.read()
-        err = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise RuntimeError(f"recsys etl failed ({proc.returncode}): {err.strip()[-500:]}")
-    rows = int(re.search(r"(\d+) rows read", out).group(1))  # type: ignore[union-attr]
-    seconds = float(re.search(r" in ([\d.]+)s ", out).group(1))  # type: ignore[union-attr]
-    return rows, seconds, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+        args = ["etl", "--source-url", url, "--lake", lake, "--log-level", "WARNING"]
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, timeout=3600, check=False
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"recsys etl failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    rows = int(re.search(r"(\d+) rows read", done.stdout).group(1))  # type: ignore[union-attr]
+    seconds = float(re.search(r" in ([\d.]+)s ", done.stdout).group(1))  # type: ignore[union-attr]
+    peak_kb = int(re.search(r"BENCH_VMHWM_KB (\d+)", done.stderr).group(1))  # type: ignore[union-attr]
+    return rows, seconds, peak_kb / 1024
 
 
 def main(quick: bool) -> None:
