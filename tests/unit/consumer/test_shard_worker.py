@@ -18,7 +18,7 @@ from recsys.consumer.leases import HeldLease
 from recsys.consumer.shard import ConsumerStats, ShardOutcome, ShardWorker, event_id
 from recsys.consumer.sink import FirehoseSink
 from recsys.core.checkpointing import Position
-from recsys.core.errors import DatabaseUnavailable, LeaseLost
+from recsys.core.errors import DatabaseUnavailable, LeaseLost, Throttled
 from recsys.core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
 from recsys.settings import ConsumerSettings
 
@@ -217,3 +217,16 @@ async def test_draining_finishes_the_batch_in_hand() -> None:
 def test_event_ids() -> None:
     assert event_id("shardId-7", Position("42", 0), aggregated=False) == "shardId-7:42"
     assert event_id("shardId-7", Position("42", 0), aggregated=True) == "shardId-7:42:0"
+
+
+async def test_throttled_reads_back_off_and_lose_nothing() -> None:
+    pages: list[RecordsPage | Exception] = [
+        Throttled("ProvisionedThroughputExceededException"),
+        Throttled("ProvisionedThroughputExceededException"),
+        RecordsPage([rec(1, ev(1))], None, 0, []),
+    ]
+    w, parts = worker(pages)
+    assert await w.run() is ShardOutcome.ENDED
+    assert parts["reader"].pages == []
+    assert [o["event_id"] for o in parts["sink"].delivered] == ["shardId-1:1"]
+    assert len(parts["reader"].starts) == 1  # the same iterator was retried
