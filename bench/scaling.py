@@ -81,7 +81,7 @@ async def _create_db(admin_url: str) -> str:
 
 def _child(url: str, shards: int, events: int) -> None:
     """In the child: fresh stream, N events put, our Consumer until all are delivered."""
-    from bench.lab_reference import _fresh_streams, consume_all, consumer_settings, put_events
+    from bench.lab_reference import _fresh_streams, consume_all, consumer_settings, put_events, stage_totals
     from recsys.consumer.producer import make_event
     from recsys.infra.logs import configure_logging
 
@@ -103,7 +103,9 @@ def _child(url: str, shards: int, events: int) -> None:
     stream, delivery, bucket = _fresh_streams(shards)
     put_events(stream, payloads)
     seconds = asyncio.run(consume_all(url, consumer_settings(stream, delivery, bucket), events))
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}), flush=True)
+    stages = stage_totals()  # this child's process: the totals are this run's
+    result = {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "recommend_s": stages["recommend"]}
+    print(json.dumps(result), flush=True)
 
 
 def _peak_rss_mb() -> float:
@@ -115,8 +117,8 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _measure(url: str, shards: int, events: int) -> tuple[float, float]:
-    """(events/s, peak RSS MB) of one child."""
+def _measure(url: str, shards: int, events: int) -> tuple[float, float, float]:
+    """(events/s, peak RSS MB, ms per event in the recommend stage) of one child."""
     cmd = [sys.executable, "-m", "bench.scaling", "--child", url, str(shards), str(events)]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,7 +128,11 @@ def _measure(url: str, shards: int, events: int) -> tuple[float, float]:
     if proc.wait() != 0:
         raise RuntimeError(f"the scaling child failed ({proc.returncode})")
     result = json.loads(out.strip().splitlines()[-1])
-    return events / float(result["seconds"]), float(result["peak_rss_mb"])
+    return (
+        events / float(result["seconds"]),
+        float(result["peak_rss_mb"]),
+        1000 * float(result["recommend_s"]) / events,
+    )
 
 
 def main(quick: bool) -> None:
@@ -142,6 +148,7 @@ def main(quick: bool) -> None:
     )
     rate: dict[tuple[int, int], Figure] = {}
     rss: dict[tuple[int, int], Figure] = {}
+    recommend: dict[tuple[int, int], Figure] = {}
     plan = [(items, 2) for items in catalogs] + [(10_000, s) for s in shard_counts if s != 2]
     for items, shards in plan:
         size = run_async(_ensure_version(url, prepared.artifacts, items))
@@ -149,6 +156,9 @@ def main(quick: bool) -> None:
         label = f"{items // 1000}k items, {shards} shard{'s' if shards > 1 else ''}"
         rate[items, shards] = report.add(Figure(f"{label}: events/s", "events/s", [m[0] for m in measured]))
         rss[items, shards] = report.add(Figure(f"{label}: peak RSS", "MB", [m[1] for m in measured]))
+        recommend[items, shards] = report.add(
+            Figure(f"{label}: recommend stage", "ms/event", [m[2] for m in measured])
+        )
         if shards == 2:
             report.add(Figure(f"{items // 1000}k items: item table + index", "MB", [size]))
     report.ratio(
