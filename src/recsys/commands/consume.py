@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import os
 import signal
 from typing import TYPE_CHECKING
@@ -83,14 +82,10 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _consume(settings: Settings, url: str) -> ConsumerStats:
     from recsys.consumer.app import Consumer
-    from recsys.core.errors import ConfigError
     from recsys.infra.latest import PgLatestStore
     from recsys.infra.pg import migrate, pool
-
-    try:  # imported by name: the model store is another part of the product
-        recommender_module = importlib.import_module("recsys.model_store.recommender")
-    except ImportError as exc:
-        raise ConfigError(f"the model store's recommender is not available: {exc}") from exc
+    from recsys.infra.suppression import SuppressionList
+    from recsys.model_store.recommender import ModelRecommender
 
     await migrate(url)
     stop = asyncio.Event()
@@ -99,9 +94,10 @@ async def _consume(settings: Settings, url: str) -> ConsumerStats:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     async with pool(url, min_size=2, max_size=10) as pg:
-        recommender = await recommender_module.ModelRecommender.open(pg)
+        recommender = await ModelRecommender.open(pg)
+        suppression = await SuppressionList.load(pg)
         try:
-            consumer = Consumer(settings, pg, recommender, PgLatestStore(pg))
+            consumer = Consumer(settings, pg, recommender, PgLatestStore(pg), suppression=suppression)
             await consumer.run(stop)
         finally:
             await asyncio.shield(recommender.close())

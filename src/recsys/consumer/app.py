@@ -41,6 +41,7 @@ from recsys.core.leases import ExpiryObserver, plan_takes
 from recsys.core.ports import LatestStore, Recommender
 from recsys.infra.aws import region
 from recsys.infra.logs import bind, get_logger
+from recsys.infra.suppression import SuppressionList
 from recsys.settings import Settings
 
 __all__ = ["Consumer", "ConsumerStats"]
@@ -71,8 +72,10 @@ class Consumer:
         clock: Callable[[], float] = time.monotonic,
         worker_id: str | None = None,
         aws_session: Any | None = None,
+        suppression: SuppressionList | None = None,
     ) -> None:
         self.settings = settings
+        self.suppression = suppression
         self.cfg = settings.consumer
         self._pool = pool
         self._recommender = recommender
@@ -263,6 +266,7 @@ class Consumer:
             stats=self.stats,
             on_children=self._on_children,
             recommend_k=self.cfg.recommend_k,
+            suppression=self.suppression,
         )
         with bind(shard_id=lease.shard_id):
             log.info("processing shard", extra={"fields": {"checkpoint": lease.checkpoint_seq}})

@@ -18,6 +18,7 @@ __all__ = [
     "RECORDS_FAILED",
     "RECORDS_IN",
     "RECORDS_OUT",
+    "RECORDS_SUPPRESSED",
     "STAGE_SECONDS",
 ]
 
@@ -42,6 +43,10 @@ STAGE_SECONDS = Histogram(
 )
 MILLIS_BEHIND = Gauge(
     "recsys_consumer_millis_behind_latest", "MillisBehindLatest of the last GetRecords", ["shard_id"]
+)
+RECORDS_SUPPRESSED = Counter(
+    "recsys_consumer_records_suppressed",
+    "records of suppressed customers, skipped",
 )
 LEASES_HELD = Gauge("recsys_consumer_leases_held", "shard leases held by this worker")
 CHECKPOINT_FAILURES = Counter("recsys_consumer_checkpoint_failures", "checkpoints that could not be written")

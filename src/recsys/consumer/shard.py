@@ -52,6 +52,7 @@ from recsys.core.ports import LatestStore, Recommender
 from recsys.core.recommendations import Recommendation, RecommendRequest
 from recsys.infra.latest import LatestRow
 from recsys.infra.logs import get_logger
+from recsys.infra.suppression import SuppressionList
 from recsys.settings import ConsumerSettings
 
 __all__ = ["ConsumerStats", "ShardOutcome", "ShardWorker", "event_id"]
@@ -75,6 +76,7 @@ class ConsumerStats:
     batches: int = 0
     checkpoints: int = 0
     shards_ended: int = 0
+    suppressed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +112,10 @@ class ShardWorker:
         on_children: Callable[[list[ShardInfo]], Awaitable[None]],
         recommend_k: int = 10,
         rng: random.Random | None = None,
+        suppression: SuppressionList | None = None,
     ) -> None:
         self.lease = lease
+        self._suppression = suppression
         self.shard_id = lease.shard_id
         self._table = table
         self._reader = reader
@@ -308,6 +312,15 @@ class ShardWorker:
                         item.arrival,
                     )
                 )
+        if self._suppression is not None:
+            # customers who asked to be forgotten with --suppress: checkpointed past, never delivered
+            await self._suppression.maybe_refresh()
+            good, dropped = self._suppression.partition(good, lambda pair: pair[1].customer_number)
+            for item, _ in dropped:
+                self._tracker.ack(item.position)
+            if dropped:
+                metrics.RECORDS_SUPPRESSED.inc(len(dropped))
+                self._stats.suppressed += len(dropped)
         count = len(items) + sum(1 for letter in bad if letter.reason == "bad_aggregate")
         metrics.RECORDS_IN.inc(count)
         metrics.BATCH_SIZE.observe(count)
