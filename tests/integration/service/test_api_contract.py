@@ -14,14 +14,14 @@ from recsys.core.errors import ModelNotReady
 from recsys.core.recommendations import Recommendation, ScoredItem, SimilarItems
 from recsys.infra.latest import LatestRow, PgLatestStore
 
-from .conftest import DIM, ITEMS, AppClient, FakeRecommender
+from .conftest import DIM, ITEMS, KNOWN_CUSTOMER, UNKNOWN_CUSTOMER, AppClient, FakeRecommender
 
 pytestmark = pytest.mark.asyncio
 
 
 def _customer() -> int:
     """A customer number no other test uses (the table is shared by the session)."""
-    return 500_000 + uuid.uuid4().int % 1_000_000
+    return 1_000_000_000 + uuid.uuid4().int % 900_000_000
 
 
 async def _store_latest(pool: asyncpg.Pool[Any], customer: int, n: int = 12) -> LatestRow:
@@ -85,7 +85,7 @@ async def test_model_path_for_a_known_customer_without_stream_answer(api_client:
     fake = FakeRecommender(version="fake-v2")
     before = datetime.now(UTC) - timedelta(seconds=1)
     async with api_client(recommender=fake) as client:
-        resp = await client.get("/recommendations/103", params={"limit": 3})
+        resp = await client.get(f"/recommendations/{KNOWN_CUSTOMER}", params={"limit": 3})
     body = resp.json()
     assert resp.status_code == 200
     assert body["source"] == "model"
@@ -93,12 +93,12 @@ async def test_model_path_for_a_known_customer_without_stream_answer(api_client:
     assert body["event_id"] is None
     assert len(body["recommended_items"]) == 3
     assert datetime.fromisoformat(body["computed_at"]) >= before
-    assert fake.asked_customers == [103]
+    assert fake.asked_customers == [KNOWN_CUSTOMER]
 
 
 async def test_popular_path_for_an_unknown_customer(api_client: AppClient) -> None:
     async with api_client() as client:
-        resp = await client.get("/recommendations/987654", params={"limit": 4})
+        resp = await client.get(f"/recommendations/{UNKNOWN_CUSTOMER}", params={"limit": 4})
     body = resp.json()
     assert resp.status_code == 200
     assert body["source"] == "popular"
@@ -351,8 +351,8 @@ async def test_metrics_count_requests_by_route_template_status_and_source(
     async with api_client() as client:
         before = _samples((await client.get("/metrics")).text)
         await client.get(f"/recommendations/{customer}")
-        await client.get("/recommendations/103")
-        await client.get("/recommendations/987654")
+        await client.get(f"/recommendations/{KNOWN_CUSTOMER}")
+        await client.get(f"/recommendations/{UNKNOWN_CUSTOMER}")
         await client.get("/recommendations/bad")
         await client.get("/no/such/path")
         resp = await client.get("/metrics")
