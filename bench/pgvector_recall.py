@@ -127,10 +127,20 @@ def main(quick: bool) -> None:
     sizes = (10_000, 100_000) if quick else (10_000, 100_000, 1_000_000)
     n_queries = 200 if quick else 500
     runs = 3
+    from recsys.model_store.loader import HNSW_EF_CONSTRUCTION, HNSW_M
+
     info = bench_stack()
     report = Report(
         "pgvector_recall",
-        scale={"items": list(sizes), "dim": DIM, "queries": n_queries, "runs": runs, "k": K},
+        scale={
+            "items": list(sizes),
+            "dim": DIM,
+            "queries": n_queries,
+            "runs": runs,
+            "k": K,
+            "hnsw_m": HNSW_M,
+            "hnsw_ef_construction": HNSW_EF_CONSTRUCTION,
+        },
     )
     for n in sizes:
         n_exact = n_queries if n <= 10_000 else max(20, n_queries * 10_000 // n)

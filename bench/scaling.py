@@ -34,7 +34,10 @@ DB = "bench_scaling"
 
 
 def _version(items: int) -> str:
-    return f"bench-items-{items:07d}"
+    """Named with the loader's index parameters, so a change of them loads the catalog afresh."""
+    from recsys.model_store.loader import HNSW_EF_CONSTRUCTION, HNSW_M
+
+    return f"bench-items-{items:07d}-m{HNSW_M}-efc{HNSW_EF_CONSTRUCTION}"
 
 
 async def _ensure_version(url: str, artifacts: str, items: int) -> float:
