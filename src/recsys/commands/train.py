@@ -31,18 +31,40 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=_run)
 
 
-def prepare_aws(settings: Settings, *uris: str) -> None:
-    """For s3:// URIs with neither an AWS endpoint nor any credentials (the SDK's whole chain, task
-    roles included): use the embedded stack's moto server, and create the bucket there (an emulator
-    starts empty; on real AWS buckets are provisioned)."""
-    import boto3
+_AWS_SOURCES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",  # ECS/Fargate task role
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",  # EKS/IRSA
+)
 
+
+def _aws_configured() -> bool:
+    """Whether this process has an AWS endpoint or any credential source (resolved without a network
+    call when the environment names one)."""
+    if any(os.environ.get(name) for name in _AWS_SOURCES):
+        return True
+    import boto3
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return boto3.Session().get_credentials() is not None  # shared files, instance profile
+    except BotoCoreError:  # a configured provider that fails right now is still not ours to replace
+        return True
+
+
+def prepare_aws(settings: Settings, *uris: str) -> None:
+    """For s3:// URIs with neither an AWS endpoint nor any credential source (task roles included):
+    use the embedded stack's moto server, and create the bucket there (an emulator starts empty; on
+    real AWS buckets are provisioned)."""
     from recsys.infra.objectstore import S3Store, open_store
 
     s3 = [u for u in uris if u.strip().startswith("s3://")]
     if not s3:
         return
-    if not os.environ.get("AWS_ENDPOINT_URL") and boto3.Session().get_credentials() is None:
+    if not _aws_configured():
         bootstrap.use_local_aws(bootstrap.ensure_local_stack(settings))
     if os.environ.get("AWS_ENDPOINT_URL"):
         for uri in s3:
