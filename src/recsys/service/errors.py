@@ -127,6 +127,7 @@ def install_error_handlers(app: FastAPI) -> None:
 _DESCRIPTIONS = {
     401: "missing or wrong bearer token",
     404: "unknown item",
+    413: "the body is larger than RECSYS_API__MAX_BODY_BYTES",
     422: "invalid input; `reason` says what to change",
     503: "the database or the model is not available yet; retry after `Retry-After` seconds",
 }

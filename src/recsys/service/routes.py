@@ -76,7 +76,7 @@ def build_routers(settings: Settings) -> list[APIRouter]:
     @data.post(
         "/user_embeddings",
         response_model=list[list[float]],
-        responses=responses_for(*auth_errors, 422, 503),
+        responses=responses_for(*auth_errors, 413, 422, 503),
         tags=["lab inference"],
         summary="user-tower embeddings of customer profiles",
     )
@@ -92,7 +92,7 @@ def build_routers(settings: Settings) -> list[APIRouter]:
     @data.post(
         "/items_from_user",
         response_model=list[Item],
-        responses=responses_for(*auth_errors, 422, 503, d422="not a vector of the model's dimension"),
+        responses=responses_for(*auth_errors, 413, 422, 503, d422="not a vector of the model's dimension"),
         tags=["lab inference"],
         summary="the items nearest to a user embedding",
     )

@@ -271,6 +271,7 @@ async def test_openapi_declares_auth_only_when_it_is_on(api_client: AppClient) -
     assert "security" not in guarded_doc["paths"]["/healthz"]["get"]
     assert set(open_doc["paths"][op]["get"]["responses"]) == {"200", "422", "503"}
     assert "404" in open_doc["paths"]["/items_from_item"]["get"]["responses"]
+    assert {"413", "422"} <= set(open_doc["paths"]["/user_embeddings"]["post"]["responses"])
 
 
 # ---------------------------------------------------------------- probes, ids, metrics

@@ -24,7 +24,7 @@ from recsys.settings import Settings
 from .conftest import ITEMS, KNOWN_CUSTOMERS, FakeRecommender
 
 # statuses any request may get whatever the operation: routing outcomes
-GENERIC = {"404", "405", "413"}
+GENERIC = {"404", "405"}
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**63), st.floats(), st.text(max_size=30)
