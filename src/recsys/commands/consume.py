@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 from typing import TYPE_CHECKING
 
@@ -60,18 +59,13 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     parse_initial_position(settings.initial_position)  # a bad value is reported before connecting
-    if settings.database_url is None:
-        bootstrap.use_local_aws(bootstrap.ensure_local_stack(settings))
     url = bootstrap.database_url(settings)
-    if os.environ.get("AWS_ENDPOINT_URL"):
+    if bootstrap.prepare_aws(settings):
         from recsys.consumer.setup import ensure_delivery_stream
-        from recsys.infra.objectstore import S3Store, open_store
 
         ensure_delivery_stream(settings.delivery_stream, args.output or DEFAULT_EMULATOR_OUTPUT)
         if settings.dead_letters:
-            store = open_store(settings.dead_letters)
-            if isinstance(store, S3Store):
-                store.ensure_bucket()  # an emulator starts empty
+            bootstrap.prepare_aws(settings, settings.dead_letters)  # creates the bucket on the emulator
     stats = run_async(_consume(settings, url))
     print(
         f"consumer stopped: {stats.records_in} records in, {stats.delivered} delivered, "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from recsys import bootstrap
 from recsys.commands._common import add_command, flag, settings_from
@@ -53,20 +52,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _run(args: argparse.Namespace) -> int:
     from recsys.core.errors import ConfigError
     from recsys.etl.pipeline import run_etl
-    from recsys.infra.objectstore import S3Store, open_store
+    from recsys.infra.objectstore import open_store
 
     settings = settings_from(args)
     lake_uri = bootstrap.require(settings.lake, "--lake")
-    if settings.source_url is None:
-        info = bootstrap.ensure_local_stack(settings)
-        bootstrap.use_local_aws(info)
+    bootstrap.prepare_aws(settings, lake_uri)
     source_url = bootstrap.source_url(settings)
     retention = None if args.retention_days is None else float(args.retention_days)
     if retention is not None and retention <= 0:
         raise ConfigError(f"--retention-days must be positive, got {args.retention_days}")
-    store = open_store(lake_uri)
-    if isinstance(store, S3Store) and os.environ.get("AWS_ENDPOINT_URL"):
-        store.ensure_bucket()  # an emulator starts empty; on real AWS the bucket is provisioned
     summary = run_etl(
         source_url,
         lake_uri,
@@ -77,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         row_group_rows=settings.etl.row_group_rows,
         file_max_rows=settings.etl.file_max_rows,
         rating_time_column=settings.etl.rating_time_column,
-        store=store,
+        store=open_store(lake_uri),
     )
     folded = f", {summary.repeats_folded} repeated ratings folded" if summary.repeats_folded else ""
     deleted = f"; retention deleted {len(summary.deleted_runs)} old run(s)" if summary.deleted_runs else ""

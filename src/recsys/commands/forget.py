@@ -59,8 +59,7 @@ def _run(args: argparse.Namespace) -> int:
     from recsys.compliance import Targets, forget
 
     settings = settings_from(args)
-    if settings.database_url is None:
-        bootstrap.use_local_aws(bootstrap.ensure_local_stack(settings))
+    bootstrap.prepare_aws(settings)
     dead_letters = settings.dead_letters
     if dead_letters is None and (settings.state_dir / "dead-letters").is_dir():
         dead_letters = str(settings.state_dir / "dead-letters")  # `recsys consume`'s default

@@ -6,7 +6,6 @@ import argparse
 
 from recsys import bootstrap
 from recsys.commands._common import add_command, flag, settings_from
-from recsys.commands.train import prepare_aws
 
 __all__ = ["register"]
 
@@ -44,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
 
         raise ArtifactError(REFUSAL)
     artifacts = bootstrap.require(settings.artifacts, "--artifacts")
-    prepare_aws(settings, args.source, artifacts)
+    bootstrap.prepare_aws(settings, args.source, artifacts)
     version = import_lab_artifacts(args.source, artifacts, trust_pickle=True)
     print(f"imported {args.source} as version {version} under {artifacts}")
     print(f"next: recsys load-vectors --artifacts {artifacts} --version {version}")

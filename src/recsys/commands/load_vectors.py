@@ -6,7 +6,6 @@ import argparse
 
 from recsys import bootstrap
 from recsys.commands._common import add_command, flag, run_async, settings_from
-from recsys.commands.train import prepare_aws
 
 __all__ = ["register"]
 
@@ -38,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     keep = 3 if args.keep is None else int(args.keep)
     if keep < 1:
         raise ConfigError(f"--keep must be at least 1, got {keep}")
-    prepare_aws(settings, artifacts)
+    bootstrap.prepare_aws(settings, artifacts)
     url = bootstrap.database_url(settings)
     summary = run_async(load_vectors(url, artifacts, args.version, keep=keep))
     how = "already loaded, switched to it" if summary.already_loaded else f"loaded in {summary.seconds:.2f} s"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from recsys import bootstrap
 from recsys.commands._common import add_command, flag, settings_from
@@ -45,10 +44,9 @@ def _run(args: argparse.Namespace) -> int:
     duration = None if args.duration is None else float(args.duration)
     if (count is None) == (duration is None):
         raise ConfigError("give exactly one of --count N and --duration S")
-    if settings.source_url is None:
-        bootstrap.use_local_aws(bootstrap.ensure_local_stack(settings))
+    emulator = bootstrap.prepare_aws(settings)
     catalog = load_catalog(bootstrap.source_url(settings))
-    if os.environ.get("AWS_ENDPOINT_URL"):
+    if emulator:
         ensure_stream(settings.stream, int(args.shards or 2))
     summary = produce(
         settings.stream,

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from recsys import bootstrap
 from recsys.commands._common import add_command, flag, settings_from
-from recsys.settings import Settings
 
-__all__ = ["prepare_aws", "register"]
+__all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,48 +29,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=_run)
 
 
-_AWS_SOURCES = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_PROFILE",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",  # ECS/Fargate task role
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",  # EKS/IRSA
-)
-
-
-def _aws_configured() -> bool:
-    """Whether this process has an AWS endpoint or any credential source (resolved without a network
-    call when the environment names one)."""
-    if any(os.environ.get(name) for name in _AWS_SOURCES):
-        return True
-    import boto3
-    from botocore.exceptions import BotoCoreError
-
-    try:
-        return boto3.Session().get_credentials() is not None  # shared files, instance profile
-    except BotoCoreError:  # a configured provider that fails right now is still not ours to replace
-        return True
-
-
-def prepare_aws(settings: Settings, *uris: str) -> None:
-    """For s3:// URIs with neither an AWS endpoint nor any credential source (task roles included):
-    use the embedded stack's moto server, and create the bucket there (an emulator starts empty; on
-    real AWS buckets are provisioned)."""
-    from recsys.infra.objectstore import S3Store, open_store
-
-    s3 = [u for u in uris if u.strip().startswith("s3://")]
-    if not s3:
-        return
-    if not _aws_configured():
-        bootstrap.use_local_aws(bootstrap.ensure_local_stack(settings))
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        for uri in s3:
-            store = open_store(uri)
-            if isinstance(store, S3Store):
-                store.ensure_bucket()
-
-
 def _run(args: argparse.Namespace) -> int:
     from recsys.core.errors import ConfigError
     from recsys.model_store.training import train
@@ -87,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--epochs/--seed must be integers: {exc}") from exc
     if cfg.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {cfg.epochs}")
-    prepare_aws(settings, lake, artifacts)
+    bootstrap.prepare_aws(settings, lake, artifacts)
     summary = train(lake, artifacts, cfg)
     m = summary.metrics
     if args.json:

@@ -201,7 +201,7 @@ def test_one_off_jobs_use_the_task_role_not_a_local_emulator(
     URIs there must use real S3, not start the embedded stack's emulator (`recsys train` and
     `recsys load-vectors` prepare their s3:// URIs with ``prepare_aws``)."""
     from recsys import bootstrap
-    from recsys.commands.train import prepare_aws
+    from recsys.bootstrap import prepare_aws
 
     settings = settings_in_container(rendered["task-definition-jobs.json"], monkeypatch)
     for name in list(os.environ):
