@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from recsys import bootstrap
 from recsys.commands._common import add_command, flag, run_async, settings_from
 from recsys.commands.serve import freeze_heap, stop_on_signals, with_database
 from recsys.core.errors import ConfigError, InfraError
@@ -159,6 +160,7 @@ async def running(
     from recsys.consumer.app import Consumer
     from recsys.infra.latest import PgLatestStore
     from recsys.infra.pg import pool
+    from recsys.infra.suppression import SuppressionList
     from recsys.service.app import create_app
     from recsys.service.model import open_recommender
     from recsys.service.server import ApiServer, bind_socket
@@ -171,7 +173,8 @@ async def running(
     async with pool(settings.database_url.get_secret_value(), min_size=2, max_size=10 + extra) as db:
         recommender = await open_recommender(db)
         try:
-            consumer = Consumer(settings, db, recommender, PgLatestStore(db))
+            suppression = await SuppressionList.load(db)
+            consumer = Consumer(settings, db, recommender, PgLatestStore(db), suppression=suppression)
             consuming: asyncio.Future[None] = asyncio.create_task(consumer.run(stop), name="consumer")
             if api_loop == "shared":
                 server = ApiServer(
@@ -217,6 +220,7 @@ async def running(
 
 def _run(args: argparse.Namespace) -> int:
     settings = with_database(settings_from(args))
+    bootstrap.prepare_aws(settings)
     api_loop: ApiLoop = "shared" if args.api_loop == "shared" else "own"
 
     async def main() -> None:
