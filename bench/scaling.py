@@ -168,6 +168,12 @@ def main(quick: bool) -> None:
         "events/s 100k / 1k items", rate[100_000, 2], rate[1_000, 2], note="1.0 = flat in catalog size"
     )
     report.ratio(
+        "recommend stage 100k / 1k items",
+        recommend[100_000, 2],
+        recommend[1_000, 2],
+        note="one HNSW scan per distinct user per batch",
+    )
+    report.ratio(
         "peak RSS 100k / 1k items", rss[100_000, 2], rss[1_000, 2], note="the vectors live in PostgreSQL"
     )
     report.ratio("events/s 4 / 1 shards", rate[10_000, 4], rate[10_000, 1], note="one consumer process")
