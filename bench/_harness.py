@@ -1,7 +1,17 @@
 """The shared benchmark harness: repeat, take the median and spread, print a table, write JSON.
 
 Every headline figure is a ratio against a reference measured in the same run, because absolute
-numbers on a shared 2-core machine are noisy. Results go to ``bench/results/<name>.json``.
+numbers on a shared 2-core machine are noisy. Results go to ``bench/results/<name>.json``;
+:func:`summarise` gathers every result into ``bench/results/summary.json`` (``python -m bench`` does
+it at the end of a run).
+
+- :class:`Report` / :class:`Figure`: a benchmark's figures, each with all its runs; ``median`` and
+  ``spread`` ((max - min) / median); :meth:`Report.ratio` divides run i by run i.
+- :func:`repeat`, :func:`timed`, :func:`percentile` (nearest rank): the arithmetic.
+- :func:`bench_stack` / :func:`stop_bench_stack`: one embedded stack (PostgreSQL + pgvector, moto)
+  shared by the benchmarks and by concurrent ``python -m bench`` processes, in ``.state/bench/``.
+- :func:`prepared_model`: the project's own seed -> ETL -> train -> load-vectors on that stack,
+  each stage reused when already done.
 """
 
 from __future__ import annotations
@@ -30,11 +40,14 @@ __all__ = [
     "machine",
     "percentile",
     "prepared_model",
+    "print_summary",
     "repeat",
     "run_async",
     "stop_bench_stack",
     "summarise",
+    "table_lines",
     "timed",
+    "write_summary",
 ]
 
 T = TypeVar("T")

@@ -291,7 +291,7 @@ def agreement(lab: Sequence[dict[str, Any]], ours: Sequence[dict[str, Any]]) -> 
 
 
 # =============================================================================== end to end
-def _fresh_streams(shards: int) -> tuple[str, str, str]:
+def fresh_streams(shards: int) -> tuple[str, str, str]:
     from recsys.consumer.setup import ensure_delivery_stream, ensure_stream
 
     tag = uuid.uuid4().hex[:8]
@@ -455,10 +455,10 @@ def main(quick: bool) -> None:
         lab_e2e, ours_e2e = [], []
         stages: dict[str, list[float]] = {s: [] for s in (*STAGES, "outside batches")}
         for _ in range(e2e_runs):
-            stream, delivery, bucket = _fresh_streams(2)
+            stream, delivery, bucket = fresh_streams(2)
             put_events(stream, events[:e2e_n])
             lab_e2e.append(e2e_n / lab_consume(base, stream, delivery, e2e_n))
-            stream, delivery, bucket = _fresh_streams(2)
+            stream, delivery, bucket = fresh_streams(2)
             put_events(stream, events[:e2e_n])
             settings = consumer_settings(stream, delivery, bucket)
             before = stage_totals()

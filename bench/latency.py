@@ -111,13 +111,13 @@ async def _watch(url: str, tracker: Tracker, stop: asyncio.Event) -> None:
 async def _run(prepared: Any, rate: float, windows: int, window_s: float) -> tuple[list[list[float]], Any]:
     from pydantic import SecretStr
 
-    from bench.lab_reference import _fresh_streams
+    from bench.lab_reference import fresh_streams
     from recsys.commands.run import running
     from recsys.etl.source import load_catalog
     from recsys.settings import Settings
 
     catalog = await asyncio.to_thread(load_catalog, prepared.source_url)
-    stream, delivery, bucket = await asyncio.to_thread(_fresh_streams, 2)
+    stream, delivery, bucket = await asyncio.to_thread(fresh_streams, 2)
     settings = Settings(
         database_url=SecretStr(prepared.database_url),
         stream=stream,

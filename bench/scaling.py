@@ -84,7 +84,7 @@ async def _create_db(admin_url: str) -> str:
 
 def _child(url: str, shards: int, events: int) -> None:
     """In the child: fresh stream, N events put, our Consumer until all are delivered."""
-    from bench.lab_reference import _fresh_streams, consume_all, consumer_settings, put_events, stage_totals
+    from bench.lab_reference import consume_all, consumer_settings, fresh_streams, put_events, stage_totals
     from recsys.consumer.producer import make_event
     from recsys.infra.logs import configure_logging
 
@@ -103,7 +103,7 @@ def _child(url: str, shards: int, events: int) -> None:
 
     customers = [Customer(n) for n in range(122)]
     payloads = [json.dumps(make_event(rng, rng.choice(customers), codes)).encode() for _ in range(events)]
-    stream, delivery, bucket = _fresh_streams(shards)
+    stream, delivery, bucket = fresh_streams(shards)
     put_events(stream, payloads)
     seconds = asyncio.run(consume_all(url, consumer_settings(stream, delivery, bucket), events))
     stages = stage_totals()  # this child's process: the totals are this run's
