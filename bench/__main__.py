@@ -4,7 +4,8 @@ one's table, write ``bench/results/<name>.json``, then print and write the combi
 
 Benchmarks that need PostgreSQL or the AWS emulators share one embedded stack in
 ``.state/bench/`` (``RECSYS_BENCH_STATE_DIR``); the seeded shop, lake, artifacts and loaded model are
-kept there between runs and the stack is stopped at the end (``--keep-stack`` leaves it up).
+kept there between runs; the stack is stopped at the end unless another ``python -m bench`` still
+uses it (``--keep-stack`` leaves it up).
 """
 
 from __future__ import annotations
