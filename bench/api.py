@@ -9,8 +9,10 @@ client (a few connections, requests back to back), cheap enough not to be the bo
   FastAPI + uvicorn on this machine.
 - *recommendations alone*: the real app on the stream path (one PostgreSQL round trip), customers
   with a stored answer.
-- *recommendations + consumer*: the same app in ``recsys run``'s composition (one pool, one model)
-  while the consumer works through a backlog of events on the moto Kinesis stream as fast as it can.
+- *recommendations + consumer*: the same app in ``recsys run``'s composition while the consumer
+  works through a backlog of events on the moto Kinesis stream as fast as it can, for each
+  ``--api-loop``: ``shared`` (one loop, one pool, one model), ``own`` (the API's own loop in a
+  thread) and ``process`` (the API in a supervised child process, ``recsys serve``).
 
 Headlines: the rps ratio recommendations/trivial, and the p99 ratio with/without the consumer.
 """
@@ -196,7 +198,7 @@ async def _measure(quick: bool, report: Report, prepared: Any) -> None:
     loaded_runs = 2
     loaded: dict[str, list[dict[str, Any]]] = {}
     consumed: dict[str, list[float]] = {}
-    modes: tuple[ApiLoop, ...] = ("shared", "own")
+    modes: tuple[ApiLoop, ...] = ("shared", "own", "process")
     for mode in modes:
         tag = uuid.uuid4().hex[:6]
         stream, delivery = f"bench-api-{tag}", f"bench-api-out-{tag}"
@@ -236,7 +238,12 @@ async def _measure(quick: bool, report: Report, prepared: Any) -> None:
     r_p99 = fig("recommendations alone p99", "ms", alone, "p99_ms")
     report.ratio("rps: recommendations / trivial", r_rps, t_rps, note="headline: cost of the real route")
     report.ratio("p99: recommendations / trivial", r_p99, t_p99)
-    for mode, label in (("shared", "shared loop"), ("own", "API on its own loop")):
+    labels = (
+        ("shared", "shared loop"),
+        ("own", "API on its own loop"),
+        ("process", "API in its own process"),
+    )
+    for mode, label in labels:
         rows = loaded[mode]
         l_rps = fig(f"+ consumer, {label}", "req/s", rows, "rps")
         fig(f"+ consumer, {label} p50", "ms", rows, "p50_ms")

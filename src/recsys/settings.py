@@ -97,6 +97,13 @@ class ApiSettings(BaseModel):
     ready_timeout_s: float = Field(2.0, gt=0, le=60, description="time limit of the /readyz database check")
     shutdown_timeout_s: float = Field(10.0, gt=0, le=110, description="graceful drain of open requests")
     max_body_bytes: int = Field(1_048_576, ge=1024, le=256 * 1024 * 1024, description="larger bodies get 413")
+    # set by `recsys run --api-loop process` for the API child it starts (not for people to set)
+    listen_fd: int | None = Field(None, ge=0, description="serve on this inherited listening socket")
+    parent_fd: int | None = Field(None, ge=0, description="read end of a pipe: EOF = the parent died, stop")
+    consumer_metrics_url: str | None = Field(
+        None, description="the parent's consumer metrics (127.0.0.1), appended to /metrics"
+    )
+    consumer_metrics_timeout_s: float = Field(0.5, gt=0, le=10, description="time limit of that fetch")
 
 
 class Settings(BaseSettings):

@@ -1,12 +1,25 @@
-"""``recsys run``: the consumer and the API in one process (the container's entry point).
+"""``recsys run``: the consumer and the API in one task (the container's entry point).
 
-One process, one settings object, one shutdown: SIGTERM sets the stop event; the consumer drains
+One settings object, one shutdown: SIGTERM sets the stop event; the consumer drains
 (in-flight batches delivered, checkpoints written, leases released) while the API keeps answering;
 then the API drains its open requests and the process exits 0.
 
-Where the API's event loop is (``--api-loop``):
+Where the API runs (``--api-loop``):
 
-- ``own`` (default): the API runs on its own event loop in a thread of this process, with its own
+- ``process`` (default): the API is ``recsys serve`` in a child process (``sys.executable -m
+  recsys.cli serve``, settings passed in its environment), on a listening socket this process
+  bound and hands down, with its own pool and its own handle on the active model version. No GIL
+  and no garbage collector shared with the consumer: its tail latency holds under consumer load
+  (``python -m bench api`` measures it). This process supervises it: a child that dies is
+  restarted (with backoff; more than a few deaths a minute end ``recsys run`` with an error); on
+  SIGTERM the consumer drains first while the child still answers, then the child gets SIGTERM and
+  is waited for. The child watches a pipe from this process and stops when it closes, so it never
+  outlives its parent. This process's Prometheus registry is served on an internal 127.0.0.1
+  port; the child appends it to its ``/metrics``.
+  A real ``recsys serve`` subprocess rather than ``multiprocessing``: the same entry point as a
+  separate API container, nothing pickled (the settings travel as ``RECSYS_*`` variables, the
+  socket and the pipe as inherited descriptors), and no re-import of the parent's ``__main__``.
+- ``own``: the API runs on its own event loop in a thread of this process, with its own
   small PostgreSQL pool and its own handle on the same active model version (both follow the
   database's active version). The consumer's per-batch CPU work (decoding a GetRecords page,
   validating events, merging neighbour lists) holds *its* loop for tens to hundreds of
@@ -22,7 +35,11 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import os
+import signal
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -37,17 +54,23 @@ from recsys.settings import Settings
 __all__ = ["ApiLoop", "Running", "register", "running"]
 
 log = get_logger(__name__)
-ApiLoop = Literal["own", "shared"]
+ApiLoop = Literal["own", "shared", "process"]
+API_LOOPS: tuple[ApiLoop, ...] = ("process", "own", "shared")
+DEFAULT_API_LOOP: ApiLoop = "process"
 _MODEL_WAIT_S = 60.0
+_RESTARTS_MAX = 5  # API child restarts within _RESTARTS_WINDOW_S before `recsys run` gives up
+_RESTARTS_WINDOW_S = 60.0
+_BACKOFF_MAX_S = 10.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = add_command(
         sub,
         "run",
-        "consume the stream and serve the API in one process (the container entry point)",
-        "The consumer (as `recsys consume`) and the API (as `recsys serve`) in one process. SIGTERM: "
-        "the consumer drains and checkpoints, then the API stops; exit 0. See docs/api.md.",
+        "consume the stream and serve the API in one task (the container entry point)",
+        "The consumer (as `recsys consume`) and the API (as `recsys serve`, by default in a "
+        "supervised child process) with one shutdown. SIGTERM: the consumer drains and checkpoints "
+        "while the API answers, then the API stops; exit 0. See docs/api.md.",
     )
     flag(parser, "--host", "API address to listen on", metavar="HOST")
     flag(parser, "--port", "API port (0 = a free one)", type=int, metavar="PORT")
@@ -59,9 +82,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     flag(
         parser,
         "--api-loop",
-        "own: the API on its own event loop thread (default; its latency holds under consumer "
-        "load); shared: one loop, one pool and one model object for both",
-        choices=["own", "shared"],
+        "process: the API in a supervised child process (default; its latency holds under "
+        "consumer load); own: the API on its own event loop thread; shared: one loop, one pool "
+        "and one model object for both",
+        choices=list(API_LOOPS),
     )
     parser.set_defaults(func=_run)
 
@@ -149,9 +173,184 @@ class _ApiThread:
             await serving
 
 
+class _ConsumerMetrics:
+    """This process's Prometheus registry on an internal 127.0.0.1 port, for the API child to append."""
+
+    def __init__(self) -> None:
+        from prometheus_client import start_http_server
+
+        self._server, self._thread = start_http_server(0, addr="127.0.0.1")
+        self.url = f"http://127.0.0.1:{self._server.server_port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class _ApiProcess:
+    """``recsys serve`` in a child process, supervised: restarted when it dies, stopped on request.
+
+    This process binds the listening socket and hands it down (so the port never changes and
+    connections queue in the kernel while a child restarts), plus the read end of a pipe whose
+    write end only this process holds: the child stops when it reads EOF, i.e. when this process
+    is gone, however it ended. The child runs in its own session, so a terminal's Ctrl-C reaches
+    only this process, which drains the consumer first and then stops the child with SIGTERM.
+    """
+
+    def __init__(self, settings: Settings, consumer_metrics_url: str) -> None:
+        from recsys.service.server import bind_socket
+
+        self.settings = settings
+        self.sock = bind_socket(settings.host, settings.port)
+        host, port = self.sock.getsockname()[:2]
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        self._parent_r, self._parent_w = os.pipe()
+        self._metrics_url = consumer_metrics_url
+        self._stopping = asyncio.Event()
+        self.ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts: list[float] = []  # monotonic times of the restarts
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _env(self) -> dict[str, str]:
+        settings = self.settings
+        assert settings.database_url is not None
+        env = dict(os.environ)
+        env.update(
+            RECSYS_DATABASE_URL=settings.database_url.get_secret_value(),
+            RECSYS_HOST=settings.host,
+            RECSYS_PORT=str(self.sock.getsockname()[1]),
+            RECSYS_STATE_DIR=str(settings.state_dir),
+            RECSYS_LOG_LEVEL=settings.log_level,
+            RECSYS_LOG_FORMAT=settings.log_format,
+        )
+        env.pop("RECSYS_API_TOKEN", None)
+        if settings.api_token is not None:
+            env["RECSYS_API_TOKEN"] = settings.api_token.get_secret_value()
+        api = settings.api.model_copy(
+            update={
+                "listen_fd": self.sock.fileno(),
+                "parent_fd": self._parent_r,
+                "consumer_metrics_url": self._metrics_url,
+            }
+        )
+        for name, value in api.model_dump().items():
+            key = f"RECSYS_API__{name.upper()}"
+            env.pop(key, None)
+            if value is not None:
+                env[key] = str(value)
+        return env
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "recsys.cli",
+            "serve",
+            env=self._env(),
+            stdin=asyncio.subprocess.DEVNULL,
+            pass_fds=(self.sock.fileno(), self._parent_r),
+            start_new_session=True,
+        )
+        log.info("API process %d started", proc.pid)
+        return proc
+
+    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> None:
+        """Until ``/readyz`` says 200 (pool open, model loaded); raises if the child ends first."""
+        import httpx
+
+        deadline = time.monotonic() + _MODEL_WAIT_S
+        reason = "no answer yet"
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                while time.monotonic() < deadline:
+                    if exited.done():
+                        raise InfraError(f"the API process exited with {proc.returncode} before it was ready")
+                    if self._stopping.is_set():
+                        raise InfraError("stopped before the API process was ready")
+                    try:
+                        response = await client.get(f"{self.url}/readyz")
+                        if response.status_code == 200:
+                            return
+                        reason = response.text
+                    except httpx.HTTPError as exc:
+                        reason = repr(exc)
+                    await asyncio.wait({exited}, timeout=0.1)
+        finally:
+            exited.cancel()
+        raise InfraError(f"the API process was not ready within {_MODEL_WAIT_S:g} s: {reason}")
+
+    async def _backoff(self) -> None:
+        """Wait before a restart; raises ``InfraError`` when the child keeps dying."""
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < _RESTARTS_WINDOW_S]
+        if len(self.restarts) >= _RESTARTS_MAX:
+            raise InfraError(
+                f"the API process died {len(self.restarts) + 1} times within {_RESTARTS_WINDOW_S:g} s; "
+                "giving up (its log above says why)"
+            )
+        delay = min(_BACKOFF_MAX_S, 0.5 * 2 ** len(self.restarts))
+        self.restarts.append(now)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM, then wait for the drain (the API's shutdown timeout and a margin), then SIGKILL."""
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.settings.api.shutdown_timeout_s + 5)
+            except TimeoutError:
+                log.warning("the API process %d did not stop in time; killing it", proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if proc.returncode != 0:
+            log.warning("the API process %d ended with %s", proc.pid, proc.returncode)
+
+    async def run(self) -> None:
+        """Start the child, report ready, restart it when it dies; on ``stop()``, end it and return."""
+        proc: asyncio.subprocess.Process | None = None
+        try:
+            proc = self.proc = await self._spawn()
+            await self._wait_ready(proc)
+            self.ready.set_result(self.url)
+            while True:
+                stopping = asyncio.ensure_future(self._stopping.wait())
+                exited = asyncio.ensure_future(proc.wait())
+                try:
+                    await asyncio.wait({stopping, exited}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
+                    exited.cancel()
+                if self._stopping.is_set():
+                    await self._terminate(proc)
+                    return
+                log.error("the API process %d died (exit %s); restarting it", proc.pid, proc.returncode)
+                await self._backoff()
+                if self._stopping.is_set():
+                    return
+                proc = self.proc = await self._spawn()
+        except BaseException as exc:
+            if not self.ready.done():
+                self.ready.set_exception(exc if isinstance(exc, Exception) else InfraError("cancelled"))
+            raise
+        finally:
+            if proc is not None and proc.returncode is None:  # an error or a cancellation: no orphan
+                await asyncio.shield(self._terminate(proc))
+            self.sock.close()
+            os.close(self._parent_r)
+            os.close(self._parent_w)
+
+
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, stop: asyncio.Event, *, api_loop: ApiLoop = "own"
+    settings: Settings, stop: asyncio.Event, *, api_loop: ApiLoop = DEFAULT_API_LOOP
 ) -> AsyncIterator[Running]:
     """Start the consumer and the API; on exit (or ``stop``), drain the consumer, then the API.
 
@@ -165,8 +364,8 @@ async def running(
     from recsys.service.model import open_recommender
     from recsys.service.server import ApiServer, bind_socket
 
-    if api_loop not in ("own", "shared"):
-        raise ConfigError(f"--api-loop must be own or shared, got {api_loop!r}")
+    if api_loop not in API_LOOPS:
+        raise ConfigError(f"--api-loop must be one of {', '.join(API_LOOPS)}, got {api_loop!r}")
     assert settings.database_url is not None
     api = settings.api
     extra = api.pool_max_size if api_loop == "shared" else 0
@@ -191,6 +390,13 @@ async def running(
                     return server.url
 
                 ready: asyncio.Future[str] = asyncio.ensure_future(api_url())
+            elif api_loop == "process":
+                metrics = _ConsumerMetrics()
+                child = _ApiProcess(settings, metrics.url)
+                consuming.add_done_callback(lambda _: child.stop())
+                serving = asyncio.create_task(child.run(), name="api-process")
+                serving.add_done_callback(lambda _: metrics.close())
+                ready = child.ready
             else:
                 thread = _ApiThread(settings)
                 thread.start()
@@ -221,7 +427,7 @@ async def running(
 def _run(args: argparse.Namespace) -> int:
     settings = with_database(settings_from(args))
     bootstrap.prepare_aws(settings)
-    api_loop: ApiLoop = "shared" if args.api_loop == "shared" else "own"
+    api_loop: ApiLoop = next((mode for mode in API_LOOPS if mode == args.api_loop), DEFAULT_API_LOOP)
 
     async def main() -> None:
         from recsys.infra.pg import migrate

@@ -74,16 +74,26 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Open the pool, serve until ``stop`` is set, drain, close. The model opens when it is active."""
     from recsys.infra.pg import pool
     from recsys.service.app import create_app
-    from recsys.service.server import ApiServer, bind_socket
+    from recsys.service.server import ApiServer, bind_socket, inherited_socket, stop_when_closed
 
     assert settings.database_url is not None
     api = settings.api
-    async with pool(
-        settings.database_url.get_secret_value(), min_size=api.pool_min_size, max_size=api.pool_max_size
-    ) as db:
-        server = ApiServer(
-            create_app(settings, pool=db), bind_socket(settings.host, settings.port), api.shutdown_timeout_s
+    async with contextlib.AsyncExitStack() as stack:
+        if api.parent_fd is not None:  # an API child of `recsys run`: never outlive the parent
+            stack.enter_context(stop_when_closed(api.parent_fd, stop))
+        db = await stack.enter_async_context(
+            pool(
+                settings.database_url.get_secret_value(),
+                min_size=api.pool_min_size,
+                max_size=api.pool_max_size,
+            )
         )
+        sock = (
+            inherited_socket(api.listen_fd)
+            if api.listen_fd is not None
+            else bind_socket(settings.host, settings.port)
+        )
+        server = ApiServer(create_app(settings, pool=db), sock, api.shutdown_timeout_s)
         running = asyncio.create_task(server.run(stop), name="api")
         await server.wait_ready()
         freeze_heap()

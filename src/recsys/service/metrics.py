@@ -6,9 +6,27 @@ customer number; unknown paths are one label value.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterable, Iterator
 
-__all__ = ["MODEL_INFO", "RECOMMENDATIONS", "REQUESTS", "REQUEST_SECONDS", "UNMATCHED", "set_model_version"]
+import httpx
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from recsys.infra.logs import get_logger
+
+__all__ = [
+    "CONSUMER_METRICS_UP",
+    "MODEL_INFO",
+    "RECOMMENDATIONS",
+    "REQUESTS",
+    "REQUEST_SECONDS",
+    "UNMATCHED",
+    "exposition",
+    "set_model_version",
+]
+
+log = get_logger(__name__)
 
 UNMATCHED = "<unmatched>"
 
@@ -28,6 +46,11 @@ RECOMMENDATIONS = Counter(
     "GET /recommendations answers, by source (stream, model, popular)",
     ["source"],
 )
+CONSUMER_METRICS_UP = Gauge(
+    "recsys_api_consumer_metrics_up",
+    "1 when this /metrics includes the consumer's metrics fetched from its process (recsys run "
+    "--api-loop process); 0 when that process did not answer, or none runs beside this API",
+)
 MODEL_INFO = Gauge("recsys_api_model_info", "1 for the model version the API answers with", ["model_version"])
 
 _current: list[str | None] = [None]
@@ -41,3 +64,40 @@ def set_model_version(version: str | None) -> None:
     if version is not None:
         MODEL_INFO.labels(version).set(1)
     _current[0] = version
+
+
+class _Families:
+    """A collector that yields already-parsed metric families (another process's)."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+
+
+async def exposition(consumer_url: str | None, timeout_s: float) -> bytes:
+    """This process's metrics, plus the consumer process's at ``consumer_url`` when one is given.
+
+    The consumer's families whose names this process already has (``process_*``, ``python_*``,
+    the API's own) are left out, so every family appears once. When the consumer does not answer
+    within ``timeout_s``, this process's metrics are served alone and
+    ``recsys_api_consumer_metrics_up`` is 0.
+    """
+    if consumer_url is None:
+        return generate_latest(REGISTRY)
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            response = await client.get(consumer_url)
+            response.raise_for_status()
+        foreign = list(text_string_to_metric_families(response.text))
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("the consumer's metrics are missing from /metrics: %s", exc)
+        CONSUMER_METRICS_UP.set(0)
+        return generate_latest(REGISTRY)
+    CONSUMER_METRICS_UP.set(1)
+    own = list(REGISTRY.collect())
+    names = {m.name for m in own}
+    both = CollectorRegistry(auto_describe=False)
+    both.register(_Families([*own, *(m for m in foreign if m.name not in names)]))
+    return generate_latest(both)

@@ -7,14 +7,14 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from recsys.core.events import UserFeatures
 from recsys.service.answers import answer_for
 from recsys.service.auth import bearer_guard
 from recsys.service.errors import responses_for
-from recsys.service.metrics import RECOMMENDATIONS, set_model_version
+from recsys.service.metrics import RECOMMENDATIONS, exposition, set_model_version
 from recsys.service.responses import OrjsonResponse
 from recsys.service.schemas import (
     Health,
@@ -152,6 +152,8 @@ def build_routers(settings: Settings) -> list[APIRouter]:
     async def metrics(services: ServicesDep) -> Response:
         loaded = services.model.loaded
         set_model_version(loaded.model_version if loaded is not None else None)
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        api = services.settings.api
+        body = await exposition(api.consumer_metrics_url, api.consumer_metrics_timeout_s)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return [data, probes]

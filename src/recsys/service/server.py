@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -19,7 +20,7 @@ from fastapi import FastAPI
 from recsys.core.errors import InfraError
 from recsys.infra.logs import get_logger
 
-__all__ = ["ApiServer", "bind_socket"]
+__all__ = ["ApiServer", "bind_socket", "inherited_socket", "stop_when_closed"]
 
 log = get_logger(__name__)
 
@@ -40,6 +41,46 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """The listening socket a parent process bound and handed down as file descriptor ``fd``."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise InfraError(f"no listening socket on inherited file descriptor {fd}: {exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+@contextlib.contextmanager
+def stop_when_closed(fd: int, stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` when the pipe's read end ``fd`` reaches EOF: the process holding the write end died.
+
+    How an API child of ``recsys run`` never outlives its parent, however the parent ends (even
+    SIGKILL: the kernel closes its end of the pipe).
+    """
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            if not stop.is_set():
+                log.warning("the parent process is gone; stopping")
+            stop.set()
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
 
 
 class _Server(uvicorn.Server):
