@@ -96,8 +96,11 @@ async def exposition(consumer_url: str | None, timeout_s: float) -> bytes:
         CONSUMER_METRICS_UP.set(0)
         return generate_latest(REGISTRY)
     CONSUMER_METRICS_UP.set(1)
-    own = list(REGISTRY.collect())
-    names = {m.name for m in own}
-    both = CollectorRegistry(auto_describe=False)
-    both.register(_Families([*own, *(m for m in foreign if m.name not in names)]))
-    return generate_latest(both)
+    own = generate_latest(REGISTRY)
+    # names as the text format has them: a counter's or histogram's `_created` is a family of its own
+    names = {f.name for f in text_string_to_metric_families(own.decode())}
+    theirs = CollectorRegistry(auto_describe=False)
+    theirs.register(
+        _Families(m for m in foreign if m.name not in names and m.name.removesuffix("_created") not in names)
+    )
+    return own + generate_latest(theirs)

@@ -196,7 +196,10 @@ def test_api_process_stops_when_its_parent_is_killed(model_db: str) -> None:
 async def test_metrics_append_the_consumer_process_families_once(api_client: AppClient) -> None:
     registry = CollectorRegistry()
     Counter("recsys_test_foreign_events", "a family only the other process has", registry=registry).inc(3)
-    Counter("recsys_api_requests", "a family both have: served once, ours", ["route"], registry=registry)
+    both = Counter(
+        "recsys_api_requests", "a family both have: served once, ours", ["route"], registry=registry
+    )
+    both.labels("/elsewhere").inc()  # with a sample, so its `_created` family is there too
     server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
     try:
         url = f"http://127.0.0.1:{server.server_port}/metrics"
@@ -210,6 +213,9 @@ async def test_metrics_append_the_consumer_process_families_once(api_client: App
     [foreign] = [s for s in families["recsys_test_foreign_events"].samples if s.name.endswith("_total")]
     assert foreign.value == 3
     assert families["recsys_api_requests"].documentation.startswith("HTTP requests answered")
+    assert not [s for s in families["recsys_api_requests"].samples if s.labels.get("route") == "/elsewhere"]
+    created = families["recsys_api_requests_created"].samples
+    assert created and not [s for s in created if s.labels.get("route") == "/elsewhere"]
     assert families["recsys_api_consumer_metrics_up"].samples[0].value == 1
 
 
@@ -221,3 +227,35 @@ async def test_metrics_without_the_consumer_process_still_serve_the_api(api_clie
     families = _families(resp.text)
     assert "recsys_api_requests" in families
     assert families["recsys_api_consumer_metrics_up"].samples[0].value == 0
+
+
+# ------------------------------------------------------------------- running(): what the demo and bench use
+
+
+async def test_running_context_manager_in_process_mode(model_db: str, tmp_path: Path) -> None:
+    from recsys.commands.run import running
+    from recsys.settings import Settings
+
+    stream, delivery, _ = await asyncio.to_thread(_stream, uuid.uuid4().hex[:8])
+    settings = Settings(
+        database_url=model_db,
+        stream=stream,
+        delivery_stream=delivery,
+        dead_letters=str(tmp_path / "dead-letters"),
+        port=0,
+        consumer={"lease_take_interval_s": 0.2, "poll_interval_s": 0.2},
+    )
+    stop = asyncio.Event()
+    mine = psutil.Process()
+    async with (
+        running(settings, stop, api_loop="process") as up,
+        httpx.AsyncClient(base_url=up.url, timeout=5) as client,
+    ):
+        [child] = [c for c in mine.children() if "serve" in c.cmdline()]
+        assert (await client.get("/readyz")).status_code == 200
+        families = _families((await client.get("/metrics")).text)
+        assert {"recsys_api_requests", "recsys_consumer_records_in"} <= families.keys()
+        stop.set()
+    assert all(t.done() and t.exception() is None for t in up.tasks)
+    assert not child.is_running(), "the API process ended with running()"
+    assert not [c for c in mine.children() if "serve" in c.cmdline()]
