@@ -51,7 +51,7 @@ from recsys.core.errors import ConfigError, InfraError
 from recsys.infra.logs import get_logger
 from recsys.settings import Settings
 
-__all__ = ["ApiLoop", "Running", "register", "running"]
+__all__ = ["API_LOOPS", "DEFAULT_API_LOOP", "ApiLoop", "Running", "register", "restart_delay", "running"]
 
 log = get_logger(__name__)
 ApiLoop = Literal["own", "shared", "process"]
@@ -173,6 +173,22 @@ class _ApiThread:
             await serving
 
 
+def restart_delay(restarts: list[float], now: float) -> float:
+    """Seconds to wait before restarting a dead API child, given the earlier restarts' times.
+
+    Drops restarts older than the window from ``restarts`` (in place). 0.5 s, doubling with each
+    restart in the window, at most 10 s; raises ``InfraError`` after ``_RESTARTS_MAX`` of them: a
+    child that keeps dying is a failure to report, not to hide.
+    """
+    restarts[:] = [t for t in restarts if now - t < _RESTARTS_WINDOW_S]
+    if len(restarts) >= _RESTARTS_MAX:
+        raise InfraError(
+            f"the API process died {len(restarts) + 1} times within {_RESTARTS_WINDOW_S:g} s; "
+            "giving up (its log above says why)"
+        )
+    return min(_BACKOFF_MAX_S, 0.5 * 2.0 ** len(restarts))
+
+
 class _ConsumerMetrics:
     """This process's Prometheus registry on an internal 127.0.0.1 port, for the API child to append."""
 
@@ -198,15 +214,19 @@ class _ApiProcess:
     only this process, which drains the consumer first and then stops the child with SIGTERM.
     """
 
-    def __init__(self, settings: Settings, consumer_metrics_url: str) -> None:
+    def __init__(self, settings: Settings, metrics: _ConsumerMetrics) -> None:
         from recsys.service.server import bind_socket
 
         self.settings = settings
-        self.sock = bind_socket(settings.host, settings.port)
+        try:
+            self.sock = bind_socket(settings.host, settings.port)
+        except BaseException:
+            metrics.close()
+            raise
         host, port = self.sock.getsockname()[:2]
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         self._parent_r, self._parent_w = os.pipe()
-        self._metrics_url = consumer_metrics_url
+        self._metrics = metrics
         self._stopping = asyncio.Event()
         self.ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.proc: asyncio.subprocess.Process | None = None
@@ -234,7 +254,7 @@ class _ApiProcess:
             update={
                 "listen_fd": self.sock.fileno(),
                 "parent_fd": self._parent_r,
-                "consumer_metrics_url": self._metrics_url,
+                "consumer_metrics_url": self._metrics.url,
             }
         )
         for name, value in api.model_dump().items():
@@ -287,13 +307,7 @@ class _ApiProcess:
     async def _backoff(self) -> None:
         """Wait before a restart; raises ``InfraError`` when the child keeps dying."""
         now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < _RESTARTS_WINDOW_S]
-        if len(self.restarts) >= _RESTARTS_MAX:
-            raise InfraError(
-                f"the API process died {len(self.restarts) + 1} times within {_RESTARTS_WINDOW_S:g} s; "
-                "giving up (its log above says why)"
-            )
-        delay = min(_BACKOFF_MAX_S, 0.5 * 2 ** len(self.restarts))
+        delay = restart_delay(self.restarts, now)
         self.restarts.append(now)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), delay)
@@ -346,6 +360,7 @@ class _ApiProcess:
             self.sock.close()
             os.close(self._parent_r)
             os.close(self._parent_w)
+            await asyncio.shield(asyncio.to_thread(self._metrics.close))
 
 
 @contextlib.asynccontextmanager
@@ -391,11 +406,9 @@ async def running(
 
                 ready: asyncio.Future[str] = asyncio.ensure_future(api_url())
             elif api_loop == "process":
-                metrics = _ConsumerMetrics()
-                child = _ApiProcess(settings, metrics.url)
+                child = _ApiProcess(settings, _ConsumerMetrics())
                 consuming.add_done_callback(lambda _: child.stop())
                 serving = asyncio.create_task(child.run(), name="api-process")
-                serving.add_done_callback(lambda _: metrics.close())
                 ready = child.ready
             else:
                 thread = _ApiThread(settings)

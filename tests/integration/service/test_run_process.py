@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import psutil
+import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -259,3 +260,19 @@ async def test_running_context_manager_in_process_mode(model_db: str, tmp_path: 
     assert all(t.done() and t.exception() is None for t in up.tasks)
     assert not child.is_running(), "the API process ended with running()"
     assert not [c for c in mine.children() if "serve" in c.cmdline()]
+
+
+def test_restart_delay_backs_off_then_gives_up() -> None:
+    from recsys.commands.run import restart_delay
+    from recsys.core.errors import InfraError
+
+    restarts: list[float] = []
+    delays = []
+    for n in range(5):
+        delays.append(restart_delay(restarts, now=100.0 + n))
+        restarts.append(100.0 + n)
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0]
+    with pytest.raises(InfraError, match="died 6 times"):  # a child that keeps dying ends recsys run
+        restart_delay(restarts, now=106.0)
+    assert restart_delay(restarts, now=1_000.0) == 0.5  # old deaths leave the window
+    assert restarts == []
