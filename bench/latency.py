@@ -88,24 +88,9 @@ async def _produce(stream: str, catalog: Any, tracker: Tracker, rate: float, sec
 
 
 async def _watch(url: str, tracker: Tracker, stop: asyncio.Event) -> None:
-    import httpx
+    from recsys.commands.demo import watch_api
 
-    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
-        sem = asyncio.Semaphore(4)
-
-        async def check(customer: int) -> None:
-            async with sem:
-                resp = await client.get(f"/recommendations/{customer}")
-            if resp.status_code == 200:
-                tracker.seen(customer, resp.json().get("event_id"), time.monotonic())
-
-        while not stop.is_set():
-            customers = list(tracker.pending)
-            if customers:
-                await asyncio.gather(*(check(c) for c in customers))
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.005)
+    await watch_api(url, tracker, stop, clock=time.monotonic, idle_s=0.005)
 
 
 async def _run(prepared: Any, rate: float, windows: int, window_s: float) -> tuple[list[list[float]], Any]:

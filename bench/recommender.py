@@ -22,7 +22,6 @@ import gc
 import os
 import statistics
 import time
-import uuid
 from typing import Any
 
 import asyncpg
@@ -31,7 +30,7 @@ import numpy as np
 from bench._harness import Figure, Report, bench_stack, prepared_model
 from recsys.core.events import BrowseItem, UserFeatures
 from recsys.core.recommendations import RecommendRequest
-from recsys.infra.pg import connect, create_pool, migrate
+from recsys.infra.pg import connect, create_pool, new_database
 from recsys.model_store.artifacts import ArtifactBundle, new_version
 from recsys.model_store.loader import load_bundle_into
 from recsys.model_store.model import NumpyTower, save_state_dict
@@ -44,15 +43,7 @@ BATCH = 500
 
 
 async def _fresh_database(server_url: str) -> str:
-    name = f"bench_recommender_{uuid.uuid4().hex[:8]}"
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    url = server_url.rsplit("/", 1)[0] + "/" + name
-    await migrate(url)
-    return url
+    return await new_database(server_url, "bench_recommender")
 
 
 def _bundle(n_items: int, n_users: int) -> tuple[ArtifactBundle, Any]:

@@ -19,9 +19,9 @@ import json
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import SecretStr
 
@@ -32,7 +32,7 @@ from recsys.commands.serve import stop_on_signals
 from recsys.core.errors import InfraError, NotFoundError
 from recsys.settings import Settings
 
-__all__ = ["register"]
+__all__ = ["Watched", "register", "watch_api"]
 
 LAKE = "s3://recsys-lake/lake"
 ARTIFACTS = "s3://recsys-artifacts/ml-artifacts"
@@ -256,8 +256,25 @@ async def _produce(
                 await asyncio.wait_for(stop.wait(), ahead)
 
 
-async def _watch_api(url: str, tracker: _Tracker, stop: asyncio.Event) -> None:
-    """Poll the API for customers with events not yet visible (a few requests at a time)."""
+class Watched(Protocol):
+    """What :func:`watch_api` reports to: customers with events not yet visible, and a callback."""
+
+    @property
+    def pending(self) -> Mapping[int, object]: ...
+
+    def seen(self, customer: int, event_id: str | None, at: float) -> None: ...
+
+
+async def watch_api(
+    url: str,
+    tracker: Watched,
+    stop: asyncio.Event,
+    *,
+    clock: Callable[[], float] = time.time,
+    idle_s: float = 0.02,
+) -> None:
+    """Poll ``GET /recommendations/{id}`` for customers with events not yet visible (a few requests at
+    a time), reporting each answer's ``event_id`` with ``clock()``; used by the demo and bench/latency."""
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
@@ -267,7 +284,7 @@ async def _watch_api(url: str, tracker: _Tracker, stop: asyncio.Event) -> None:
             async with sem:
                 resp = await client.get(f"/recommendations/{customer}")
             if resp.status_code == 200:
-                tracker.seen(customer, resp.json().get("event_id"), time.time())
+                tracker.seen(customer, resp.json().get("event_id"), clock())
 
         while not stop.is_set():
             customers = list(tracker.pending)
@@ -275,7 +292,7 @@ async def _watch_api(url: str, tracker: _Tracker, stop: asyncio.Event) -> None:
                 await asyncio.gather(*(check(c) for c in customers))
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.02)
+                    await asyncio.wait_for(stop.wait(), idle_s)
 
 
 def _delivered_ids(seen_keys: set[str], ids: dict[str, int]) -> int:
@@ -308,7 +325,7 @@ def _percentile(values: Sequence[float], q: float) -> float:
 async def _events_run(settings: Settings, source: str, up: Running, count: int, rate: float) -> int:
     tracker = _Tracker()
     done = asyncio.Event()
-    watcher = asyncio.create_task(_watch_api(up.url, tracker, done), name="demo-watch")
+    watcher = asyncio.create_task(watch_api(up.url, tracker, done), name="demo-watch")
     say("produce", f"putting {count} events at {rate:g}/s onto {settings.stream}")
     await _produce(settings, source, tracker, count=count, rate=rate, stop=up.stop)
     say("produce", f"{len(tracker.sent)} events put; waiting for delivery and the API")

@@ -22,7 +22,16 @@ import asyncpg
 from recsys.core.errors import ConfigError, DatabaseUnavailable
 from recsys.infra.logs import get_logger
 
-__all__ = ["Migration", "connect", "create_pool", "load_migrations", "map_pg_error", "migrate", "pool"]
+__all__ = [
+    "Migration",
+    "connect",
+    "create_pool",
+    "load_migrations",
+    "map_pg_error",
+    "migrate",
+    "new_database",
+    "pool",
+]
 
 log = get_logger(__name__)
 _MIGRATION_LOCK = 0x7265637379730001  # "recsys" + 1
@@ -159,3 +168,23 @@ async def migrate(url: str) -> list[Migration]:
     finally:
         await asyncio.shield(conn.close())
     return applied
+
+
+async def new_database(server_url: str, prefix: str) -> str:
+    """Create a fresh, migrated database ``<prefix>_<random>`` on the server of ``server_url`` and
+    return its URL (tests, benchmarks and drills that must not share tables)."""
+    import uuid
+
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", prefix):
+        raise ConfigError(f"database name prefix {prefix!r} must be lower-case letters, digits and _")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = await connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    except asyncpg.PostgresError as exc:
+        raise DatabaseUnavailable(f"creating database {name} failed: {exc}") from exc
+    finally:
+        await asyncio.shield(conn.close())
+    url = server_url.split("?", 1)[0].rsplit("/", 1)[0] + "/" + name
+    await migrate(url)
+    return url

@@ -30,7 +30,7 @@ from recsys.infra.aws import sync_client
 from recsys.infra.lake import latest_run
 from recsys.infra.latest import PgLatestStore
 from recsys.infra.objectstore import open_store
-from recsys.infra.pg import create_pool, migrate
+from recsys.infra.pg import create_pool, new_database
 from recsys.model_store.loader import load_vectors
 from recsys.model_store.recommender import ModelRecommender
 from recsys.model_store.training import train
@@ -54,15 +54,7 @@ class World:
 
 
 async def _own_database(database_url: str) -> str:
-    name = f"compliance_{uuid.uuid4().hex[:10]}"
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    url = database_url.rsplit("/", 1)[0] + "/" + name
-    await migrate(url)
-    return url
+    return await new_database(database_url, "compliance")
 
 
 def _bad_records(target: int, other: int) -> list[tuple[str, bytes]]:

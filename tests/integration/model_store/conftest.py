@@ -6,7 +6,6 @@ so they run in a fresh database on the same embedded server (migrated like any o
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from recsys.infra.pg import create_pool, migrate
+from recsys.infra.pg import create_pool, new_database
 from recsys.model_store.artifacts import export_trained
 from recsys.model_store.testing import synthetic_ratings
 from recsys.model_store.training import TrainedModel, fit
@@ -24,15 +23,7 @@ from recsys.settings import TrainSettings
 
 @pytest.fixture(scope="session")
 async def ms_database_url(database_url: str) -> str:
-    name = f"model_store_{uuid.uuid4().hex[:10]}"
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    url = database_url.rsplit("/", 1)[0] + "/" + name
-    await migrate(url)
-    return url
+    return await new_database(database_url, "model_store")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import asyncpg
@@ -13,7 +12,7 @@ from recsys.core.errors import ModelNotReady, NotFoundError
 from recsys.core.events import BrowseItem, UserFeatures
 from recsys.core.recommendations import RecommendRequest, Source
 from recsys.infra.objectstore import LocalStore
-from recsys.infra.pg import create_pool, migrate
+from recsys.infra.pg import create_pool, new_database
 from recsys.model_store.artifacts import load_bundle
 from recsys.model_store.loader import NEIGHBOURS, exact_neighbours, load_vectors, table_names
 from recsys.model_store.model import load_state_dict
@@ -68,14 +67,7 @@ async def test_load_switches_atomically_and_stores_what_serving_needs(
 
 
 async def test_open_without_an_active_version_is_model_not_ready(database_url: str) -> None:
-    name = f"model_store_empty_{uuid.uuid4().hex[:8]}"
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    url = database_url.rsplit("/", 1)[0] + "/" + name
-    await migrate(url)
+    url = await new_database(database_url, "model_store_empty")
     pool = await create_pool(url, max_size=2)
     try:
         with pytest.raises(ModelNotReady):

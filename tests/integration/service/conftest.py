@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ from fastapi import FastAPI
 from recsys.core.errors import NotFoundError, UserError
 from recsys.core.events import UserFeatures
 from recsys.core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
-from recsys.infra.pg import create_pool, migrate
+from recsys.infra.pg import create_pool, new_database
 from recsys.service.app import create_app
 from recsys.settings import Settings, TrainSettings
 
@@ -157,13 +156,6 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 async def model_db(database_url: str, small_model: tuple[str, str]) -> str:
     from recsys.model_store.loader import load_vectors
 
-    name = f"api_{uuid.uuid4().hex[:10]}"
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    url = database_url.rsplit("/", 1)[0] + "/" + name
-    await migrate(url)
+    url = await new_database(database_url, "api")
     await load_vectors(url, *small_model)
     return url
