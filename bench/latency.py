@@ -163,7 +163,7 @@ def main(quick: bool) -> None:
             "shards": 2,
             "poll_interval_s": poll,
             "batch_max_wait_ms": cfg.batch_max_wait_ms,
-            "wiring": "recsys run (Consumer + API in one process)",
+            "wiring": "recsys run (consumer + API, the default API loop)",
         },
     )
     p50 = report.add(Figure("put->visible p50", "ms", [1000 * percentile(w, 0.5) for w in per_window]))
