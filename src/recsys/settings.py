@@ -74,6 +74,13 @@ class ConsumerSettings(BaseModel):
     shard_sync_interval_s: float = Field(30.0, gt=0, le=3600, description="ListShards into the lease table")
     model_refresh_interval_s: float = Field(30.0, gt=0, le=3600, description="look for a newer model")
     recommend_k: int = Field(10, ge=1, le=100, description="recommended items per event")
+    cache_keys: int = Field(
+        10_000,
+        ge=0,
+        le=1_000_000,
+        description="user-feature keys (and browsed codes) whose candidate lists the active model "
+        "version keeps; 0 = no cache",
+    )
 
     @model_validator(mode="after")
     def _renew_within_lease(self) -> ConsumerSettings:

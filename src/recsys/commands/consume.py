@@ -75,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _consume(settings: Settings, url: str) -> ConsumerStats:
+    from recsys.consumer import metrics
     from recsys.consumer.app import Consumer
     from recsys.infra.latest import PgLatestStore
     from recsys.infra.pg import migrate, pool
@@ -88,7 +89,9 @@ async def _consume(settings: Settings, url: str) -> ConsumerStats:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     async with pool(url, min_size=2, max_size=10) as pg:
-        recommender = await ModelRecommender.open(pg)
+        recommender = await ModelRecommender.open(
+            pg, cache_keys=settings.consumer.cache_keys, observe=metrics.observe_cache
+        )
         suppression = await SuppressionList.load(pg)
         try:
             consumer = Consumer(settings, pg, recommender, PgLatestStore(pg), suppression=suppression)

@@ -371,6 +371,7 @@ async def running(
 
     Raises ``ModelNotReady`` when no model version is active (run `recsys load-vectors` first).
     """
+    from recsys.consumer import metrics
     from recsys.consumer.app import Consumer
     from recsys.infra.latest import PgLatestStore
     from recsys.infra.pg import pool
@@ -385,7 +386,9 @@ async def running(
     api = settings.api
     extra = api.pool_max_size if api_loop == "shared" else 0
     async with pool(settings.database_url.get_secret_value(), min_size=2, max_size=10 + extra) as db:
-        recommender = await open_recommender(db)
+        recommender = await open_recommender(
+            db, cache_keys=settings.consumer.cache_keys, observe=metrics.observe_cache
+        )
         try:
             suppression = await SuppressionList.load(db)
             consumer = Consumer(settings, db, recommender, PgLatestStore(db), suppression=suppression)

@@ -10,6 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "BATCH_SIZE",
+    "CACHE_LOOKUPS",
     "CHECKPOINT_FAILURES",
     "FIREHOSE_FAILED_PUTS",
     "LEASES_HELD",
@@ -20,6 +21,7 @@ __all__ = [
     "RECORDS_OUT",
     "RECORDS_SUPPRESSED",
     "STAGE_SECONDS",
+    "observe_cache",
 ]
 
 RECORDS_IN = Counter("recsys_consumer_records_in", "user records read from Kinesis (after de-aggregation)")
@@ -53,3 +55,17 @@ CHECKPOINT_FAILURES = Counter("recsys_consumer_checkpoint_failures", "checkpoint
 FIREHOSE_FAILED_PUTS = Counter(
     "recsys_consumer_firehose_failed_puts", "records Firehose rejected in a PutRecordBatch (retried)"
 )
+CACHE_LOOKUPS = Counter(
+    "recsys_consumer_cache_lookups",
+    "lookups in the active model version's caches: candidates (one per distinct user-feature key "
+    "of a batch), neighbours (one per distinct browsed code); result hit or miss",
+    ["cache", "result"],
+)
+
+
+def observe_cache(cache: str, hits: int, misses: int) -> None:
+    """The recommender's per-batch cache report (``ModelRecommender.open(observe=...)``)."""
+    if hits:
+        CACHE_LOOKUPS.labels(cache, "hit").inc(hits)
+    if misses:
+        CACHE_LOOKUPS.labels(cache, "miss").inc(misses)

@@ -5,6 +5,9 @@ One ``recommend_batch`` call does:
 1. features: the distinct (city, country, credit limit) tuples of the batch, normalised and encoded
    with the fitted parameters (numpy, no scikit-learn); unknown categories encode as zeros, and a
    user the model knows nothing of (no known category, no credit limit) gets the popular items;
+   the version's candidate cache answers the tuples (and browsed codes) it has seen before, so
+   steps 2 and 3 run only for the rest (``recsys.core.prefix_cache``: a list fetched for depth
+   ``d`` answers every depth up to ``d``; bounded, least recently used out, one per version);
 2. model: one forward pass of the user tower over those tuples, in a thread executor so the event
    loop stays free; the forward is row-independent (``NumpyTower``), so a request gets bit-identical
    vectors alone or in any batch;
@@ -20,8 +23,9 @@ whatever LIMIT it is given: the answer for a request does not depend on the rest
 requests with more exclusions than ``ef_search`` still get ``k`` items.
 
 Hot reload: all of a version's state (weights, feature parameters, its tables, its popular items)
-is one immutable object; ``refresh()`` builds the new one off the event loop and swaps a single
-reference, so a batch runs entirely on one version and names it in every answer.
+is one immutable object (its caches start empty); ``refresh()`` builds the new one off the event
+loop and swaps a single reference, so a batch runs entirely on one version and names it in every
+answer.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +47,7 @@ from pgvector import Vector
 
 from recsys.core.errors import ArtifactError, DatabaseUnavailable, ModelNotReady, NotFoundError, UserError
 from recsys.core.events import UserFeatures
+from recsys.core.prefix_cache import PrefixCache
 from recsys.core.recommendations import (
     Recommendation,
     RecommendRequest,
@@ -57,12 +62,15 @@ from recsys.infra.logs import get_logger
 from recsys.model_store.features import FeatureTransform, normalise_category
 from recsys.model_store.model import NumpyTower, load_state_dict
 
-__all__ = ["BadVector", "ModelRecommender", "ModelState"]
+__all__ = ["CACHE_KEYS", "BadVector", "CacheObserver", "ModelRecommender", "ModelState"]
 
 log = get_logger(__name__)
 
 MAX_K = 1000
 POPULAR_KEPT = 1000
+CACHE_KEYS = 10_000  # default: user-feature keys (and product codes) whose lists a version keeps
+CACHE_MAX_DEPTH = 200  # items kept per cached list
+CACHE_FILL_DEPTH = 32  # a miss fetches at least this deep, so the key's next, longer ask still hits
 _TABLE = re.compile(r"^(item|user)_emb__[a-z0-9_]{1,48}$")
 _DB_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -72,6 +80,8 @@ class BadVector(UserError):
 
 
 FeatureKey = tuple[str | None, str | None, float | None]
+CacheObserver = Callable[[str, int, int], None]
+"""Called once per batch with a cache's name (``candidates``, ``neighbours``), its hits and misses."""
 _KEY_POSITION = {"city": 0, "country": 1, "creditLimit": 2}
 
 
@@ -98,6 +108,9 @@ class ModelState:
     user_transform: FeatureTransform
     user_tower: NumpyTower
     popular: tuple[ScoredItem, ...]
+    # this version's answers, reused while it is active (its tables never change once loaded)
+    candidates: PrefixCache[FeatureKey, ScoredItem]
+    neighbours: PrefixCache[str, ScoredItem]
 
     def _rows(self, keys: Sequence[FeatureKey]) -> list[tuple[Any, ...]]:
         """Keys (city, country, credit limit) in the column order of the fitted parameters."""
@@ -134,7 +147,7 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
-def _build_state(row: asyncpg.Record, popular: list[asyncpg.Record]) -> ModelState:
+def _build_state(row: asyncpg.Record, popular: list[asyncpg.Record], cache_keys: int) -> ModelState:
     """CPU part of loading a version (torch.load of the weights): runs in the executor."""
     transform = FeatureTransform.from_json(_json(row["user_features"]))
     unknown = {*transform.spec.categorical, *transform.spec.numeric} - set(_KEY_POSITION)
@@ -156,6 +169,8 @@ def _build_state(row: asyncpg.Record, popular: list[asyncpg.Record]) -> ModelSta
         user_transform=transform,
         user_tower=tower,
         popular=tuple(ScoredItem(str(p["id"]), float(p["score"])) for p in popular),
+        candidates=PrefixCache(cache_keys, CACHE_MAX_DEPTH),
+        neighbours=PrefixCache(cache_keys, CACHE_MAX_DEPTH),
     )
 
 
@@ -188,27 +203,48 @@ class ModelRecommender:
     """The active model version answering through pgvector. Build it with :meth:`open`."""
 
     def __init__(
-        self, pool: asyncpg.Pool[Any], state: ModelState, executor: ThreadPoolExecutor, ef_search: int
+        self,
+        pool: asyncpg.Pool[Any],
+        state: ModelState,
+        executor: ThreadPoolExecutor,
+        ef_search: int,
+        *,
+        cache_keys: int = CACHE_KEYS,
+        observe: CacheObserver | None = None,
     ) -> None:
         self._pool = pool
         self._state = state
         self._executor = executor
         self._ef_search = ef_search
+        self._cache_keys = cache_keys
+        self._observe = observe
         self._refresh_lock = asyncio.Lock()
 
     # --- lifecycle --------------------------------------------------------------------------------
     @classmethod
     async def open(
-        cls, pool: asyncpg.Pool[Any], *, ef_search: int = 100, torch_threads: int | None = 1
+        cls,
+        pool: asyncpg.Pool[Any],
+        *,
+        ef_search: int = 100,
+        torch_threads: int | None = 1,
+        cache_keys: int = CACHE_KEYS,
+        observe: CacheObserver | None = None,
     ) -> ModelRecommender:
-        """The recommender of the active version. Raises ``ModelNotReady`` when none is active."""
+        """The recommender of the active version. Raises ``ModelNotReady`` when none is active.
+
+        ``cache_keys``: how many user-feature keys (and, separately, product codes) keep their
+        candidate (neighbour) lists per version, least recently used first out; 0 = no cache.
+        ``observe`` hears each batch's cache hits and misses (the consumer's metrics)."""
+        if cache_keys < 0:
+            raise ValueError("cache_keys must be >= 0")
         if torch_threads is not None:
             import torch
 
             torch.set_num_threads(torch_threads)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-model")
         try:
-            state = await cls._load_active(pool, executor)
+            state = await cls._load_active(pool, executor, cache_keys)
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -216,11 +252,12 @@ class ModelRecommender:
             executor.shutdown(wait=False)
             raise ModelNotReady("no model version is active; run `recsys train` and `recsys load-vectors`")
         log.info("model version %s ready (%s)", state.version, state.item_table)
-        return cls(pool, state, executor, max(10, min(ef_search, 1000)))
+        ef = max(10, min(ef_search, 1000))
+        return cls(pool, state, executor, ef, cache_keys=cache_keys, observe=observe)
 
     @staticmethod
     async def _load_active(
-        pool: asyncpg.Pool[Any], executor: ThreadPoolExecutor, skip: str | None = None
+        pool: asyncpg.Pool[Any], executor: ThreadPoolExecutor, cache_keys: int, skip: str | None = None
     ) -> ModelState | None:
         try:
             async with pool.acquire() as conn:
@@ -240,7 +277,7 @@ class ModelRecommender:
         except _DB_ERRORS as exc:
             raise DatabaseUnavailable(f"reading the active model version failed: {exc}") from exc
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, _build_state, row, popular)
+        return await loop.run_in_executor(executor, _build_state, row, popular, cache_keys)
 
     @property
     def model_version(self) -> str:
@@ -256,7 +293,7 @@ class ModelRecommender:
                 raise DatabaseUnavailable(f"checking the active model version failed: {exc}") from exc
             if active is None or active == current:
                 return False
-            state = await self._load_active(self._pool, self._executor, skip=current)
+            state = await self._load_active(self._pool, self._executor, self._cache_keys, skip=current)
             if state is None:
                 return False
             self._state = state  # one reference swap: the next batch runs on the new version
@@ -312,29 +349,74 @@ class ModelRecommender:
                 limits[slot] = max(limits[slot], limit)
             codes.update(dict.fromkeys(ordered))
             per_request.append((slot, ordered, banned, k))
-
-        loop = asyncio.get_running_loop()
-        prepared = time.perf_counter()
-        vectors, known, t_features, t_model = await loop.run_in_executor(
-            self._executor, state.embed_known, list(keys)
-        )
-        limits = [limit if knows else 0 for limit, knows in zip(limits, known, strict=True)]
-        queried = time.perf_counter()
         depth = max((k + len(banned) for _, _, banned, k in per_request), default=0)
-        rows = await self._fetch(state, vectors, limits, list(codes), depth)
-        fetched = time.perf_counter()
 
-        candidates: dict[int, list[ScoredItem]] = {}
-        neighbours: dict[str, list[ScoredItem]] = {}
-        for row in rows:
-            items = [
-                ScoredItem(str(i), float(s))
-                for i, s in zip(row["ids"] or (), row["scores"] or (), strict=True)
-            ]
-            if row["kind"] == 0:
-                candidates[int(row["ord"])] = items
+        # what this version already answered: a candidate list per key, a neighbour list per code
+        key_list = list(keys)
+        candidates: dict[int, tuple[ScoredItem, ...]] = {}
+        missing: list[int] = []
+        for slot, key in enumerate(key_list):
+            cached = state.candidates.get(key, limits[slot]) if limits[slot] else ()
+            if cached is None:
+                missing.append(slot)
             else:
-                neighbours[str(row["code"])] = items
+                candidates[slot] = cached
+        neighbours: dict[str, tuple[ScoredItem, ...]] = {}
+        codes_missing: list[str] = []
+        for code in codes:
+            cached = state.neighbours.get(code, depth)
+            if cached is None:
+                codes_missing.append(code)
+            else:
+                neighbours[code] = cached
+        prepared = time.perf_counter()
+
+        t_features = t_model = 0.0
+        ords: list[int] = []
+        fetch_limits: list[int] = []
+        fetched_depth: dict[int, int] = {}
+        vectors: npt.NDArray[np.float32] = np.zeros((0, state.dimension), dtype=np.float32)
+        if missing:
+            loop = asyncio.get_running_loop()
+            vectors, known, t_features, t_model = await loop.run_in_executor(
+                self._executor, state.embed_known, [key_list[slot] for slot in missing]
+            )
+            rows_known: list[int] = []
+            fill = CACHE_FILL_DEPTH if state.candidates.enabled else 0
+            for i, (slot, knows) in enumerate(zip(missing, known, strict=True)):
+                if knows:
+                    rows_known.append(i)
+                    ords.append(slot)
+                    fetch_limits.append(max(limits[slot], fill))
+                    fetched_depth[slot] = fetch_limits[-1]
+                else:  # the model knows nothing of this user: the popular items answer instead
+                    candidates[slot] = ()
+                    state.candidates.put(key_list[slot], (), limits[slot])
+            vectors = vectors[rows_known]
+        queried = time.perf_counter()
+        if ords or codes_missing:
+            fill = CACHE_FILL_DEPTH if state.neighbours.enabled else 0
+            code_depth = max(depth, fill)
+            rows = await self._fetch(state, vectors, fetch_limits, codes_missing, code_depth, ords=ords)
+            fetched = time.perf_counter()
+            for row in rows:
+                items = tuple(
+                    ScoredItem(str(i), float(s))
+                    for i, s in zip(row["ids"] or (), row["scores"] or (), strict=True)
+                )
+                if row["kind"] == 0:
+                    slot = int(row["ord"])
+                    candidates[slot] = items[: limits[slot]]
+                    state.candidates.put(key_list[slot], items, fetched_depth[slot])
+                else:
+                    neighbours[str(row["code"])] = items[:depth]
+                    state.neighbours.put(str(row["code"]), items, code_depth)
+            for code in codes_missing:
+                if code not in neighbours:  # no such product in this version's catalog
+                    neighbours[code] = ()
+                    state.neighbours.put(code, (), code_depth)
+        else:
+            fetched = queried
 
         out: list[Recommendation] = []
         for slot, ordered, banned, k in per_request:
@@ -352,6 +434,10 @@ class ModelRecommender:
                     fallback=fallback,
                 )
             )
+        if self._observe is not None and state.candidates.enabled:
+            looked_up = sum(1 for limit in limits if limit)
+            self._observe("candidates", looked_up - len(missing), len(missing))
+            self._observe("neighbours", len(codes) - len(codes_missing), len(codes_missing))
         if timings is not None:
             done = time.perf_counter()
             for name, seconds in (
@@ -370,14 +456,17 @@ class ModelRecommender:
         limits: list[int],
         codes: list[str],
         depth: int = 0,
+        *,
+        ords: list[int] | None = None,
     ) -> list[asyncpg.Record]:
-        """One statement: a top-``limits[i]`` per vector, and the first ``depth`` neighbours of each
-        code. ``k + len(banned)`` neighbours per list always suffice for ``merge_similar`` (each list
-        alone holds ``k`` allowed items), so any depth above that gives the same merged answer."""
+        """One statement: a top-``limits[i]`` per vector (rows numbered by ``ords``, default
+        0, 1, ...), and the first ``depth`` neighbours of each code. ``k + len(banned)`` neighbours
+        per list always suffice for ``merge_similar`` (each list alone holds ``k`` allowed items), so
+        any depth above that gives the same merged answer."""
         try:
             rows: list[asyncpg.Record] = await self._pool.fetch(
                 _batch_sql(state.item_table),
-                list(range(len(limits))),
+                list(range(len(limits))) if ords is None else ords,
                 [Vector(v) for v in vectors],
                 limits,
                 str(self._ef_search),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -11,8 +12,18 @@ from recsys.service.ports import ServingRecommender
 __all__ = ["open_recommender"]
 
 
-async def open_recommender(pool: asyncpg.Pool[Any]) -> ServingRecommender:
-    """The active model version's recommender; raises ``ModelNotReady`` when none is active."""
-    from recsys.model_store.recommender import ModelRecommender
+async def open_recommender(
+    pool: asyncpg.Pool[Any],
+    *,
+    cache_keys: int | None = None,
+    observe: Callable[[str, int, int], None] | None = None,
+) -> ServingRecommender:
+    """The active model version's recommender; raises ``ModelNotReady`` when none is active.
 
-    return await ModelRecommender.open(pool)
+    ``cache_keys`` / ``observe``: its candidate cache (default size) and who hears its hits and misses
+    (``recsys run`` shares this object with the consumer, which sets both)."""
+    from recsys.model_store.recommender import CACHE_KEYS, ModelRecommender
+
+    return await ModelRecommender.open(
+        pool, cache_keys=CACHE_KEYS if cache_keys is None else cache_keys, observe=observe
+    )

@@ -280,6 +280,65 @@ async def test_hnsw_path_recall_and_batch_identity_at_6000_items(
         await rec.close()
 
 
+async def test_the_candidate_cache_answers_exactly_what_the_index_answers(
+    ms_database_url: str, ms_pool: asyncpg.Pool[Any], big_catalog: Catalog
+) -> None:
+    from recsys.infra.pg import connect
+    from recsys.model_store.loader import load_bundle_into
+
+    bundle = big_catalog.bundle
+    conn = await connect(ms_database_url)
+    try:
+        await load_bundle_into(conn, bundle)
+    finally:
+        await conn.close()
+    rng = np.random.default_rng(2)
+    cols = big_catalog.user_columns
+    users = [int(u) for u in rng.choice(1000, 40, replace=False)]  # 40 keys, 25 kept: some leave
+
+    def request(u: int, k: int, browsed: int) -> RecommendRequest:
+        history = tuple(
+            BrowseItem(bundle.item_ids[int(j)], 1, bool(rng.random() < 0.3))
+            for j in rng.choice(len(bundle.item_ids), browsed, replace=False)
+        )
+        return RecommendRequest(
+            u, UserFeatures(cols["city"][u], cols["country"][u], cols["creditLimit"][u]), history, k
+        )
+
+    # mostly shallow asks; some past ef_search (iterative scan), some past the cache's kept depth
+    requests = [
+        request(
+            users[int(rng.integers(40))],
+            int(rng.choice([5, 10, 30, 150, 250], p=[0.4, 0.3, 0.2, 0.05, 0.05])),
+            int(rng.integers(1, 9)),
+        )
+        for _ in range(400)
+    ]
+    seen: list[tuple[str, int, int]] = []
+    plain = await ModelRecommender.open(ms_pool, cache_keys=0)
+    cached = await ModelRecommender.open(
+        ms_pool, cache_keys=25, observe=lambda cache, hits, misses: seen.append((cache, hits, misses))
+    )
+    try:
+        answers = []
+        for start in range(0, len(requests), 50):
+            answers += await cached.recommend_batch(requests[start : start + 50])
+        assert answers == [await plain.recommend_one(r) for r in requests]
+        hits = sum(h for cache, h, _ in seen if cache == "candidates")
+        misses = sum(m for cache, _, m in seen if cache == "candidates")
+        assert hits > 0 and misses > 0
+        assert sum(h for cache, h, _ in seen if cache == "neighbours") > 0
+
+        repeat = [request(u, 5, 2) for u in users[:5]]
+        first = await cached.recommend_batch(repeat)
+        seen.clear()
+        assert await cached.recommend_batch(repeat) == first == [await plain.recommend_one(r) for r in repeat]
+        assert [(cache, misses) for cache, _, misses in seen] == [("candidates", 0), ("neighbours", 0)]
+    finally:
+        await plain.close()
+        await cached.close()
+
+
 async def test_a_process_whose_version_was_dropped_moves_to_the_active_one(
     recommender: ModelRecommender, ms_database_url: str, artifacts: Artifacts
 ) -> None:
