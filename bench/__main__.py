@@ -20,6 +20,16 @@ from pathlib import Path
 from bench._harness import print_summary, stop_bench_stack, summarise, write_summary
 
 
+def drop_streams() -> None:
+    """Delete the streams the benchmark made (moto's quota of 50 delivery streams is per run)."""
+    from bench.lab_reference import drop_fresh_streams
+
+    try:
+        drop_fresh_streams()
+    except Exception as exc:  # a cleanup failure must not hide the figures
+        print(f"  (could not delete the benchmark's streams: {exc})")
+
+
 def _names() -> list[str]:
     here = Path(__file__).resolve().parent
     return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
@@ -48,6 +58,8 @@ def main() -> int:
             except Exception:  # one broken benchmark must not hide the others' figures
                 traceback.print_exc()
                 failed.append(name)
+            finally:
+                drop_streams()
             print(f"<<< {name} took {time.perf_counter() - started:.0f}s", flush=True)
     finally:
         if not args.keep_stack:

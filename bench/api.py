@@ -243,12 +243,12 @@ async def _measure(quick: bool, report: Report, prepared: Any) -> None:
         ("own", "API on its own loop"),
         ("process", "API in its own process"),
     )
-    for mode, label in labels:
-        rows = loaded[mode]
+    for shown, label in labels:
+        rows = loaded[shown]
         l_rps = fig(f"+ consumer, {label}", "req/s", rows, "rps")
         fig(f"+ consumer, {label} p50", "ms", rows, "p50_ms")
         l_p99 = fig(f"+ consumer, {label} p99", "ms", rows, "p99_ms")
-        report.add(Figure(f"consumer events/s, {label}", "events/s", consumed[mode], note="during the load"))
+        report.add(Figure(f"consumer events/s, {label}", "events/s", consumed[shown], note="during the load"))
         # runs under load may be fewer than runs alone (dropped when the backlog ran out): per-run
         # figures against the median alone
         for what, num, den, note in (

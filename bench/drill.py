@@ -111,7 +111,7 @@ def _producer(  # noqa: PLR0917 - a thread target
 def _observer(s3: Any, bucket: str, prefix: str, ledger: Ledger, stop: threading.Event) -> None:
     known: set[str] = set()
     while not stop.is_set():
-        keys = []
+        keys: list[str] = []
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             keys.extend(o["Key"] for o in page.get("Contents", []) if o["Key"] not in known)
         for key in keys:

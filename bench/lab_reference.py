@@ -244,7 +244,7 @@ async def run_ours(
     try:
 
         async def batch_path() -> list[dict[str, Any]]:
-            out = []
+            out: list[dict[str, Any]] = []
             for start in range(0, len(events), batch):
                 parsed = [parse_event(e) for e in events[start : start + batch]]
                 reqs = [RecommendRequest(p.customer_number, p.features, p.browse_history, K) for p in parsed]
@@ -291,21 +291,40 @@ def agreement(lab: Sequence[dict[str, Any]], ours: Sequence[dict[str, Any]]) -> 
 
 
 # =============================================================================== end to end
+_CREATED: list[tuple[str, str]] = []
+
+
 def fresh_streams(shards: int) -> tuple[str, str, str]:
+    """A new Kinesis stream, Firehose delivery stream and bucket name; :func:`drop_fresh_streams`
+    deletes the streams (moto allows 50 delivery streams per account, a full bench run makes ~35)."""
     from recsys.consumer.setup import ensure_delivery_stream, ensure_stream
 
     tag = uuid.uuid4().hex[:8]
     stream, delivery, bucket = f"bench-{tag}", f"bench-recs-{tag}", f"bench-{tag}"
     ensure_stream(stream, shards)
     ensure_delivery_stream(delivery, f"s3://{bucket}/out")
+    _CREATED.append((stream, delivery))
     return stream, delivery, bucket
+
+
+def drop_fresh_streams() -> None:
+    """Delete the streams this process made with :func:`fresh_streams` (their S3 output stays)."""
+    from recsys.infra.aws import sync_client
+
+    if not _CREATED:
+        return
+    kinesis, firehose = sync_client("kinesis"), sync_client("firehose")
+    while _CREATED:
+        stream, delivery = _CREATED.pop()
+        firehose.delete_delivery_stream(DeliveryStreamName=delivery, AllowForceDelete=True)
+        kinesis.delete_stream(StreamName=stream, EnforceConsumerDeletion=True)
 
 
 def put_events(stream: str, events: Sequence[bytes]) -> list[str]:
     from recsys.infra.aws import sync_client
 
     client = sync_client("kinesis")
-    ids = []
+    ids: list[str] = []
     for start in range(0, len(events), 500):
         chunk = events[start : start + 500]
         resp = client.put_records(
@@ -339,13 +358,16 @@ def consumer_settings(stream: str, delivery: str, bucket: str, **consumer: Any) 
 
 async def consume_all(database_url: str, settings: Any, count: int, timeout_s: float = 600) -> float:
     """Run our Consumer until ``count`` records are delivered; seconds from start to that moment."""
+    from recsys.consumer import metrics
     from recsys.consumer.app import Consumer
     from recsys.infra.latest import PgLatestStore
     from recsys.infra.pg import create_pool
     from recsys.model_store.recommender import ModelRecommender
 
     pool = await create_pool(database_url, min_size=2, max_size=10)
-    rec = await ModelRecommender.open(pool)
+    rec = await ModelRecommender.open(
+        pool, cache_keys=settings.consumer.cache_keys, observe=metrics.observe_cache
+    )
     stop = asyncio.Event()
     try:
         consumer = Consumer(settings, pool, rec, PgLatestStore(pool))

@@ -7,9 +7,15 @@ HNSW, exact neighbours), and browsing events (1-5 browsed items, 30% in the cart
 - ``recommend_batch`` in batches of 500 (the consumer's default batch), and
 - ``recommend_one`` per event (one forward and one round trip per event),
 
-measured side by side in the same run. Also printed: where the batch path's time goes (features,
-model, database, ranking), HNSW recall@10 against an exact top-10 at this scale, the load time,
-and the model-size sweep behind the default tower shape (docs/model.md).
+measured side by side in the same run, both with the candidate cache off (every event embeds and
+scans: the path itself). Also printed: where the batch path's time goes (features, model, database,
+ranking), HNSW recall@10 against an exact top-10 at this scale, the load time, and the model-size
+sweep behind the default tower shape (docs/model.md).
+
+The candidate cache, before/after: ``recommend_batch`` with the cache on (the default size) against
+off, each run on a fresh recommender (empty caches) over the same events, interleaved, at two key
+repetitions: events from all 100k users (a key rarely comes back: the cache's overhead) and from
+1k active users (about 10 events per user over the run: the busy-hour case).
 
 Uses ``RECSYS_DATABASE_URL`` when set, otherwise the bench stack; a fresh database is created on
 that server for the run.
@@ -75,12 +81,13 @@ def _bundle(n_items: int, n_users: int) -> tuple[ArtifactBundle, Any]:
     return bundle, big
 
 
-def _events(big: Any, n: int, seed: int) -> list[RecommendRequest]:
+def _events(big: Any, n: int, seed: int, users: int | None = None) -> list[RecommendRequest]:
+    """``n`` events of users drawn uniformly from the first ``users`` (default: all)."""
     rng = np.random.default_rng(seed)
     cols, items = big.user_columns, big.item_ids
     out = []
     for _ in range(n):
-        u = int(rng.integers(len(big.user_ids)))
+        u = int(rng.integers(users or len(big.user_ids)))
         history = tuple(
             BrowseItem(items[int(j)], 1, bool(rng.random() < 0.3))
             for j in rng.choice(len(items), int(rng.integers(1, 6)), replace=False)
@@ -122,7 +129,7 @@ async def _recommender_report(quick: bool, server_url: str) -> Report:
         report.add(
             Figure(f"HNSW recall@10 (scores), ef_search={ef}", "ratio", [good / 2000], note="ties count")
         )
-    rec = await ModelRecommender.open(pool)
+    rec = await ModelRecommender.open(pool, cache_keys=0)
     try:
         events = _events(big, n_batch_events, seed=3)
         await rec.recommend_batch(events[:BATCH])  # warm the connection and the prepared statement
@@ -166,6 +173,7 @@ async def _recommender_report(quick: bool, server_url: str) -> Report:
         # the identity the tests assert, checked at this scale too
         same = await rec.recommend_batch(events[:50]) == [await rec.recommend_one(e) for e in events[:50]]
         report.add(Figure("batch == one-by-one (50 events)", "bool", [float(same)]))
+        await _cache_figures(report, pool, big, n_batch_events, runs)
     finally:
         await rec.close()
         await pool.close()
@@ -175,6 +183,41 @@ async def _recommender_report(quick: bool, server_url: str) -> Report:
         finally:
             await admin.close()
     return report
+
+
+async def _cache_figures(report: Report, pool: asyncpg.Pool[Any], big: Any, n_events: int, runs: int) -> None:
+    from recsys.model_store.recommender import CACHE_KEYS
+
+    async def run(events: list[RecommendRequest], cache_keys: int) -> tuple[float, float]:
+        seen = [0, 0]
+
+        def observe(cache: str, hits: int, misses: int) -> None:
+            if cache == "candidates":
+                seen[0] += hits
+                seen[1] += misses
+
+        rec = await ModelRecommender.open(pool, cache_keys=cache_keys, observe=observe)
+        try:
+            start = time.perf_counter()
+            for i in range(0, len(events), BATCH):
+                await rec.recommend_batch(events[i : i + BATCH])
+            rate = len(events) / (time.perf_counter() - start)
+        finally:
+            await rec.close()
+        return rate, seen[0] / max(1, sum(seen))
+
+    for label, users in (("100k users", None), ("1k active users", 1000)):
+        events = _events(big, n_events, seed=4, users=users)
+        on_runs, off_runs, hit_rates = [], [], []
+        for _ in range(runs):
+            off_runs.append((await run(events, 0))[0])
+            rate, hit_rate = await run(events, CACHE_KEYS)
+            on_runs.append(rate)
+            hit_rates.append(hit_rate)
+        off = report.add(Figure(f"{label}: recommend_batch, cache off", "events/s", off_runs))
+        on = report.add(Figure(f"{label}: recommend_batch, cache on", "events/s", on_runs))
+        report.add(Figure(f"{label}: candidate hit rate", "", hit_rates, note=f"{n_events} events"))
+        report.ratio(f"{label}: cache on / off", on, off, note="the candidate cache's before/after")
 
 
 def _sizes_report(quick: bool) -> Report:

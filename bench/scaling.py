@@ -14,6 +14,10 @@ child's peak RSS (``VmHWM`` read by the child at the end; ``ru_maxrss`` from ``w
 the parent's peak across fork + exec, and the parent grows while it builds a 100k catalog). The vectors
 live in PostgreSQL, so the table + index size is reported too: that is where the catalog's memory
 goes. Catalog sweep at 2 shards; shard sweep (1, 2, 4) at 10k items; one consumer process.
+
+The candidate cache (``consumer.cache_keys``) is on in every run but one: the 100k catalog at 2
+shards runs a second time with it off, so its before/after is measured side by side (the
+recommend stage's ms/event, and the candidate hit rate of the cached run).
 """
 
 from __future__ import annotations
@@ -82,9 +86,16 @@ async def _create_db(admin_url: str) -> str:
     return admin_url.rsplit("/", 1)[0] + "/" + DB
 
 
-def _child(url: str, shards: int, events: int) -> None:
+def _child(url: str, shards: int, events: int, cache_keys: int) -> None:
     """In the child: fresh stream, N events put, our Consumer until all are delivered."""
-    from bench.lab_reference import consume_all, consumer_settings, fresh_streams, put_events, stage_totals
+    from bench.lab_reference import (
+        consume_all,
+        consumer_settings,
+        drop_fresh_streams,
+        fresh_streams,
+        put_events,
+        stage_totals,
+    )
     from recsys.consumer.producer import make_event
     from recsys.infra.logs import configure_logging
 
@@ -105,10 +116,30 @@ def _child(url: str, shards: int, events: int) -> None:
     payloads = [json.dumps(make_event(rng, rng.choice(customers), codes)).encode() for _ in range(events)]
     stream, delivery, bucket = fresh_streams(shards)
     put_events(stream, payloads)
-    seconds = asyncio.run(consume_all(url, consumer_settings(stream, delivery, bucket), events))
+    settings = consumer_settings(stream, delivery, bucket, cache_keys=cache_keys)
+    try:
+        seconds = asyncio.run(consume_all(url, settings, events))
+    finally:
+        drop_fresh_streams()
     stages = stage_totals()  # this child's process: the totals are this run's
-    result = {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "recommend_s": stages["recommend"]}
+    result = {
+        "seconds": seconds,
+        "peak_rss_mb": _peak_rss_mb(),
+        "recommend_s": stages["recommend"],
+        "candidate_hit_rate": _hit_rate(),
+    }
     print(json.dumps(result), flush=True)
+
+
+def _hit_rate() -> float:
+    from prometheus_client import REGISTRY
+
+    def count(result: str) -> float:
+        labels = {"cache": "candidates", "result": result}
+        return REGISTRY.get_sample_value("recsys_consumer_cache_lookups_total", labels) or 0.0
+
+    hits, misses = count("hit"), count("miss")
+    return hits / (hits + misses) if hits + misses else 0.0
 
 
 def _peak_rss_mb() -> float:
@@ -120,9 +151,9 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _measure(url: str, shards: int, events: int) -> tuple[float, float, float]:
-    """(events/s, peak RSS MB, ms per event in the recommend stage) of one child."""
-    cmd = [sys.executable, "-m", "bench.scaling", "--child", url, str(shards), str(events)]
+def _measure(url: str, shards: int, events: int, cache_keys: int) -> tuple[float, float, float, float]:
+    """(events/s, peak RSS MB, ms per event in the recommend stage, candidate hit rate) of one child."""
+    cmd = [sys.executable, "-m", "bench.scaling", "--child", url, str(shards), str(events), str(cache_keys)]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     )
@@ -135,6 +166,7 @@ def _measure(url: str, shards: int, events: int) -> tuple[float, float, float]:
         events / float(result["seconds"]),
         float(result["peak_rss_mb"]),
         1000 * float(result["recommend_s"]) / events,
+        float(result["candidate_hit_rate"]),
     )
 
 
@@ -149,19 +181,36 @@ def main(quick: bool) -> None:
         "scaling",
         scale={"catalogs": list(catalogs), "shards": list(shard_counts), "events": events, "runs": runs},
     )
+    from recsys.settings import ConsumerSettings
+
+    cache_keys = ConsumerSettings().cache_keys
     rate: dict[tuple[int, int], Figure] = {}
     rss: dict[tuple[int, int], Figure] = {}
     recommend: dict[tuple[int, int], Figure] = {}
     plan = [(items, 2) for items in catalogs] + [(10_000, s) for s in shard_counts if s != 2]
     for items, shards in plan:
         size = run_async(_ensure_version(url, prepared.artifacts, items))
-        measured = [_measure(url, shards, events) for _ in range(runs)]
         label = f"{items // 1000}k items, {shards} shard{'s' if shards > 1 else ''}"
+        if (items, shards) == (100_000, 2):  # the cache's before/after, interleaved run by run
+            pairs = [
+                (_measure(url, shards, events, 0), _measure(url, shards, events, cache_keys))
+                for _ in range(runs)
+            ]
+            off = report.add(
+                Figure(f"{label}, cache off: recommend stage", "ms/event", [p[0][2] for p in pairs])
+            )
+            off_rate = report.add(
+                Figure(f"{label}, cache off: events/s", "events/s", [p[0][0] for p in pairs])
+            )
+            measured = [p[1] for p in pairs]
+        else:
+            measured = [_measure(url, shards, events, cache_keys) for _ in range(runs)]
         rate[items, shards] = report.add(Figure(f"{label}: events/s", "events/s", [m[0] for m in measured]))
         rss[items, shards] = report.add(Figure(f"{label}: peak RSS", "MB", [m[1] for m in measured]))
         recommend[items, shards] = report.add(
             Figure(f"{label}: recommend stage", "ms/event", [m[2] for m in measured])
         )
+        report.add(Figure(f"{label}: candidate cache hit rate", "", [m[3] for m in measured]))
         if shards == 2:
             report.add(Figure(f"{items // 1000}k items: item table + index", "MB", [size]))
     report.ratio(
@@ -174,6 +223,13 @@ def main(quick: bool) -> None:
         note="one HNSW scan per distinct user per batch",
     )
     report.ratio(
+        "recommend stage 100k items, cache on / off",
+        recommend[100_000, 2],
+        off,
+        note="the candidate cache's before/after (lower = faster)",
+    )
+    report.ratio("events/s 100k items, cache on / off", rate[100_000, 2], off_rate)
+    report.ratio(
         "peak RSS 100k / 1k items", rss[100_000, 2], rss[1_000, 2], note="the vectors live in PostgreSQL"
     )
     report.ratio("events/s 4 / 1 shards", rate[10_000, 4], rate[10_000, 1], note="one consumer process")
@@ -184,6 +240,8 @@ def main(quick: bool) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child", nargs=3, metavar=("DATABASE_URL", "SHARDS", "EVENTS"), required=True)
+    parser.add_argument(
+        "--child", nargs=4, metavar=("DATABASE_URL", "SHARDS", "EVENTS", "CACHE_KEYS"), required=True
+    )
     args = parser.parse_args()
-    _child(args.child[0], int(args.child[1]), int(args.child[2]))
+    _child(args.child[0], int(args.child[1]), int(args.child[2]), int(args.child[3]))
