@@ -141,6 +141,12 @@ def test_run_process_serves_merges_metrics_restarts_and_drains(model_db: str) ->
             s for s in families["recsys_consumer_records_in"].samples if s.name.endswith("_total")
         ]
         assert records_in.value >= 1
+        lookups = {
+            (s.labels["cache"], s.labels["result"]): s.value
+            for s in families["recsys_consumer_cache_lookups"].samples
+            if s.name.endswith("_total")
+        }
+        assert lookups[("candidates", "miss")] >= 1  # the model version's cache, reported by the consumer
 
         # kill -9 of the API child: the parent starts another on the same socket
         child.kill()
