@@ -139,6 +139,13 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"
+    ef_search: int = Field(
+        100,
+        ge=10,
+        le=1000,
+        description="hnsw.ef_search of the nearest-item queries (consumer and API): higher = better "
+        "recall on a large catalog, slower queries (docs/performance.md, section 3)",
+    )
 
     etl: EtlSettings = EtlSettings()
     train: TrainSettings = TrainSettings()

@@ -91,7 +91,10 @@ async def _consume(settings: Settings, url: str) -> ConsumerStats:
             loop.add_signal_handler(sig, stop.set)
     async with pool(url, min_size=2, max_size=10) as pg:
         recommender = await ModelRecommender.open(
-            pg, cache_keys=settings.consumer.cache_keys, observe=metrics.observe_cache
+            pg,
+            ef_search=settings.ef_search,
+            cache_keys=settings.consumer.cache_keys,
+            observe=metrics.observe_cache,
         )
         suppression = await SuppressionList.load(pg)
         freeze_heap()  # start-up's long-lived objects out of the GC's way (bench: ~1.5x recommend_batch)

@@ -387,7 +387,10 @@ async def running(
     extra = api.pool_max_size if api_loop == "shared" else 0
     async with pool(settings.database_url.get_secret_value(), min_size=2, max_size=10 + extra) as db:
         recommender = await open_recommender(
-            db, cache_keys=settings.consumer.cache_keys, observe=metrics.observe_cache
+            db,
+            ef_search=settings.ef_search,
+            cache_keys=settings.consumer.cache_keys,
+            observe=metrics.observe_cache,
         )
         try:
             suppression = await SuppressionList.load(db)

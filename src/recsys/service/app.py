@@ -42,11 +42,11 @@ When `RECSYS_API_TOKEN` is set, every route but `/healthz`, `/readyz` and `/metr
 """
 
 
-def _default_opener(pool: asyncpg.Pool[Any]) -> Opener:
+def _default_opener(pool: asyncpg.Pool[Any], ef_search: int) -> Opener:
     async def open_model() -> ServingRecommender:
         from recsys.service.model import open_recommender
 
-        return await open_recommender(pool)
+        return await open_recommender(pool, ef_search=ef_search)
 
     return open_model
 
@@ -75,7 +75,7 @@ def create_app(
                 stack.push_async_callback(the_pool.close)
             slot = ModelSlot(recommender)
             if recommender is None:
-                opener = open_model or _default_opener(the_pool)
+                opener = open_model or _default_opener(the_pool, settings.ef_search)
                 task = asyncio.create_task(
                     slot.maintain(opener, settings.api.model_retry_s, settings.api.model_refresh_s),
                     name="api-model-maintenance",

@@ -15,6 +15,7 @@ __all__ = ["open_recommender"]
 async def open_recommender(
     pool: asyncpg.Pool[Any],
     *,
+    ef_search: int = 100,
     cache_keys: int | None = None,
     observe: Callable[[str, int, int], None] | None = None,
 ) -> ServingRecommender:
@@ -25,5 +26,8 @@ async def open_recommender(
     from recsys.model_store.recommender import CACHE_KEYS, ModelRecommender
 
     return await ModelRecommender.open(
-        pool, cache_keys=CACHE_KEYS if cache_keys is None else cache_keys, observe=observe
+        pool,
+        ef_search=ef_search,
+        cache_keys=CACHE_KEYS if cache_keys is None else cache_keys,
+        observe=observe,
     )

@@ -280,6 +280,34 @@ async def test_hnsw_path_recall_and_batch_identity_at_6000_items(
         await rec.close()
 
 
+async def test_ef_search_trades_recall(
+    ms_database_url: str, ms_pool: asyncpg.Pool[Any], big_catalog: Catalog
+) -> None:
+    from recsys.infra.pg import connect
+    from recsys.model_store.loader import load_bundle_into
+
+    bundle = big_catalog.bundle
+    conn = await connect(ms_database_url)
+    try:
+        await load_bundle_into(conn, bundle)
+    finally:
+        await conn.close()
+    position = {code: i for i, code in enumerate(bundle.item_ids)}
+    recall = {}
+    for ef in (10, 400):
+        rec = await ModelRecommender.open(ms_pool, ef_search=ef, cache_keys=0)
+        try:
+            hits = 0
+            for q in bundle.user_vectors[:200]:
+                exact = set(_exact_top(bundle.item_vectors, q, 10))
+                hits += len(exact & {position[i.id] for i in await rec.items_from_vector(q.tolist(), 10)})
+            recall[ef] = hits / 2000
+        finally:
+            await rec.close()
+    assert recall[400] > recall[10]
+    assert recall[400] >= 0.95
+
+
 async def test_the_candidate_cache_answers_exactly_what_the_index_answers(
     ms_database_url: str, ms_pool: asyncpg.Pool[Any], big_catalog: Catalog
 ) -> None:
