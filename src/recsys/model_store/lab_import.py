@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from recsys.core.errors import ArtifactError
+from recsys.infra.lake import latest_run, read_run
 from recsys.infra.logs import get_logger
 from recsys.infra.objectstore import ObjectStore, open_store
 from recsys.model_store.artifacts import (
@@ -50,8 +51,9 @@ from recsys.model_store.features import (
     normalise_category,
 )
 from recsys.model_store.model import ModelConfig, NumpyTower, load_state_dict, save_state_dict
+from recsys.model_store.training import PopularItem, popularity
 
-__all__ = ["REFUSAL", "import_lab_artifacts"]
+__all__ = ["REFUSAL", "import_lab_artifacts", "popular_from_lake"]
 
 log = get_logger(__name__)
 
@@ -201,10 +203,39 @@ def _find(keys: list[str], suffix: str) -> str | None:
     return min(hits, key=len) if hits else None
 
 
+def popular_from_lake(lake_uri: str, item_ids: Sequence[str]) -> tuple[list[PopularItem], str]:
+    """The catalog ranked as ``recsys train`` ranks it (damped mean rating, then count) from the
+    ratings of the lake's latest run; returns the ranking and the run's id. Ratings of products
+    outside the catalog are ignored; a lake that rates none of them is an error."""
+    store = open_store(lake_uri)
+    run = latest_run(store)
+    table = read_run(store, run, columns=["productCode", "productRating"])
+    position = {code: i for i, code in enumerate(item_ids)}
+    index = np.array([position.get(c, -1) for c in table.column("productCode").to_pylist()], dtype=np.int64)
+    ratings = table.column("productRating").to_numpy().astype(np.float64)
+    known = index >= 0
+    if not known.any():
+        raise ArtifactError(
+            f"the lake's run {run.run_id} rates none of the {len(item_ids)} imported items: "
+            "is it the same shop?"
+        )
+    score, count = popularity(index[known], ratings[known], len(item_ids))
+    order = np.lexsort((-count, -score))
+    return [PopularItem(item_ids[i], float(score[i]), int(count[i])) for i in order], run.run_id
+
+
 def import_lab_artifacts(
-    source_uri: str, artifacts_uri: str, *, trust_pickle: bool, now: datetime | None = None
+    source_uri: str,
+    artifacts_uri: str,
+    *,
+    trust_pickle: bool,
+    lake_uri: str | None = None,
+    now: datetime | None = None,
 ) -> str:
-    """Convert the lab's artifacts under ``source_uri`` into a new version; returns its id."""
+    """Convert the lab's artifacts under ``source_uri`` into a new version; returns its id.
+
+    The lab keeps no ratings, so the version's popular items (the answer for a customer the model
+    knows nothing of) come from the latest run of ``lake_uri`` when given, and are empty otherwise."""
     if not trust_pickle:
         raise ArtifactError(REFUSAL)
     source: ObjectStore = open_store(source_uri)
@@ -244,6 +275,11 @@ def import_lab_artifacts(
         user_ids = [int(float(u)) for u in user_keys]
     except ValueError as exc:
         raise ArtifactError(f"user_embeddings.csv: ids must be customer numbers: {exc}") from exc
+    popular: list[PopularItem] = []
+    training: dict[str, Any] = {"imported_from": source.uri, "model_file": model_key}
+    if lake_uri is not None:
+        popular, lake_run = popular_from_lake(lake_uri, item_ids)
+        training["popular_from_lake_run"] = lake_run
     when = (now or datetime.now(UTC)).astimezone(UTC)
     hidden = tuple(int(w.shape[0]) for w in user_tower.weights[:-1])
     item_hidden = tuple(int(w.shape[0]) for w in item_tower.weights[:-1])
@@ -257,9 +293,9 @@ def import_lab_artifacts(
         item_vectors=item_vectors,
         user_ids=user_ids,
         user_vectors=user_vectors,
-        popular=[],
+        popular=popular,
         metrics={},
-        training={"imported_from": source.uri, "model_file": model_key},
+        training=training,
         created_at=when.isoformat(timespec="milliseconds"),
         source="recsys import-lab-artifacts",
     )

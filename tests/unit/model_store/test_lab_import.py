@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,79 @@ def test_a_pickle_that_is_not_a_scaler_is_refused(tmp_path: Path) -> None:
     (tmp_path / "lab" / "scalers" / "extra.pkl").write_bytes(pickle.dumps({"user": [1, 2, 3]}))
     with pytest.raises(ArtifactError, match="not a fitted"):
         import_lab_artifacts(str(tmp_path / "lab"), str(tmp_path / "out"), trust_pickle=True)
+
+
+def _lake(root: Path, table: Any) -> str:
+    import pyarrow.parquet as pq
+
+    from recsys.infra.lake import LakeRun, new_run_id, publish_run, run_prefix
+
+    store = LocalStore(str(root))
+    run_id = new_run_id()
+    key = run_prefix(run_id) + "part-00000.parquet"
+    (root / key).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, root / key)
+    publish_run(
+        store,
+        LakeRun(
+            run_id=run_id,
+            created_at=datetime.now(UTC),
+            row_count=table.num_rows,
+            files=[key],
+            schema={f.name: str(f.type) for f in table.schema},
+            source="test",
+        ),
+    )
+    return str(root)
+
+
+def test_a_lake_gives_the_imported_version_popular_items_ranked_as_training_ranks_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lab = _lab_artifacts(tmp_path / "lab")
+    ratings = synthetic_ratings(n_customers=30, n_products=25, ratings_per_customer=6, seed=9)
+    lake = _lake(tmp_path / "lake", ratings)
+    out = str(tmp_path / "out")
+    assert (
+        main(
+            [
+                "import-lab-artifacts",
+                str(tmp_path / "lab"),
+                "--trust-pickle",
+                "--artifacts",
+                out,
+                "--lake",
+                lake,
+            ]
+        )
+        == 0
+    )
+    assert "no popular items" not in capsys.readouterr().out
+    bundle = load_bundle(LocalStore(out))
+    assert sorted(p.id for p in bundle.popular) == sorted(lab["items"])
+    # the best-ranked item has the highest damped mean rating (5 pseudo-ratings at the global mean)
+    cols = ratings.to_pydict()
+    prior = float(np.mean(cols["productRating"]))
+    damped = {
+        code: (
+            sum(r for c, r in zip(cols["productCode"], cols["productRating"], strict=True) if c == code)
+            + 5 * prior
+        )
+        / (cols["productCode"].count(code) + 5)
+        for code in lab["items"]
+    }
+    assert [p.id for p in bundle.popular][:3] == sorted(damped, key=lambda c: -damped[c])[:3]
+    assert bundle.popular[0].count == cols["productCode"].count(bundle.popular[0].id)
+
+    main(["import-lab-artifacts", str(tmp_path / "lab"), "--trust-pickle", "--artifacts", out])
+    assert "no popular items" in capsys.readouterr().out  # said, not silent
+
+
+def test_a_lake_of_another_shop_is_refused(tmp_path: Path) -> None:
+    _lab_artifacts(tmp_path / "lab")
+    other = synthetic_ratings(n_customers=5, n_products=4, ratings_per_customer=2, seed=1)
+    codes = [f"OTHER_{c}" for c in other.column("productCode").to_pylist()]
+    other = other.set_column(other.schema.get_field_index("productCode"), "productCode", [codes])
+    lake = _lake(tmp_path / "lake", other)
+    with pytest.raises(ArtifactError, match="rates none of the 25 imported items"):
+        import_lab_artifacts(str(tmp_path / "lab"), str(tmp_path / "out"), trust_pickle=True, lake_uri=lake)
