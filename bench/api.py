@@ -159,6 +159,24 @@ def _prefill(stream: str, source_url: str, events: int) -> float:
     return time.perf_counter() - started
 
 
+def _api_child_peak_mb() -> list[float]:
+    """Peak RSS (``VmHWM``) of this process's ``recsys serve`` children (``--api-loop process``)."""
+    import psutil
+
+    out = []
+    for child in psutil.Process().children():
+        try:
+            if "serve" not in child.cmdline():
+                continue
+            status = open(f"/proc/{child.pid}/status", encoding="ascii").read()  # noqa: SIM115
+        except (psutil.Error, OSError):
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                out.append(int(line.split()[1]) / 1024)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ main
 async def _measure(quick: bool, report: Report, prepared: Any) -> None:
     from recsys.commands.run import ApiLoop, running
@@ -194,9 +212,10 @@ async def _measure(quick: bool, report: Report, prepared: Any) -> None:
         await pool.close()
 
     # the consumer at full load in the same process: a backlog it works through as fast as it can
-    backlog = 15_000 if quick else 60_000
+    backlog = 25_000 if quick else 120_000  # the consumer runs through ~7k events/s here
     loaded_runs = 2
     loaded: dict[str, list[dict[str, Any]]] = {}
+    api_peak_mb: list[float] = []
     consumed: dict[str, list[float]] = {}
     modes: tuple[ApiLoop, ...] = ("shared", "own", "process")
     for mode in modes:
@@ -223,9 +242,21 @@ async def _measure(quick: bool, report: Report, prepared: Any) -> None:
                     break
                 loaded[mode].append(result)
                 consumed[mode].append((after - before) / (time.perf_counter() - t0))
+            if mode == "process":
+                api_peak_mb.extend(_api_child_peak_mb())
             stop.set()
         if not loaded[mode]:
             raise RuntimeError(f"{mode} loop: the backlog of {backlog} events ran out; raise it")
+
+    if api_peak_mb:
+        report.add(
+            Figure(
+                "API process peak RSS",
+                "MB",
+                api_peak_mb,
+                note="the `recsys serve` child of `recsys run` after the loaded runs (VmHWM)",
+            )
+        )
 
     def fig(name: str, unit: str, rows: list[dict[str, Any]], key: str, note: str = "") -> Figure:
         return report.add(Figure(name, unit, [r[key] for r in rows], note=note))

@@ -8,20 +8,26 @@ missing is printed as MISSING with the assumed value used instead (pass the flag
   events/s"), else ``api.json`` (the consumer's rate in ``recsys run`` while the API was loaded);
 - peak memory of that process: ``scaling.json`` (the same run's "peak RSS"), else ``drill.json``
   ("consumer peak RSS" of ``recsys consume`` during the drill);
+- peak memory of the API process ``recsys run`` starts beside it (``--api-loop process``, the
+  default): ``api.json`` ("API process peak RSS"), else 254 MB (its idle RSS, measured by hand for
+  docs/api.md) marked ASSUMED;
 - API requests/s of one process: ``api.json`` ("recommendations alone").
 
-Model (stated, so it can be argued with): ``recsys run`` is ONE Python process (asyncio, torch on
+Model (stated, so it can be argued with): the consumer is ONE Python process (asyncio, torch on
 one thread), so a task's throughput is the measured rate x min(vCPU, 1): a quarter vCPU does a
-quarter of the work and a second vCPU buys nothing. The rates were measured on a 2-core machine
-that also ran PostgreSQL and moto, so they understate a dedicated vCPU (conservative). A task needs
-memory >= peak RSS x ``HEADROOM``. Tasks run at the service's autoscaling target CPU
-(``TARGET_UTILISATION``, deploy/ecs/variables.json's CPU_TARGET_PERCENT default), and the service
-keeps at least ``MIN_TASKS`` (two Availability Zones).
+quarter of the work and a second vCPU buys the consumer nothing (the API's child process could use
+it; counted as nothing here, which is conservative). The
+rates were measured on a 2-core machine that also ran PostgreSQL and moto, so they understate a
+dedicated vCPU (conservative). A task needs memory >= (consumer + API process peak RSS) x
+``HEADROOM``. Tasks run at the service's autoscaling target CPU (``TARGET_UTILISATION``,
+deploy/ecs/variables.json's CPU_TARGET_PERCENT default), and the service keeps at least
+``MIN_TASKS`` (two Availability Zones).
 
 Cost per million events = task price per hour / (events/s x utilisation x 3600) x 1e6; the same for
 API requests. The traffic profile below then gives the monthly bill and the effective unit costs.
 
-Run: ``python -m bench cost`` or ``python -m bench.cost [--events-per-s X] [--memory-mb M] [--api-rps R]``.
+Run: ``python -m bench cost`` or
+``python -m bench.cost [--events-per-s X] [--memory-mb M] [--api-rps R] [--api-memory-mb M]``.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ PROFILE = {
 }
 
 # Assumed only when a result file is missing and no flag is given (printed as ASSUMED).
-ASSUMED = {"events_per_s": 500.0, "memory_mb": 900.0, "api_rps": 250.0}
+ASSUMED = {"events_per_s": 500.0, "memory_mb": 900.0, "api_rps": 250.0, "api_memory_mb": 254.0}
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,11 @@ def resolve_inputs(flags: dict[str, float | None]) -> tuple[list[Input], list[st
         rps = _median(api, "recommendations alone")
         if rps is not None:
             found["api_rps"] = Input("api_rps", rps, f"api.json 'recommendations alone' ({when(api)})")
+        api_peak = _median(api, "API process peak RSS")
+        if api_peak is not None:
+            found["api_memory_mb"] = Input(
+                "api_memory_mb", api_peak, f"api.json 'API process peak RSS' ({when(api)})"
+            )
         rates = [
             f
             for f in api.get("figures", [])
@@ -146,6 +157,7 @@ def resolve_inputs(flags: dict[str, float | None]) -> tuple[list[Input], list[st
         ("events_per_s", "--events-per-s"),
         ("memory_mb", "--memory-mb"),
         ("api_rps", "--api-rps"),
+        ("api_memory_mb", "--api-memory-mb"),
     ):
         given = flags.get(key)
         if given is not None:
@@ -221,12 +233,13 @@ def main(quick: bool = False, flags: dict[str, float | None] | None = None) -> N
         print(f"  input {i.name:<13} {i.value:>10.1f}   from {i.source}")
     for note in notes:
         print(f"  {note}")
-    table = options(values["events_per_s"], values["memory_mb"], values["api_rps"])
+    memory = values["memory_mb"] + values["api_memory_mb"]  # `recsys run`: consumer + API process
+    table = options(values["events_per_s"], memory, values["api_rps"])
     if not table:
-        raise SystemExit(f"no Fargate size has {values['memory_mb'] * HEADROOM:.0f} MiB of memory")
+        raise SystemExit(f"no Fargate size has {memory * HEADROOM:.0f} MiB of memory")
     print(
-        f"\n  per task size (memory >= peak RSS x {HEADROOM}; throughput x min(vCPU, 1) at "
-        f"{TARGET_UTILISATION:.0%} CPU); the profile's bill on that size:"
+        f"\n  per task size (memory >= (consumer + API process) peak RSS x {HEADROOM}; throughput x "
+        f"min(vCPU, 1) at {TARGET_UTILISATION:.0%} CPU); the profile's bill on that size:"
     )
     print(
         f"  {'vCPU':>5} {'MiB':>6} {'$/hour':>8} {'events/s':>9} {'req/s':>6} {'$/M ev':>7} {'$/M req':>7}"
@@ -287,10 +300,18 @@ def main(quick: bool = False, flags: dict[str, float | None] | None = None) -> N
 def _cli(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cost", description=__doc__.split("\n")[0])
     parser.add_argument("--events-per-s", type=float, help="events/s of one consumer process (overrides)")
-    parser.add_argument("--memory-mb", type=float, help="peak RSS of one process in MB (overrides)")
+    parser.add_argument("--memory-mb", type=float, help="peak RSS of the consumer process in MB (overrides)")
     parser.add_argument("--api-rps", type=float, help="API requests/s of one process (overrides)")
+    parser.add_argument("--api-memory-mb", type=float, help="peak RSS of the API process in MB (overrides)")
     args = parser.parse_args(argv)
-    main(flags={"events_per_s": args.events_per_s, "memory_mb": args.memory_mb, "api_rps": args.api_rps})
+    main(
+        flags={
+            "events_per_s": args.events_per_s,
+            "memory_mb": args.memory_mb,
+            "api_rps": args.api_rps,
+            "api_memory_mb": args.api_memory_mb,
+        }
+    )
 
 
 if __name__ == "__main__":
