@@ -221,19 +221,41 @@ async def test_hot_reload_switches_between_batches(
     assert await recommender.refresh() is False
 
 
+@pytest.fixture
+async def big_bundle(ms_database_url: str, big_catalog: Catalog) -> Any:
+    """The 6000-item catalog, loaded and active."""
+    from recsys.infra.pg import connect
+    from recsys.model_store.loader import load_bundle_into
+
+    conn = await connect(ms_database_url)
+    try:
+        await load_bundle_into(conn, big_catalog.bundle)
+    finally:
+        await conn.close()
+    return big_catalog.bundle
+
+
+async def _recall_at_10(rec: ModelRecommender, bundle: Any, users: int = 200) -> float:
+    """recall@10 of ``items_from_vector`` against the exact top-10, over the first users' vectors."""
+    position = {code: i for i, code in enumerate(bundle.item_ids)}
+    hits = 0
+    for q in bundle.user_vectors[:users]:
+        exact = set(_exact_top(bundle.item_vectors, q, 10))
+        hits += len(exact & {position[i.id] for i in await rec.items_from_vector(q.tolist(), 10)})
+    return hits / (10 * users)
+
+
 async def test_hnsw_path_recall_and_batch_identity_at_6000_items(
-    ms_database_url: str, ms_pool: asyncpg.Pool[Any], big_catalog: Catalog
+    ms_database_url: str, ms_pool: asyncpg.Pool[Any], big_catalog: Catalog, big_bundle: Any
 ) -> None:
     from pgvector import Vector
 
     from recsys.infra.pg import connect
-    from recsys.model_store.loader import load_bundle_into
     from recsys.model_store.recommender import _batch_sql
 
-    bundle = big_catalog.bundle
+    bundle = big_bundle
     conn = await connect(ms_database_url)
     try:
-        await load_bundle_into(conn, bundle)
         item_table, _ = table_names(bundle.version)
         plan = "\n".join(
             r[0]
@@ -254,12 +276,7 @@ async def test_hnsw_path_recall_and_batch_identity_at_6000_items(
 
     rec = await ModelRecommender.open(ms_pool)
     try:
-        position = {code: i for i, code in enumerate(bundle.item_ids)}
-        hits = 0
-        for q in bundle.user_vectors[:200]:
-            exact = set(_exact_top(bundle.item_vectors, q, 10))
-            hits += len(exact & {position[i.id] for i in await rec.items_from_vector(q.tolist(), 10)})
-        recall = hits / 2000
+        recall = await _recall_at_10(rec, bundle)
         print(f"pgvector HNSW recall@10 vs exact top-10: {recall:.3f} (6000 items, ef_search 100)")
         assert recall >= 0.85
 
@@ -280,28 +297,12 @@ async def test_hnsw_path_recall_and_batch_identity_at_6000_items(
         await rec.close()
 
 
-async def test_ef_search_trades_recall(
-    ms_database_url: str, ms_pool: asyncpg.Pool[Any], big_catalog: Catalog
-) -> None:
-    from recsys.infra.pg import connect
-    from recsys.model_store.loader import load_bundle_into
-
-    bundle = big_catalog.bundle
-    conn = await connect(ms_database_url)
-    try:
-        await load_bundle_into(conn, bundle)
-    finally:
-        await conn.close()
-    position = {code: i for i, code in enumerate(bundle.item_ids)}
+async def test_ef_search_trades_recall(ms_pool: asyncpg.Pool[Any], big_bundle: Any) -> None:
     recall = {}
     for ef in (10, 400):
         rec = await ModelRecommender.open(ms_pool, ef_search=ef, cache_keys=0)
         try:
-            hits = 0
-            for q in bundle.user_vectors[:200]:
-                exact = set(_exact_top(bundle.item_vectors, q, 10))
-                hits += len(exact & {position[i.id] for i in await rec.items_from_vector(q.tolist(), 10)})
-            recall[ef] = hits / 2000
+            recall[ef] = await _recall_at_10(rec, big_bundle)
         finally:
             await rec.close()
     assert recall[400] > recall[10]
@@ -309,17 +310,9 @@ async def test_ef_search_trades_recall(
 
 
 async def test_the_candidate_cache_answers_exactly_what_the_index_answers(
-    ms_database_url: str, ms_pool: asyncpg.Pool[Any], big_catalog: Catalog
+    ms_pool: asyncpg.Pool[Any], big_catalog: Catalog, big_bundle: Any
 ) -> None:
-    from recsys.infra.pg import connect
-    from recsys.model_store.loader import load_bundle_into
-
-    bundle = big_catalog.bundle
-    conn = await connect(ms_database_url)
-    try:
-        await load_bundle_into(conn, bundle)
-    finally:
-        await conn.close()
+    bundle = big_bundle
     rng = np.random.default_rng(2)
     cols = big_catalog.user_columns
     users = [int(u) for u in rng.choice(1000, 40, replace=False)]  # 40 keys, 25 kept: some leave
