@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     flag(
         parser,
         "--suppress",
-        "also add the customer to suppressed_customers, the list consumers honour to drop their later events",
+        "also add the customer to suppressed_customers, the list consumers honour to drop their later "
+        "events and recsys etl honours to leave their ratings out of the lake",
         action="store_true",
     )
     flag(parser, "--database-url", "PostgreSQL URL; unset = the embedded stack", metavar="URL")

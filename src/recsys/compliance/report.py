@@ -11,7 +11,8 @@ __all__ = ["OUT_OF_SCOPE", "Change", "ForgetReport", "StoreResult"]
 # Said on every run: what the command does not (and must not) touch, and what follows from that.
 OUT_OF_SCOPE = (
     "the shop's source database (customers, ratings) is the shop's and is not changed here: delete the "
-    "customer there too, or the next `recsys etl` brings the customer back into the lake",
+    "customer there too, or suppress them (--suppress: `recsys etl` leaves them out), or the next "
+    "`recsys etl` brings the customer back into the lake",
     "the model weights and the item embeddings hold no per-customer rows (they are functions of "
     "content features); the next `recsys train` no longer sees the customer's ratings",
     "process logs are not rewritten: the product logs route templates, shards and counts, not customer "

@@ -19,7 +19,7 @@ import itertools
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from recsys.core.errors import ConfigError, NotFoundError, SourceSchemaError
+from recsys.core.errors import ConfigError, InfraError, NotFoundError, SourceSchemaError
 from recsys.etl.policies import POLICIES, Policy, RepeatReducer
 from recsys.etl.source import REQUIRED_COLUMNS, check_schema, describe_url, open_source, source_errors
 from recsys.infra.lake import (
@@ -50,7 +50,15 @@ from recsys.infra.lake import (
 from recsys.infra.logs import get_logger
 from recsys.infra.objectstore import ObjectStore, open_store
 
-__all__ = ["PARTITIONS", "EtlSummary", "Partitioning", "apply_retention", "rows_to_table", "run_etl"]
+__all__ = [
+    "PARTITIONS",
+    "EtlSummary",
+    "Partitioning",
+    "SuppressedDuringRun",
+    "apply_retention",
+    "rows_to_table",
+    "run_etl",
+]
 
 log = get_logger(__name__)
 
@@ -60,6 +68,10 @@ _TIME = "_rated_at"  # the extra column read for the latest policy (not written)
 _CUSTOMER, _COUNTRY, _PRODUCT, _RATING = (
     COLUMNS.index(c) for c in ("customerNumber", "country", "productCode", "productRating")
 )
+
+
+class SuppressedDuringRun(InfraError):
+    """A customer of the run was suppressed before it published; running again leaves them out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,7 @@ class EtlSummary:
     update_policy: str
     partition_by: str
     deleted_runs: list[str] = field(default_factory=list)
+    suppressed_rows: int = 0  # rows of suppressed customers left out
 
     @property
     def rows_per_s(self) -> float:
@@ -246,11 +259,17 @@ def run_etl(
     dataset: str = TRAINING_DATASET,
     store: ObjectStore | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    suppressed: Callable[[], Collection[int]] | None = None,
 ) -> EtlSummary:
     """Read the join from ``source_url``, write a new run of ``dataset`` under ``lake_uri``, publish it.
 
+    ``suppressed`` reads the suppression list (``recsys forget --suppress``): it is read at the start,
+    those customers' rows are left out, and it is read again just before publishing; a customer
+    suppressed meanwhile whose rows this run wrote stops the run (``SuppressedDuringRun``, nothing
+    published), so a forget racing the ETL never lets the customer back into the lake.
+
     Raises ``ConfigError`` (bad option or URL), ``DatabaseUnavailable``, ``SourceSchemaError``
-    (naming the missing table or column) or an ``AwsError`` from the lake.
+    (naming the missing table or column), ``SuppressedDuringRun`` or an ``AwsError`` from the lake.
     """
     if update_policy not in POLICIES:
         raise ConfigError(f"--update-policy must be one of {', '.join(POLICIES)}, got {update_policy!r}")
@@ -267,6 +286,9 @@ def run_etl(
     run_id = new_run_id(clock())
     prefix = run_prefix(run_id, dataset)
     shown_source = describe_url(source_url)
+    excluded = frozenset(suppressed()) if suppressed is not None else frozenset()
+    written: set[int] = set()  # customers in this run, for the check before publishing
+    suppressed_rows = 0
     engine = open_source(source_url)
     writer: _PartWriter | None = None
     try:
@@ -319,6 +341,11 @@ def run_etl(
                     else:
                         rows_read += len(chunk)
                         rows = reducer.feed(chunk) if reducer is not None else chunk
+                    if suppressed is not None:
+                        kept = [row for row in rows if row[_CUSTOMER] not in excluded]
+                        suppressed_rows += len(rows) - len(kept)
+                        written.update(row[_CUSTOMER] for row in kept)
+                        rows = kept
                     rows_written += _write_rows(writer, rows, part_index)
                     log.info(
                         "etl progress",
@@ -345,8 +372,16 @@ def run_etl(
                 "rows_read": rows_read,
                 "chunk_rows": chunk_rows,
                 "row_group_rows": row_group_rows,
+                "suppressed_rows": suppressed_rows,
             },
         )
+        if suppressed is not None:
+            late = (frozenset(suppressed()) - excluded) & written
+            if late:
+                raise SuppressedDuringRun(
+                    f"{len(late)} customer(s) in this run were suppressed while it was writing "
+                    f"(recsys forget --suppress); nothing was published: run recsys etl again"
+                )
         publish_run(lake, run)
     except BaseException:
         if writer is not None:  # best effort: a failed run leaves no files behind (a killed one does)
@@ -373,6 +408,7 @@ def run_etl(
         update_policy=policy,
         partition_by=partitioning,
         deleted_runs=deleted,
+        suppressed_rows=suppressed_rows,
     )
 
 

@@ -23,13 +23,30 @@ from recsys.core.errors import DatabaseUnavailable
 from recsys.infra.logs import get_logger
 from recsys.infra.pg import map_pg_error
 
-__all__ = ["DEFAULT_REFRESH_S", "SuppressionList"]
+__all__ = ["DEFAULT_REFRESH_S", "SuppressionList", "read_suppressed"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
 DEFAULT_REFRESH_S = 30.0
 _CHANGE_CHECK = "SELECT count(*), max(suppressed_at) FROM suppressed_customers"
 _ALL = "SELECT customer_number FROM suppressed_customers"
+
+
+async def read_suppressed(database_url: str) -> frozenset[int]:
+    """The suppressed customer numbers, read once (batch jobs). A database without the table (not
+    migrated yet) has suppressed nobody; one that cannot be read raises ``DatabaseUnavailable``."""
+    from recsys.infra.pg import connect
+
+    conn = await connect(database_url)
+    try:
+        rows = await conn.fetch(_ALL)
+    except asyncpg.UndefinedTableError:
+        return frozenset()
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise map_pg_error(exc) from exc
+    finally:
+        await conn.close()
+    return frozenset(int(r["customer_number"]) for r in rows)
 
 
 class SuppressionList:

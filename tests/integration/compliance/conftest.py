@@ -49,6 +49,7 @@ class World:
     target: int  # the customer to forget
     others: list[int]  # customers whose data must survive
     versions: list[str] = field(default_factory=list)
+    shop: str = ""  # the source database (SQLite)
     delivered: int = 0
     dead_lettered: int = 0
 
@@ -114,6 +115,7 @@ async def world(
         dead_letters=f"s3://{bucket}/dead-letters",
         target=numbers[1],
         others=[numbers[0], numbers[2], numbers[3]],
+        shop=shop,
     )
     # the lake: an older complete run (a file per customer), the latest run, and an incomplete run
     await asyncio.to_thread(run_etl, shop, w.lake, partition_by="customerNumber")

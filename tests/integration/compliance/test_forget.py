@@ -6,11 +6,13 @@ suppression through the command line.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -281,3 +283,24 @@ async def test_suppression_list_loads_and_refreshes_cheaply(world: World) -> Non
         assert suppression.reloads == reloads
     finally:
         await pool.close()
+
+
+async def test_etl_leaves_suppressed_customers_out_of_the_lake(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recsys.infra.objectstore import LocalStore
+
+    suppressed, kept = world.others[2], world.others[0]  # (others[2]: also by the test above)
+    async with _conn(world) as conn:
+        await conn.execute(
+            "INSERT INTO suppressed_customers (customer_number, actor) VALUES ($1, 'test') "
+            "ON CONFLICT DO NOTHING",
+            suppressed,
+        )
+    lake = str(tmp_path / "lake")
+    argv = ["etl", "--source-url", world.shop, "--lake", lake, "--database-url", world.database_url]
+    assert await asyncio.to_thread(cli_main, argv) == 0
+    assert "rows of suppressed customers left out" in capsys.readouterr().out
+    store = LocalStore(lake)
+    customers = set(read_run(store, latest_run(store)).column("customerNumber").to_pylist())
+    assert kept in customers and suppressed not in customers

@@ -202,3 +202,35 @@ def test_decimal_money_becomes_the_nearest_double() -> None:
     assert table.column("creditLimit").to_pylist() == [26.15, 26.15]
     assert table.column("MSRP").to_pylist() == [95.7, 1.1]
     assert table.column("productRating").to_pylist() == [4.0, 2.5]
+
+
+@pytest.mark.parametrize("partition_by", ["none", "customerNumber"])
+def test_suppressed_customers_are_left_out(tmp_path: Path, partition_by: str) -> None:
+    url = _source(tmp_path / "shop.db", UNIQUE, keyed=True)
+    lake = str(tmp_path / "lake")
+    summary = run_etl(url, lake, partition_by=partition_by, suppressed=lambda: {103, 555})
+    store = LocalStore(lake)
+    run = latest_run(store)
+    assert sorted(read_run(store, run).column("customerNumber").to_pylist()) == [112, 114]
+    assert (summary.rows, summary.rows_read, summary.suppressed_rows) == (2, 4, 2)
+    assert run.options["suppressed_rows"] == 2
+    assert not any("customerNumber=103/" in key for key in store.list(""))  # no file of theirs either
+    if partition_by == "customerNumber":
+        assert any("customerNumber=112/" in key for key in store.list(""))
+
+
+def test_a_customer_suppressed_during_the_run_stops_the_publish(tmp_path: Path) -> None:
+    from recsys.etl.pipeline import SuppressedDuringRun
+
+    url = _source(tmp_path / "shop.db", UNIQUE, keyed=True)
+    lake = str(tmp_path / "lake")
+    before = run_etl(url, lake).run_id
+    reads = iter([frozenset(), frozenset({112})])  # forget --suppress 112 lands while the run writes
+    with pytest.raises(SuppressedDuringRun, match="1 customer"):
+        run_etl(url, lake, suppressed=lambda: next(reads))
+    store = LocalStore(lake)
+    assert latest_run(store).run_id == before
+    assert [k.split("/")[2] for k in store.list("ratings_ml_training/runs/")] == [before]
+    # a customer suppressed meanwhile who is not in the run does not stop it
+    reads = iter([frozenset(), frozenset({4242})])
+    assert run_etl(url, lake, suppressed=lambda: next(reads)).rows == 4
