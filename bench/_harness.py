@@ -37,7 +37,9 @@ __all__ = [
     "Report",
     "bench_stack",
     "create_database",
+    "drop_database",
     "machine",
+    "peak_rss_mb",
     "percentile",
     "prepared_model",
     "print_summary",
@@ -139,6 +141,16 @@ def table_lines(figures: list[Figure]) -> list[str]:
         line = f"  {f.name:<{width}}  {f.median:>12.4g} {f.unit:<8} ±{f.spread * 100:4.0f}%  n={len(f.runs)}"
         lines.append(f"{line}{ref}{'  ' + f.note if f.note else ''}")
     return lines
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's resident-set high-water mark (``VmHWM``: per address space, so unlike
+    ``ru_maxrss`` it does not inherit the parent's peak across fork + exec)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -282,6 +294,17 @@ async def create_database(admin_url: str, name: str) -> None:
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(admin_url: str, url: str) -> None:
+    """Drop the database ``url`` names, connected to the same server as ``admin_url``."""
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.split("?", 1)[0].rsplit("/", 1)[1]}"')
     finally:
         await conn.close()
 

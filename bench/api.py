@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from bench._harness import Figure, Report, bench_stack, prepared_model, run_async
+from bench._harness import Figure, Report, bench_stack, peak_rss_mb, prepared_model, run_async
 
 CONNECTIONS = 8
 
@@ -166,14 +166,10 @@ def _api_child_peak_mb() -> list[float]:
     out = []
     for child in psutil.Process().children():
         try:
-            if "serve" not in child.cmdline():
-                continue
-            status = open(f"/proc/{child.pid}/status", encoding="ascii").read()  # noqa: SIM115
+            if "serve" in child.cmdline():
+                out.append(peak_rss_mb(child.pid))
         except (psutil.Error, OSError):
             continue
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                out.append(int(line.split()[1]) / 1024)
     return out
 
 

@@ -24,7 +24,7 @@ import time
 
 import sqlalchemy as sa
 
-from bench._harness import Figure, Report, bench_stack, run_async
+from bench._harness import Figure, Report, bench_stack, drop_database, run_async
 
 MYSQL_URL = os.environ.get("RECSYS_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
@@ -93,16 +93,6 @@ async def _suppression_database(customers: list[int]) -> str:
     return url
 
 
-async def _drop_database(url: str) -> None:
-    from recsys.infra.pg import connect
-
-    conn = await connect(bench_stack().database_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}"')
-    finally:
-        await conn.close()
-
-
 def _etl_child(url: str, database_url: str | None = None) -> tuple[int, float, float]:
     """(rows, seconds inside the ETL, peak RSS in MB) of one ``recsys etl`` child process."""
     with tempfile.TemporaryDirectory(prefix="bench-etl-lake-") as lake:
@@ -150,7 +140,7 @@ def main(quick: bool) -> None:
                 plain.append(_etl_child(urls[10]))
                 with_list.append(_etl_child(urls[10], listed))
         finally:
-            run_async(_drop_database(listed))
+            run_async(drop_database(bench_stack().database_url, listed))
         base = report.add(Figure("rows/s 10x, no suppression list", "rows/s", [m[0] / m[1] for m in plain]))
         listed_fig = report.add(
             Figure("rows/s 10x, 1 % of customers suppressed", "rows/s", [m[0] / m[1] for m in with_list])

@@ -33,16 +33,15 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from bench._harness import Figure, Report, bench_stack, prepared_model
+from bench._harness import Figure, Report, bench_stack, drop_database, prepared_model
 from recsys.core.events import BrowseItem, UserFeatures
 from recsys.core.recommendations import RecommendRequest
 from recsys.infra.pg import connect, create_pool, new_database
-from recsys.model_store.artifacts import ArtifactBundle, new_version
+from recsys.model_store.artifacts import ArtifactBundle
 from recsys.model_store.loader import load_bundle_into
-from recsys.model_store.model import NumpyTower, save_state_dict
 from recsys.model_store.recommender import ModelRecommender
-from recsys.model_store.testing import synthetic_ratings
-from recsys.model_store.training import PopularItem, fit, popularity, prepare
+from recsys.model_store.testing import catalog_bundle, synthetic_ratings
+from recsys.model_store.training import fit, prepare
 from recsys.settings import TrainSettings
 
 BATCH = 500
@@ -55,29 +54,7 @@ async def _fresh_database(server_url: str) -> str:
 def _bundle(n_items: int, n_users: int) -> tuple[ArtifactBundle, Any]:
     trained = fit(synthetic_ratings(seed=1), TrainSettings())
     big = prepare(synthetic_ratings(n_customers=n_users, n_products=n_items, ratings_per_customer=1, seed=2))
-    user_tower = NumpyTower.from_state_dict(trained.state_dict, "user_tower")
-    item_tower = NumpyTower.from_state_dict(trained.state_dict, "item_tower")
-    users = user_tower.embed(
-        trained.user_transform.sparse(big.user_columns), trained.user_transform.numeric_offset
-    )
-    items = item_tower.embed(
-        trained.item_transform.sparse(big.item_columns), trained.item_transform.numeric_offset
-    )
-    score, count = popularity(big.item_index, big.rating, len(big.item_ids))
-    order = np.lexsort((-count, -score))[:1000]
-    weights = save_state_dict(trained.state_dict)
-    bundle = ArtifactBundle(
-        version=new_version(weights),
-        config=trained.config,
-        weights=weights,
-        user_transform=trained.user_transform,
-        item_transform=trained.item_transform,
-        item_ids=big.item_ids,
-        item_vectors=items,
-        user_ids=big.user_ids,
-        user_vectors=users,
-        popular=[PopularItem(big.item_ids[i], float(score[i]), int(count[i])) for i in order],
-    )
+    bundle = catalog_bundle(trained, big)
     return bundle, big
 
 
@@ -177,11 +154,7 @@ async def _recommender_report(quick: bool, server_url: str) -> Report:
     finally:
         await rec.close()
         await pool.close()
-        admin: asyncpg.Connection[Any] = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]}")
-        finally:
-            await admin.close()
+        await drop_database(server_url, url)
     return report
 
 

@@ -32,7 +32,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from bench._harness import Figure, Report, prepared_model, run_async
+from bench._harness import Figure, Report, peak_rss_mb, prepared_model, run_async
 
 DB = "bench_scaling"
 
@@ -124,7 +124,7 @@ def _child(url: str, shards: int, events: int, cache_keys: int) -> None:
     stages = stage_totals()  # this child's process: the totals are this run's
     result = {
         "seconds": seconds,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "recommend_s": stages["recommend"],
         "candidate_hit_rate": _hit_rate(),
     }
@@ -140,15 +140,6 @@ def _hit_rate() -> float:
 
     hits, misses = count("hit"), count("miss")
     return hits / (hits + misses) if hits + misses else 0.0
-
-
-def _peak_rss_mb() -> float:
-    """This process's resident-set high-water mark (``VmHWM``: per address space, so unlike
-    ``ru_maxrss`` it does not inherit the parent's peak across fork + exec)."""
-    for line in open("/proc/self/status", encoding="ascii").read().splitlines():  # noqa: SIM115
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _measure(url: str, shards: int, events: int, cache_keys: int) -> tuple[float, float, float, float]:

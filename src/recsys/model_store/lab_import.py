@@ -51,7 +51,7 @@ from recsys.model_store.features import (
     normalise_category,
 )
 from recsys.model_store.model import ModelConfig, NumpyTower, load_state_dict, save_state_dict
-from recsys.model_store.training import PopularItem, popularity
+from recsys.model_store.training import PopularItem, rank_popular
 
 __all__ = ["REFUSAL", "import_lab_artifacts", "popular_from_lake"]
 
@@ -219,9 +219,7 @@ def popular_from_lake(lake_uri: str, item_ids: Sequence[str]) -> tuple[list[Popu
             f"the lake's run {run.run_id} rates none of the {len(item_ids)} imported items: "
             "is it the same shop?"
         )
-    score, count = popularity(index[known], ratings[known], len(item_ids))
-    order = np.lexsort((-count, -score))
-    return [PopularItem(item_ids[i], float(score[i]), int(count[i])) for i in order], run.run_id
+    return rank_popular(item_ids, index[known], ratings[known]), run.run_id
 
 
 def import_lab_artifacts(

@@ -12,12 +12,16 @@ real trainer without the ETL pipeline.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["TRAINING_SCHEMA", "synthetic_ratings"]
+if TYPE_CHECKING:
+    from recsys.model_store.artifacts import ArtifactBundle
+    from recsys.model_store.training import PopularItem, TrainedModel, TrainingData
+
+__all__ = ["TRAINING_SCHEMA", "catalog_bundle", "synthetic_ratings"]
 
 TRAINING_SCHEMA = pa.schema(
     [
@@ -98,3 +102,42 @@ def synthetic_ratings(
             rows["MSRP"].append(float(msrp[p]))
             rows["productRating"].append(float(rating))
     return pa.table(rows, schema=TRAINING_SCHEMA)
+
+
+def catalog_bundle(
+    model: TrainedModel,
+    data: TrainingData,
+    *,
+    users: int | None = None,
+    popular: list[PopularItem] | None = None,
+) -> ArtifactBundle:
+    """A loadable version of ``model`` over another catalog: its towers embed ``data``'s items and
+    its first ``users`` customers (all by default); the popular items are ``data``'s ranking (at
+    most 1000) unless given. For tests and benchmarks that need a large catalog."""
+    from recsys.model_store.artifacts import ArtifactBundle, new_version
+    from recsys.model_store.model import NumpyTower, save_state_dict
+    from recsys.model_store.training import rank_popular
+
+    n = len(data.user_ids) if users is None else users
+    if popular is None:
+        popular = rank_popular(data.item_ids, data.item_index, data.rating)[:1000]
+    user_tower = NumpyTower.from_state_dict(model.state_dict, "user_tower")
+    item_tower = NumpyTower.from_state_dict(model.state_dict, "item_tower")
+    weights = save_state_dict(model.state_dict)
+    return ArtifactBundle(
+        version=new_version(weights),
+        config=model.config,
+        weights=weights,
+        user_transform=model.user_transform,
+        item_transform=model.item_transform,
+        item_ids=data.item_ids,
+        item_vectors=item_tower.embed(
+            model.item_transform.sparse(data.item_columns), model.item_transform.numeric_offset
+        ),
+        user_ids=data.user_ids[:n],
+        user_vectors=user_tower.embed(
+            model.user_transform.sparse({c: v[:n] for c, v in data.user_columns.items()}),
+            model.user_transform.numeric_offset,
+        ),
+        popular=popular,
+    )

@@ -45,6 +45,7 @@ __all__ = [
     "fit",
     "popularity",
     "prepare",
+    "rank_popular",
     "train",
 ]
 
@@ -177,6 +178,14 @@ def popularity(
     return (sums + PRIOR_WEIGHT * prior) / (counts + PRIOR_WEIGHT), counts
 
 
+def rank_popular(
+    item_ids: Sequence[str], item_index: npt.NDArray[np.int64], rating: npt.NDArray[np.float64]
+) -> list[PopularItem]:
+    """Every item, most popular first: damped mean rating, then number of ratings."""
+    score, count = popularity(item_index, rating, len(item_ids))
+    return [PopularItem(item_ids[i], float(score[i]), int(count[i])) for i in np.lexsort((-count, -score))]
+
+
 def _subset(columns: dict[str, list[Any]], rows: Sequence[int]) -> dict[str, list[Any]]:
     return {c: [v[r] for r in rows] for c, v in columns.items()}
 
@@ -307,11 +316,7 @@ def _fit(
         val_rows=val_rows,
         test_rows=test_rows,
     )
-    popular_score, popular_count = popularity(data.item_index, data.rating, len(data.item_ids))
-    order_pop = np.lexsort((-popular_count, -popular_score))
-    popular = [
-        PopularItem(data.item_ids[i], float(popular_score[i]), int(popular_count[i])) for i in order_pop
-    ]
+    popular = rank_popular(data.item_ids, data.item_index, data.rating)
     return TrainedModel(
         config=config,
         state_dict={k: v.detach().clone() for k, v in best_state.items()},

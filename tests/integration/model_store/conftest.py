@@ -16,7 +16,7 @@ import pytest
 
 from recsys.infra.pg import create_pool, new_database
 from recsys.model_store.artifacts import export_trained
-from recsys.model_store.testing import synthetic_ratings
+from recsys.model_store.testing import catalog_bundle, synthetic_ratings
 from recsys.model_store.training import TrainedModel, fit
 from recsys.settings import TrainSettings
 
@@ -66,30 +66,13 @@ class Catalog:
 
 @pytest.fixture(scope="session")
 def big_catalog(artifacts: Artifacts) -> Catalog:
-    from recsys.model_store.artifacts import ArtifactBundle, new_version
-    from recsys.model_store.model import NumpyTower, save_state_dict
     from recsys.model_store.training import PopularItem, prepare
 
-    model = artifacts.models[0]
     data = prepare(synthetic_ratings(n_customers=20_000, n_products=6_000, ratings_per_customer=1, seed=6))
-    user_tower = NumpyTower.from_state_dict(model.state_dict, "user_tower")
-    item_tower = NumpyTower.from_state_dict(model.state_dict, "item_tower")
-    weights = save_state_dict(model.state_dict)
-    bundle = ArtifactBundle(
-        version=new_version(weights),
-        config=model.config,
-        weights=weights,
-        user_transform=model.user_transform,
-        item_transform=model.item_transform,
-        item_ids=data.item_ids,
-        item_vectors=item_tower.embed(
-            model.item_transform.sparse(data.item_columns), model.item_transform.numeric_offset
-        ),
-        user_ids=data.user_ids[:1000],
-        user_vectors=user_tower.embed(
-            model.user_transform.sparse({c: v[:1000] for c, v in data.user_columns.items()}),
-            model.user_transform.numeric_offset,
-        ),
+    bundle = catalog_bundle(
+        artifacts.models[0],
+        data,
+        users=1000,
         popular=[PopularItem(code, 4.0, 1) for code in data.item_ids[:50]],
     )
     return Catalog(bundle, data.user_columns, data.item_ids)

@@ -34,6 +34,19 @@ class BadVector(UserError):
     pass
 
 
+def run_settings(database_url: str, stream: str, delivery: str, tmp_path: Path, **consumer: Any) -> Settings:
+    """Settings of a `recsys run` under test: any free port, dead letters under ``tmp_path``, leases
+    taken and shards polled every 0.2 s; ``consumer`` adds or overrides consumer settings."""
+    return Settings(
+        database_url=database_url,
+        stream=stream,
+        delivery_stream=delivery,
+        dead_letters=str(tmp_path / "dead-letters"),
+        port=0,
+        consumer={"lease_take_interval_s": 0.2, "poll_interval_s": 0.2, **consumer},
+    )
+
+
 def _vector(seed: str) -> list[float]:
     digest = hashlib.sha256(seed.encode()).digest()
     raw = [(b - 127.5) / 127.5 for b in digest[:DIM]]

@@ -20,7 +20,8 @@ import pytest
 
 from recsys.commands.run import ApiLoop, running
 from recsys.infra.aws import sync_client
-from recsys.settings import Settings
+
+from .conftest import run_settings
 
 
 async def _until(predicate: Any, timeout_s: float, what: str) -> Any:
@@ -45,14 +46,7 @@ async def test_run_consumes_serves_and_drains_on_stop(
     stream, delivery, bucket = f"run-{tag}", f"run-out-{tag}", f"run-out-{tag}"
     await asyncio.to_thread(ensure_stream, stream, 1)
     await asyncio.to_thread(ensure_delivery_stream, delivery, f"s3://{bucket}/records")
-    settings = Settings(
-        database_url=model_db,
-        stream=stream,
-        delivery_stream=delivery,
-        dead_letters=str(tmp_path / "dead-letters"),
-        port=0,
-        consumer={"lease_take_interval_s": 0.2, "poll_interval_s": 0.2, "batch_max_wait_ms": 50},
-    )
+    settings = run_settings(model_db, stream, delivery, tmp_path, batch_max_wait_ms=50)
     kinesis = sync_client("kinesis")
     events = [
         {"customer_number": customer, "city": "Nantes", "country": "France", "credit_limit": 21000.0,

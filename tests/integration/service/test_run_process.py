@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from recsys.infra.aws import sync_client
 
-from .conftest import AppClient
+from .conftest import AppClient, run_settings
 
 T = TypeVar("T")
 
@@ -241,17 +241,9 @@ async def test_metrics_without_the_consumer_process_still_serve_the_api(api_clie
 
 async def test_running_context_manager_in_process_mode(model_db: str, tmp_path: Path) -> None:
     from recsys.commands.run import running
-    from recsys.settings import Settings
 
     stream, delivery, _ = await asyncio.to_thread(_stream, uuid.uuid4().hex[:8])
-    settings = Settings(
-        database_url=model_db,
-        stream=stream,
-        delivery_stream=delivery,
-        dead_letters=str(tmp_path / "dead-letters"),
-        port=0,
-        consumer={"lease_take_interval_s": 0.2, "poll_interval_s": 0.2},
-    )
+    settings = run_settings(model_db, stream, delivery, tmp_path)
     stop = asyncio.Event()
     mine = psutil.Process()
     async with (
