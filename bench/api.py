@@ -208,7 +208,7 @@ async def _measure(quick: bool, report: Report, prepared: Any) -> None:
         await pool.close()
 
     # the consumer at full load in the same process: a backlog it works through as fast as it can
-    backlog = 25_000 if quick else 120_000  # the consumer runs through ~7k events/s here
+    backlog = 50_000 if quick else 120_000  # the consumer runs through ~7k events/s here
     loaded_runs = 2
     loaded: dict[str, list[dict[str, Any]]] = {}
     api_peak_mb: list[float] = []
