@@ -35,7 +35,15 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # The project itself (its dependencies are already there).
 COPY pyproject.toml README.md /src/
-COPY src /src/src
+COPY recsys /src/recsys
+COPY core /src/core
+COPY infra /src/infra
+COPY model_store /src/model_store
+COPY etl /src/etl
+COPY consumer /src/consumer
+COPY service /src/service
+COPY compliance /src/compliance
+COPY sql /src/sql
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps --require-virtualenv /src \
     && recsys --version

@@ -8,6 +8,8 @@ EVENTS ?= 200
 # Where pip finds torch==2.13.0+cpu: this machine kind ships the wheel locally; elsewhere use
 #   make demo PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
 PIP_EXTRA ?=
+# the project's Python: its top-level packages (the design card's folders), tests and benchmarks
+PY_DIRS := recsys core infra model_store etl consumer service compliance sql tests bench deploy
 
 .PHONY: install install-dev demo test lint typecheck contracts unit integration e2e bench clean
 
@@ -36,8 +38,8 @@ demo: install
 	$(BIN)/recsys demo --events $(EVENTS)
 
 lint: install-dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: install-dev
 	$(BIN)/mypy

@@ -315,14 +315,14 @@ def prepared_model(
     """The project's own seed -> ETL -> train -> load-vectors on the bench stack, each stage reused
     when already done for this ``scale`` (the shop of scale 1 is the stack's ``shop`` database, other
     scales get ``shop_s<scale>``; lake and artifacts are local folders under the state directory)."""
-    from recsys.etl.pipeline import run_etl
-    from recsys.etl.seed import seed
-    from recsys.infra.lake import latest_run
-    from recsys.infra.objectstore import open_store
-    from recsys.infra.pg import migrate
-    from recsys.model_store.artifacts import load_bundle, resolve_version
-    from recsys.model_store.loader import load_vectors
-    from recsys.model_store.training import train
+    from etl.pipeline import run_etl
+    from etl.seed import seed
+    from infra.lake import latest_run
+    from infra.objectstore import open_store
+    from infra.pg import migrate
+    from model_store.artifacts import load_bundle, resolve_version
+    from model_store.loader import load_vectors
+    from model_store.training import train
     from recsys.settings import TrainSettings
 
     info = bench_stack()

@@ -108,7 +108,7 @@ async def drive(url: str, paths: list[str], duration_s: float, warmup_s: float =
 # ------------------------------------------------------------------------------------------ servers
 @contextlib.asynccontextmanager
 async def _serve(app: Any) -> AsyncIterator[str]:
-    from recsys.service.server import ApiServer, bind_socket
+    from service.server import ApiServer, bind_socket
 
     server = ApiServer(app, bind_socket("127.0.0.1", 0))
     stop = asyncio.Event()
@@ -134,8 +134,8 @@ def _trivial_app() -> Any:
 
 
 async def _store_answers(pool: Any, customers: range, version: str) -> None:
-    from recsys.core.recommendations import Recommendation, ScoredItem, SimilarItems, Source
-    from recsys.infra.latest import LatestRow, PgLatestStore
+    from core.recommendations import Recommendation, ScoredItem, SimilarItems, Source
+    from infra.latest import LatestRow, PgLatestStore
 
     now = datetime.now(UTC)
     rec = Recommendation(
@@ -150,8 +150,8 @@ async def _store_answers(pool: Any, customers: range, version: str) -> None:
 
 def _prefill(stream: str, source_url: str, events: int) -> float:
     """Put ``events`` onto the stream before the consumer starts: its backlog. Returns seconds."""
-    from recsys.consumer.producer import produce
-    from recsys.etl.source import load_catalog
+    from consumer.producer import produce
+    from etl.source import load_catalog
 
     catalog = load_catalog(source_url)
     started = time.perf_counter()
@@ -175,12 +175,12 @@ def _api_child_peak_mb() -> list[float]:
 
 # ------------------------------------------------------------------------------------------ main
 async def _measure(quick: bool, report: Report, prepared: Any) -> None:
+    from consumer.setup import ensure_delivery_stream, ensure_stream
+    from infra.pg import create_pool
     from recsys.commands.run import ApiLoop, running
-    from recsys.consumer.setup import ensure_delivery_stream, ensure_stream
-    from recsys.infra.pg import create_pool
-    from recsys.service.app import create_app
-    from recsys.service.model import open_recommender
     from recsys.settings import Settings
+    from service.app import create_app
+    from service.model import open_recommender
 
     duration = 3.0 if quick else 5.0
     runs = 2 if quick else 3
@@ -195,7 +195,7 @@ async def _measure(quick: bool, report: Report, prepared: Any) -> None:
         await _store_answers(pool, customers, prepared.version)
         recommender = await open_recommender(pool)
         try:
-            app = create_app(settings, pool=pool, recommender=recommender)
+            app = create_app(settings.for_api(), pool=pool, recommender=recommender)
             trivial: list[dict[str, Any]] = []
             alone: list[dict[str, Any]] = []
             async with _serve(_trivial_app()) as triv_url, _serve(app) as rec_url:

@@ -32,7 +32,7 @@ class FastRecommender:
     model_version = "bench-fake"
 
     async def recommend_batch(self, requests: Sequence[Any]) -> list[Any]:
-        from recsys.core.recommendations import Recommendation, ScoredItem, SimilarItems
+        from core.recommendations import Recommendation, ScoredItem, SimilarItems
 
         return [
             Recommendation(
@@ -51,8 +51,8 @@ class FastRecommender:
 
 
 def _fill(stream: str, shards: int, count: int) -> None:
-    from recsys.consumer.setup import ensure_stream
-    from recsys.infra.aws import sync_client
+    from consumer.setup import ensure_stream
+    from infra.aws import sync_client
 
     ensure_stream(stream, shards)
     client = sync_client("kinesis")
@@ -79,9 +79,9 @@ def _fill(stream: str, shards: int, count: int) -> None:
 async def _consume(
     database_url: str, stream: str, delivery: str, count: int, recommender: Any
 ) -> tuple[float, float]:
-    from recsys.consumer.app import Consumer
-    from recsys.infra.latest import PgLatestStore
-    from recsys.infra.pg import pool
+    from consumer.app import Consumer
+    from infra.latest import PgLatestStore
+    from infra.pg import pool
     from recsys.settings import ConsumerSettings, Settings
 
     settings = Settings(
@@ -93,7 +93,7 @@ async def _consume(
     async with pool(database_url, min_size=2, max_size=10) as pg:
         rec = recommender if recommender is not None else await _real(pg)
         stop = asyncio.Event()
-        consumer = Consumer(settings, pg, rec, PgLatestStore(pg))
+        consumer = Consumer(settings.for_consumer(), pg, rec, PgLatestStore(pg))
         started = time.perf_counter()
         cpu_started = time.process_time()
         task = asyncio.create_task(consumer.run(stop), name="bench-consumer")
@@ -116,14 +116,14 @@ async def _consume(
 
 
 async def _real(pg: Any) -> Any:
-    from recsys.model_store.recommender import ModelRecommender
+    from model_store.recommender import ModelRecommender
 
     return await ModelRecommender.open(pg)
 
 
 def _run(database_url: str, delivery: str, shards: int, count: int, recommender: Any) -> tuple[float, float]:
     """(events/s end to end, CPU microseconds per event in the consumer's own process)."""
-    from recsys.infra.aws import sync_client
+    from infra.aws import sync_client
 
     stream = f"bench-consumer-{uuid.uuid4().hex[:8]}"
     _fill(stream, shards, count)
@@ -135,7 +135,7 @@ def _run(database_url: str, delivery: str, shards: int, count: int, recommender:
 
 def _delivery_stream() -> str:
     """One Firehose delivery stream per benchmark run (moto allows 50 per account)."""
-    from recsys.consumer.setup import ensure_delivery_stream
+    from consumer.setup import ensure_delivery_stream
 
     name = f"bench-consumer-{uuid.uuid4().hex[:8]}"
     ensure_delivery_stream(name, f"s3://bench-consumer/out/{name}")
@@ -183,8 +183,8 @@ def _measure(report: Report, *, database_url: str, delivery: str, count: int, ru
 
 
 def main(quick: bool) -> Report:
-    from recsys.infra.aws import sync_client
-    from recsys.infra.pg import migrate
+    from infra.aws import sync_client
+    from infra.pg import migrate
 
     count = 2_000 if quick else 10_000
     runs = 1 if quick else 3

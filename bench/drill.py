@@ -223,11 +223,11 @@ def _caught_up(ledger: Ledger, bound: float) -> bool:
 
 
 def _prepare_model(database_url: str, workdir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    from recsys.infra.pg import migrate
-    from recsys.model_store.artifacts import export_trained
-    from recsys.model_store.loader import load_vectors
-    from recsys.model_store.testing import synthetic_ratings
-    from recsys.model_store.training import fit
+    from infra.pg import migrate
+    from model_store.artifacts import export_trained
+    from model_store.loader import load_vectors
+    from model_store.testing import synthetic_ratings
+    from model_store.training import fit
     from recsys.settings import TrainSettings
 
     run_async(migrate(database_url))
@@ -241,8 +241,8 @@ def _prepare_model(database_url: str, workdir: Path) -> tuple[list[dict[str, Any
 
 
 def main(quick: bool = False) -> None:
-    from recsys.consumer.setup import ensure_delivery_stream, ensure_stream
-    from recsys.infra.aws import sync_client
+    from consumer.setup import ensure_delivery_stream, ensure_stream
+    from infra.aws import sync_client
     from recsys.stack import LocalStack
 
     runs = 1 if quick else 3

@@ -47,7 +47,7 @@ def _admin(sql: str) -> None:
 
 
 def _database(scale: int) -> str:
-    from recsys.etl.seed import seed
+    from etl.seed import seed
 
     name = f"recsys_bench_etl_s{scale}"
     _admin(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
@@ -79,7 +79,7 @@ sys.exit(main(sys.argv[1:]))
 
 async def _suppression_database(customers: list[int]) -> str:
     """A fresh migrated database of the bench stack suppressing every 100th of ``customers``."""
-    from recsys.infra.pg import connect, new_database
+    from infra.pg import connect, new_database
 
     url = await new_database(bench_stack().database_url, "bench_etl")
     conn = await connect(url)

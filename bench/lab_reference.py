@@ -57,7 +57,7 @@ def lab_app(database_url: str) -> Any:
     from fastapi import FastAPI
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    from recsys.model_store.model import ModelConfig, TwoTower, load_state_dict
+    from model_store.model import ModelConfig, TwoTower, load_state_dict
 
     torch.set_num_threads(1)
     conn = psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql"), autocommit=True)
@@ -165,8 +165,8 @@ class LabServer:
 
 # =============================================================================== the two paths
 def make_events(prepared: Prepared, n: int, seed: int = 1) -> list[bytes]:
-    from recsys.consumer.producer import make_event
-    from recsys.etl.source import load_catalog
+    from consumer.producer import make_event
+    from etl.source import load_catalog
 
     catalog = load_catalog(prepared.source_url)
     rng = random.Random(seed)
@@ -234,10 +234,10 @@ async def run_ours(
 
     ``before_each`` (the lab run) is called before each run, so the i-th runs of the three paths
     are neighbours in time and a burst of load from elsewhere hits one ratio, not one path."""
-    from recsys.core.events import parse_event
-    from recsys.core.recommendations import RecommendRequest
-    from recsys.infra.pg import create_pool
-    from recsys.model_store.recommender import ModelRecommender
+    from core.events import parse_event
+    from core.recommendations import RecommendRequest
+    from infra.pg import create_pool
+    from model_store.recommender import ModelRecommender
 
     pool = await create_pool(database_url, min_size=1, max_size=4)
     rec = await ModelRecommender.open(pool)
@@ -297,7 +297,7 @@ _CREATED: list[tuple[str, str]] = []
 def fresh_streams(shards: int) -> tuple[str, str, str]:
     """A new Kinesis stream, Firehose delivery stream and bucket name; :func:`drop_fresh_streams`
     deletes the streams (moto allows 50 delivery streams per account, a full bench run makes ~35)."""
-    from recsys.consumer.setup import ensure_delivery_stream, ensure_stream
+    from consumer.setup import ensure_delivery_stream, ensure_stream
 
     tag = uuid.uuid4().hex[:8]
     stream, delivery, bucket = f"bench-{tag}", f"bench-recs-{tag}", f"bench-{tag}"
@@ -309,7 +309,7 @@ def fresh_streams(shards: int) -> tuple[str, str, str]:
 
 def drop_fresh_streams() -> None:
     """Delete the streams this process made with :func:`fresh_streams` (their S3 output stays)."""
-    from recsys.infra.aws import sync_client
+    from infra.aws import sync_client
 
     if not _CREATED:
         return
@@ -321,7 +321,7 @@ def drop_fresh_streams() -> None:
 
 
 def put_events(stream: str, events: Sequence[bytes]) -> list[str]:
-    from recsys.infra.aws import sync_client
+    from infra.aws import sync_client
 
     client = sync_client("kinesis")
     ids: list[str] = []
@@ -358,11 +358,11 @@ def consumer_settings(stream: str, delivery: str, bucket: str, **consumer: Any) 
 
 async def consume_all(database_url: str, settings: Any, count: int, timeout_s: float = 600) -> float:
     """Run our Consumer until ``count`` records are delivered; seconds from start to that moment."""
-    from recsys.consumer import metrics
-    from recsys.consumer.app import Consumer
-    from recsys.infra.latest import PgLatestStore
-    from recsys.infra.pg import create_pool
-    from recsys.model_store.recommender import ModelRecommender
+    from consumer import metrics
+    from consumer.app import Consumer
+    from infra.latest import PgLatestStore
+    from infra.pg import create_pool
+    from model_store.recommender import ModelRecommender
 
     pool = await create_pool(database_url, min_size=2, max_size=10)
     rec = await ModelRecommender.open(
@@ -370,7 +370,7 @@ async def consume_all(database_url: str, settings: Any, count: int, timeout_s: f
     )
     stop = asyncio.Event()
     try:
-        consumer = Consumer(settings, pool, rec, PgLatestStore(pool))
+        consumer = Consumer(settings.for_consumer(), pool, rec, PgLatestStore(pool))
         started = time.perf_counter()
         task = asyncio.create_task(consumer.run(stop), name="bench-consumer")
         while consumer.stats.delivered < count:
@@ -406,7 +406,7 @@ def lab_consume(base: str, stream: str, delivery: str, count: int) -> float:
     """The lab's loop: GetRecords per shard, per record three HTTP calls and one Firehose PutRecord."""
     import httpx
 
-    from recsys.infra.aws import sync_client
+    from infra.aws import sync_client
 
     kinesis, firehose = sync_client("kinesis"), sync_client("firehose")
     started = time.perf_counter()
@@ -435,7 +435,7 @@ def lab_consume(base: str, stream: str, delivery: str, count: int) -> float:
 
 # =============================================================================== main
 def main(quick: bool) -> None:
-    from recsys.infra.logs import configure_logging
+    from infra.logs import configure_logging
 
     configure_logging("WARNING")
     n = 500 if quick else 2000

@@ -60,8 +60,8 @@ class Tracker:
 
 
 async def _produce(stream: str, catalog: Any, tracker: Tracker, rate: float, seconds: float) -> None:
-    from recsys.consumer.producer import ProduceSummary, make_event, put_records
-    from recsys.infra.aws import sync_client
+    from consumer.producer import ProduceSummary, make_event, put_records
+    from infra.aws import sync_client
 
     client = sync_client("kinesis")
     rng = random.Random(7)
@@ -97,8 +97,8 @@ async def _run(prepared: Any, rate: float, windows: int, window_s: float) -> tup
     from pydantic import SecretStr
 
     from bench.lab_reference import fresh_streams
+    from etl.source import load_catalog
     from recsys.commands.run import running
-    from recsys.etl.source import load_catalog
     from recsys.settings import Settings
 
     catalog = await asyncio.to_thread(load_catalog, prepared.source_url)
@@ -144,7 +144,7 @@ async def _run(prepared: Any, rate: float, windows: int, window_s: float) -> tup
 
 
 def main(quick: bool) -> None:
-    from recsys.infra.logs import configure_logging
+    from infra.logs import configure_logging
 
     configure_logging("WARNING")
     rate = 20.0 if quick else 50.0

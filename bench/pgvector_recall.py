@@ -2,7 +2,7 @@
 
 Items: random L2-normalised 32-d float32 vectors (the model's embedding size), bulk-loaded with binary
 COPY (asyncpg + the pgvector codec, as the loader does) into a scratch table of the embedded
-PostgreSQL, then indexed exactly as ``recsys.model_store.loader`` indexes a version:
+PostgreSQL, then indexed exactly as ``model_store.loader`` indexes a version:
 ``USING hnsw (embedding vector_ip_ops) WITH (m = HNSW_M, ef_construction = HNSW_EF_CONSTRUCTION)``.
 The build runs with ``maintenance_work_mem = 1GB`` so the graph fits in memory (pgvector's advice;
 the server default of 64 MB makes the 1M build spill) -- the loader does not set it; its tables are
@@ -82,8 +82,8 @@ def _recall(found: list[set[int]], truth: list[set[int]]) -> float:
 
 
 async def _measure(report: Report, url: str, n: int, *, n_queries: int, n_exact: int, runs: int) -> None:
-    from recsys.infra.pg import connect
-    from recsys.model_store.loader import HNSW_EF_CONSTRUCTION, HNSW_M
+    from infra.pg import connect
+    from model_store.loader import HNSW_EF_CONSTRUCTION, HNSW_M
 
     label = f"{n // 1000}k" if n < 1_000_000 else f"{n // 1_000_000}M"
     items = _vectors(n, seed=n)
@@ -129,7 +129,7 @@ def main(quick: bool) -> None:
     sizes = (10_000, 100_000) if quick else (10_000, 100_000, 1_000_000)
     n_queries = 200 if quick else 500
     runs = 3
-    from recsys.model_store.loader import HNSW_EF_CONSTRUCTION, HNSW_M
+    from model_store.loader import HNSW_EF_CONSTRUCTION, HNSW_M
 
     info = bench_stack()
     report = Report(

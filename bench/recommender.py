@@ -34,14 +34,14 @@ import asyncpg
 import numpy as np
 
 from bench._harness import Figure, Report, bench_stack, drop_database, prepared_model
-from recsys.core.events import BrowseItem, UserFeatures
-from recsys.core.recommendations import RecommendRequest
-from recsys.infra.pg import connect, create_pool, new_database
-from recsys.model_store.artifacts import ArtifactBundle
-from recsys.model_store.loader import load_bundle_into
-from recsys.model_store.recommender import ModelRecommender
-from recsys.model_store.testing import catalog_bundle, synthetic_ratings
-from recsys.model_store.training import fit, prepare
+from core.events import BrowseItem, UserFeatures
+from core.recommendations import RecommendRequest
+from infra.pg import connect, create_pool, new_database
+from model_store.artifacts import ArtifactBundle
+from model_store.loader import load_bundle_into
+from model_store.recommender import ModelRecommender
+from model_store.testing import catalog_bundle, synthetic_ratings
+from model_store.training import fit, prepare
 from recsys.settings import TrainSettings
 
 BATCH = 500
@@ -159,7 +159,7 @@ async def _recommender_report(quick: bool, server_url: str) -> Report:
 
 
 async def _cache_figures(report: Report, pool: asyncpg.Pool[Any], big: Any, n_events: int, runs: int) -> None:
-    from recsys.model_store.recommender import CACHE_KEYS
+    from model_store.recommender import CACHE_KEYS
 
     async def run(events: list[RecommendRequest], cache_keys: int) -> tuple[float, float]:
         seen = [0, 0]
@@ -197,8 +197,8 @@ def _sizes_report(quick: bool) -> Report:
     """The tower shapes tried for the default (docs/model.md): quality and training time, on the
     project's own generated shop (``recsys seed`` scale 1 -> ``recsys etl``), three training seeds
     (each seed also draws a different train/validation/test split)."""
-    from recsys.infra.lake import latest_run, read_run
-    from recsys.infra.objectstore import open_store
+    from infra.lake import latest_run, read_run
+    from infra.objectstore import open_store
 
     lake = prepared_model(1.0, train_model=False, load=False).lake
     table = read_run(open_store(lake), latest_run(open_store(lake)))

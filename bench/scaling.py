@@ -2,7 +2,7 @@
 
 Catalogs: the trained scale-1 model (``prepared_model``) with its item table grown to 1k, 10k and
 100k items -- the 110 real items plus random L2-normalised 32-d vectors -- each loaded as its own
-version with ``recsys.model_store.loader.load_bundle_into`` (binary COPY, the HNSW index, exact
+version with ``model_store.loader.load_bundle_into`` (binary COPY, the HNSW index, exact
 neighbours, atomic switch) into a separate database (``bench_scaling``) of the bench stack, so other
 benchmarks' active model is never switched under them. Loaded versions are reused between runs.
 
@@ -39,17 +39,17 @@ DB = "bench_scaling"
 
 def _version(items: int) -> str:
     """Named with the loader's index parameters, so a change of them loads the catalog afresh."""
-    from recsys.model_store.loader import HNSW_EF_CONSTRUCTION, HNSW_M
+    from model_store.loader import HNSW_EF_CONSTRUCTION, HNSW_M
 
     return f"bench-items-{items:07d}-m{HNSW_M}-efc{HNSW_EF_CONSTRUCTION}"
 
 
 async def _ensure_version(url: str, artifacts: str, items: int) -> float:
     """Load (or re-activate) the catalog of ``items`` items; return its table + index size in MB."""
-    from recsys.infra.objectstore import open_store
-    from recsys.infra.pg import connect, migrate
-    from recsys.model_store.artifacts import load_bundle
-    from recsys.model_store.loader import load_bundle_into, table_names
+    from infra.objectstore import open_store
+    from infra.pg import connect, migrate
+    from model_store.artifacts import load_bundle
+    from model_store.loader import load_bundle_into, table_names
 
     await migrate(url)
     base = load_bundle(open_store(artifacts))
@@ -96,8 +96,8 @@ def _child(url: str, shards: int, events: int, cache_keys: int) -> None:
         put_events,
         stage_totals,
     )
-    from recsys.consumer.producer import make_event
-    from recsys.infra.logs import configure_logging
+    from consumer.producer import make_event
+    from infra.logs import configure_logging
 
     configure_logging("WARNING")
     import random

@@ -1,8 +1,8 @@
 """Training time and model quality against the baselines, at two data sizes (shop scale 1 and 10).
 
-Each scale is the project's own pipeline on the bench stack: ``recsys.etl.seed.seed`` into the
-embedded shop database, ``recsys.etl.pipeline.run_etl`` into a local lake (both reused between
-runs), then ``recsys.model_store.training.train`` with the default ``TrainSettings`` (early
+Each scale is the project's own pipeline on the bench stack: ``etl.seed.seed`` into the
+embedded shop database, ``etl.pipeline.run_etl`` into a local lake (both reused between
+runs), then ``model_store.training.train`` with the default ``TrainSettings`` (early
 stopping, one torch thread) into a scratch artifact folder, timed end to end (read the lake, fit,
 evaluate, export). The quality figures come from the trainer's held-out test split:
 
@@ -21,9 +21,9 @@ from bench._harness import Figure, Report, prepared_model
 
 
 def main(quick: bool) -> None:
-    from recsys.infra.lake import latest_run
-    from recsys.infra.objectstore import open_store
-    from recsys.model_store.training import train
+    from infra.lake import latest_run
+    from infra.objectstore import open_store
+    from model_store.training import train
     from recsys.settings import TrainSettings
 
     scales = (1.0, 10.0)

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from recsys.infra.pg import migrate
+from infra.pg import migrate
 from recsys.stack import LocalStack, StackInfo
 
 MYSQL_URL = os.environ.get("RECSYS_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")

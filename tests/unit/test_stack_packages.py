@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from core.errors import ConfigError
 from recsys.cli import main
-from recsys.core.errors import ConfigError
 from recsys.stack import LocalStack
 
 

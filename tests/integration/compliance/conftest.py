@@ -20,20 +20,20 @@ import asyncpg
 import orjson
 import pytest
 
-from recsys.consumer.app import Consumer
-from recsys.consumer.producer import produce
-from recsys.consumer.setup import ensure_delivery_stream, ensure_stream
-from recsys.etl.pipeline import run_etl
-from recsys.etl.seed import seed
-from recsys.etl.source import load_catalog
-from recsys.infra.aws import sync_client
-from recsys.infra.lake import latest_run
-from recsys.infra.latest import PgLatestStore
-from recsys.infra.objectstore import open_store
-from recsys.infra.pg import create_pool, new_database
-from recsys.model_store.loader import load_vectors
-from recsys.model_store.recommender import ModelRecommender
-from recsys.model_store.training import train
+from consumer.app import Consumer
+from consumer.producer import produce
+from consumer.setup import ensure_delivery_stream, ensure_stream
+from etl.pipeline import run_etl
+from etl.seed import seed
+from etl.source import load_catalog
+from infra.aws import sync_client
+from infra.lake import latest_run
+from infra.latest import PgLatestStore
+from infra.objectstore import open_store
+from infra.pg import create_pool, new_database
+from model_store.loader import load_vectors
+from model_store.recommender import ModelRecommender
+from model_store.training import train
 from recsys.settings import ConsumerSettings, Settings, TrainSettings
 from recsys.stack import StackInfo
 
@@ -76,7 +76,7 @@ async def _stream(world: World, settings: Settings, pool: asyncpg.Pool[Any], sho
     kinesis.put_records(StreamName=settings.stream, Records=[{"PartitionKey": k, "Data": d} for k, d in bad])
     recommender = await ModelRecommender.open(pool)
     try:
-        consumer = Consumer(settings, pool, recommender, PgLatestStore(pool))
+        consumer = Consumer(settings.for_consumer(), pool, recommender, PgLatestStore(pool))
         stop = asyncio.Event()
         task = asyncio.create_task(consumer.run(stop))
         loop = asyncio.get_running_loop()

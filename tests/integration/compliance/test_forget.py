@@ -21,13 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from compliance import Targets, forget
+from core.errors import RecsysError
+from infra.lake import latest_run, read_run
+from infra.objectstore import open_store
+from infra.suppression import SuppressionList
+from model_store.artifacts import load_bundle
 from recsys.cli import main as cli_main
-from recsys.compliance import Targets, forget
-from recsys.core.errors import RecsysError
-from recsys.infra.lake import latest_run, read_run
-from recsys.infra.objectstore import open_store
-from recsys.infra.suppression import SuppressionList
-from recsys.model_store.artifacts import load_bundle
 
 from .conftest import World
 
@@ -257,7 +257,7 @@ def test_cli_suppress_records_the_customer_and_the_consumer_hook_sees_it(
 
 
 async def test_suppression_list_loads_and_refreshes_cheaply(world: World) -> None:
-    from recsys.infra.pg import create_pool
+    from infra.pg import create_pool
 
     now = [0.0]
     pool = await create_pool(world.database_url, min_size=1, max_size=2)
@@ -288,7 +288,7 @@ async def test_suppression_list_loads_and_refreshes_cheaply(world: World) -> Non
 async def test_etl_leaves_suppressed_customers_out_of_the_lake(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from recsys.infra.objectstore import LocalStore
+    from infra.objectstore import LocalStore
 
     suppressed, kept = world.others[2], world.others[0]  # (others[2]: also by the test above)
     async with _conn(world) as conn:

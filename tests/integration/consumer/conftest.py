@@ -22,12 +22,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from recsys.consumer.app import Consumer
-from recsys.consumer.setup import ensure_delivery_stream, ensure_stream
-from recsys.core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
-from recsys.infra.aws import sync_client
-from recsys.infra.latest import PgLatestStore
-from recsys.infra.pg import create_pool
+from consumer.app import Consumer
+from consumer.setup import ensure_delivery_stream, ensure_stream
+from core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
+from infra.aws import sync_client
+from infra.latest import PgLatestStore
+from infra.pg import create_pool
 from recsys.settings import ConsumerSettings, Settings
 from recsys.stack import StackInfo
 
@@ -196,7 +196,7 @@ async def pool(database_url: str) -> Any:
 
 
 def new_consumer(env: Env, pool: asyncpg.Pool[Any], **kwargs: Any) -> Consumer:
-    return Consumer(env.settings, pool, env.recommender, PgLatestStore(pool), **kwargs)
+    return Consumer(env.settings.for_consumer(), pool, env.recommender, PgLatestStore(pool), **kwargs)
 
 
 async def wait_for(

@@ -11,11 +11,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from recsys.consumer.app import Consumer
-from recsys.core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
-from recsys.infra.latest import PgLatestStore
-from recsys.infra.logs import configure_logging
-from recsys.infra.pg import pool
+from consumer.app import Consumer
+from core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
+from infra.latest import PgLatestStore
+from infra.logs import configure_logging
+from infra.pg import pool
 from recsys.settings import Settings
 
 
@@ -47,7 +47,7 @@ async def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with pool(settings.database_url.get_secret_value(), min_size=1, max_size=4) as pg:
-        consumer = Consumer(settings, pg, Recommender(), PgLatestStore(pg))
+        consumer = Consumer(settings.for_consumer(), pg, Recommender(), PgLatestStore(pg))
         await consumer.run(stop)
     print(f"stopped after {consumer.stats.delivered} delivered", flush=True)
     return 0

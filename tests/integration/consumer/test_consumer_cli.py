@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from recsys.consumer.kpl import deaggregate
-from recsys.infra.aws import sync_client
+from consumer.kpl import deaggregate
+from infra.aws import sync_client
 from recsys.stack import StackInfo
 
 
@@ -28,8 +28,8 @@ def _recsys(args: list[str], stack: StackInfo, tmp: Path) -> subprocess.Complete
 
 
 def test_produce_sends_events_drawn_from_the_shop(stack: StackInfo, tmp_path: Path) -> None:
-    from recsys.etl.seed import seed
-    from recsys.etl.source import load_catalog
+    from etl.seed import seed
+    from etl.source import load_catalog
 
     seed(stack.source_url)
     catalog = load_catalog(stack.source_url)

@@ -9,9 +9,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from recsys.consumer.leases import PgLeaseTable
-from recsys.core.checkpointing import Position
-from recsys.core.errors import LeaseLost
+from consumer.leases import PgLeaseTable
+from core.checkpointing import Position
+from core.errors import LeaseLost
 
 
 async def test_two_workers_racing_for_one_lease_exactly_one_wins(pool: asyncpg.Pool[Any]) -> None:

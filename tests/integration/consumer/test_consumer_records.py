@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 
 import asyncpg
 
-from recsys.consumer.kpl import MAGIC, pack
-from recsys.consumer.producer import produce
-from recsys.consumer.sink import FirehoseSink
+from consumer.kpl import MAGIC, pack
+from consumer.producer import produce
+from consumer.sink import FirehoseSink
 
 
 async def _run_until(h: Any, env: Any, pool: Any, condition: Any, **kwargs: Any) -> Any:

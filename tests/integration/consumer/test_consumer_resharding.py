@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from recsys.consumer.setup import wait_stream_active
-from recsys.infra.aws import sync_client
+from consumer.setup import wait_stream_active
+from infra.aws import sync_client
 
 
 async def test_split_and_merge_mid_stream(

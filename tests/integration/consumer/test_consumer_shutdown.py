@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import asyncpg
 
-from recsys.consumer.sink import FirehoseSink
+from consumer.sink import FirehoseSink
 
 
 class StuckSink(FirehoseSink):

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from recsys.infra.suppression import SuppressionList
+from infra.suppression import SuppressionList
 
 
 async def test_suppressed_customers_are_checkpointed_past_and_never_delivered(

@@ -123,7 +123,7 @@ def sql_join(url: str) -> dict[tuple[int, str], dict[str, Any]]:
 
 
 def read_lake_files(lake_bytes: Callable[[str], bytes], dataset: str = "ratings_ml_training") -> pa.Table:
-    """The published run read with plain json + pyarrow (not through recsys.infra.lake)."""
+    """The published run read with plain json + pyarrow (not through infra.lake)."""
     pointer = json.loads(lake_bytes(f"{dataset}/_latest.json"))
     manifest = json.loads(lake_bytes(pointer["manifest"]))
     tables = [pq.read_table(pa.BufferReader(lake_bytes(key))) for key in manifest["files"]]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from recsys.etl.pipeline import run_etl
-from recsys.etl.seed import seed
+from etl.pipeline import run_etl
+from etl.seed import seed
 
 from .conftest import assert_matches_sql, local_bytes, new_mariadb, read_lake_files, sql_join
 

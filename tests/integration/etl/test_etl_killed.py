@@ -10,10 +10,10 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from recsys.etl.pipeline import run_etl
-from recsys.etl.seed import seed
-from recsys.infra.lake import complete_runs, latest_run, manifest_key, read_run, run_prefix
-from recsys.infra.objectstore import LocalStore
+from etl.pipeline import run_etl
+from etl.seed import seed
+from infra.lake import complete_runs, latest_run, manifest_key, read_run, run_prefix
+from infra.objectstore import LocalStore
 from recsys.stack import StackInfo
 
 

@@ -8,11 +8,11 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
+from etl.pipeline import run_etl
+from etl.seed import seed
+from infra.lake import latest_run, read_run
+from infra.objectstore import open_store
 from recsys.cli import main as cli
-from recsys.etl.pipeline import run_etl
-from recsys.etl.seed import seed
-from recsys.infra.lake import latest_run, read_run
-from recsys.infra.objectstore import open_store
 
 from .conftest import assert_matches_sql, new_mariadb, read_lake_files, s3_bytes, sql_join
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.etl.pipeline import run_etl
-from recsys.etl.seed import seed
-from recsys.etl.source import load_catalog
-from recsys.infra.lake import latest_run
-from recsys.infra.objectstore import LocalStore
+from etl.pipeline import run_etl
+from etl.seed import seed
+from etl.source import load_catalog
+from infra.lake import latest_run
+from infra.objectstore import LocalStore
 
 from .conftest import assert_matches_sql, local_bytes, new_mariadb, read_lake_files, sql_join
 

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import psutil
 
-from recsys.infra.pg import load_migrations, migrate
+from infra.pg import load_migrations, migrate
 from recsys.stack import LocalStack, StackInfo
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from recsys.infra.pg import create_pool, new_database
-from recsys.model_store.artifacts import export_trained
-from recsys.model_store.testing import catalog_bundle, synthetic_ratings
-from recsys.model_store.training import TrainedModel, fit
+from infra.pg import create_pool, new_database
+from model_store.artifacts import export_trained
+from model_store.testing import catalog_bundle, synthetic_ratings
+from model_store.training import TrainedModel, fit
 from recsys.settings import TrainSettings
 
 
@@ -66,7 +66,7 @@ class Catalog:
 
 @pytest.fixture(scope="session")
 def big_catalog(artifacts: Artifacts) -> Catalog:
-    from recsys.model_store.training import PopularItem, prepare
+    from model_store.training import PopularItem, prepare
 
     data = prepare(synthetic_ratings(n_customers=20_000, n_products=6_000, ratings_per_customer=1, seed=6))
     bundle = catalog_bundle(

@@ -12,10 +12,10 @@ import asyncpg
 import pyarrow.parquet as pq
 import pytest
 
+from infra.lake import LakeRun, new_run_id, publish_run, run_prefix
+from infra.objectstore import open_store
+from model_store.testing import synthetic_ratings
 from recsys.cli import main
-from recsys.infra.lake import LakeRun, new_run_id, publish_run, run_prefix
-from recsys.infra.objectstore import open_store
-from recsys.model_store.testing import synthetic_ratings
 
 
 def _publish(lake_uri: str, tmp_path: Path) -> str:

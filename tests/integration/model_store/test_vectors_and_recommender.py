@@ -8,15 +8,15 @@ import asyncpg
 import numpy as np
 import pytest
 
-from recsys.core.errors import ModelNotReady, NotFoundError
-from recsys.core.events import BrowseItem, UserFeatures
-from recsys.core.recommendations import RecommendRequest, Source
-from recsys.infra.objectstore import LocalStore
-from recsys.infra.pg import create_pool, new_database
-from recsys.model_store.artifacts import load_bundle
-from recsys.model_store.loader import NEIGHBOURS, exact_neighbours, load_vectors, table_names
-from recsys.model_store.model import load_state_dict
-from recsys.model_store.recommender import BadVector, ModelRecommender, feature_key
+from core.errors import ModelNotReady, NotFoundError
+from core.events import BrowseItem, UserFeatures
+from core.recommendations import RecommendRequest, Source
+from infra.objectstore import LocalStore
+from infra.pg import create_pool, new_database
+from model_store.artifacts import load_bundle
+from model_store.loader import NEIGHBOURS, exact_neighbours, load_vectors, table_names
+from model_store.model import load_state_dict
+from model_store.recommender import BadVector, ModelRecommender, feature_key
 
 from .conftest import Artifacts, Catalog
 
@@ -224,8 +224,8 @@ async def test_hot_reload_switches_between_batches(
 @pytest.fixture
 async def big_bundle(ms_database_url: str, big_catalog: Catalog) -> Any:
     """The 6000-item catalog, loaded and active."""
-    from recsys.infra.pg import connect
-    from recsys.model_store.loader import load_bundle_into
+    from infra.pg import connect
+    from model_store.loader import load_bundle_into
 
     conn = await connect(ms_database_url)
     try:
@@ -250,8 +250,8 @@ async def test_hnsw_path_recall_and_batch_identity_at_6000_items(
 ) -> None:
     from pgvector import Vector
 
-    from recsys.infra.pg import connect
-    from recsys.model_store.recommender import _batch_sql
+    from infra.pg import connect
+    from model_store.recommender import _batch_sql
 
     bundle = big_bundle
     conn = await connect(ms_database_url)

@@ -14,12 +14,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from recsys.core.errors import NotFoundError, UserError
-from recsys.core.events import UserFeatures
-from recsys.core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
-from recsys.infra.pg import create_pool, new_database
-from recsys.service.app import create_app
+from core.errors import NotFoundError, UserError
+from core.events import UserFeatures
+from core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
+from infra.pg import create_pool, new_database
 from recsys.settings import Settings, TrainSettings
+from service.app import create_app
 
 DIM = 32
 ITEMS = tuple(f"S10_{1000 + i}" for i in range(40))
@@ -139,7 +139,10 @@ def api_client(api_pool: asyncpg.Pool[Any], database_url: str) -> AppClient:
         settings = Settings(database_url=database_url, api_token=token, api=api or {})
         model = FakeRecommender() if recommender == "fake" else recommender
         app: FastAPI = create_app(
-            settings, pool=api_pool if shared_pool else None, recommender=model, open_model=open_model
+            settings.for_api(),
+            pool=api_pool if shared_pool else None,
+            recommender=model,
+            open_model=open_model,
         )
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
@@ -155,9 +158,9 @@ def api_client(api_pool: asyncpg.Pool[Any], database_url: str) -> AppClient:
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(artifacts URI, version): 60 customers (100..159), 50 products, a few epochs."""
-    from recsys.model_store.artifacts import export_trained
-    from recsys.model_store.testing import synthetic_ratings
-    from recsys.model_store.training import fit
+    from model_store.artifacts import export_trained
+    from model_store.testing import synthetic_ratings
+    from model_store.training import fit
 
     root: Path = tmp_path_factory.mktemp("api-artifacts")
     table = synthetic_ratings(n_customers=60, n_products=50, ratings_per_customer=20, seed=3)
@@ -167,7 +170,7 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
 @pytest.fixture(scope="session")
 async def model_db(database_url: str, small_model: tuple[str, str]) -> str:
-    from recsys.model_store.loader import load_vectors
+    from model_store.loader import load_vectors
 
     url = await new_database(database_url, "api")
     await load_vectors(url, *small_model)

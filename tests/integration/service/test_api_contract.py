@@ -10,9 +10,9 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from recsys.core.errors import ModelNotReady
-from recsys.core.recommendations import Recommendation, ScoredItem, SimilarItems
-from recsys.infra.latest import LatestRow, PgLatestStore
+from core.errors import ModelNotReady
+from core.recommendations import Recommendation, ScoredItem, SimilarItems
+from infra.latest import LatestRow, PgLatestStore
 
 from .conftest import DIM, ITEMS, KNOWN_CUSTOMER, UNKNOWN_CUSTOMER, AppClient, FakeRecommender
 
@@ -300,14 +300,14 @@ async def test_health_and_readiness(api_client: AppClient) -> None:
 async def test_readiness_reports_an_unreachable_database(database_url: str, api_client: AppClient) -> None:
     import asyncpg as apg
 
-    from recsys.infra.pg import create_pool
-    from recsys.service.app import create_app
+    from infra.pg import create_pool
     from recsys.settings import Settings
+    from service.app import create_app
 
     pool = await create_pool(database_url, min_size=0, max_size=1)
     await pool.close()  # a closed pool fails every acquire, like a database that went away
     settings = Settings(database_url=database_url)
-    app = create_app(settings, pool=pool, recommender=FakeRecommender())
+    app = create_app(settings.for_api(), pool=pool, recommender=FakeRecommender())
     import httpx
 
     async with app.router.lifespan_context(app):

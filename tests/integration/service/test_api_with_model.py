@@ -10,18 +10,18 @@ from typing import Any
 
 import httpx
 
-from recsys.infra.pg import create_pool
-from recsys.service.app import create_app
+from infra.pg import create_pool
 from recsys.settings import Settings
+from service.app import create_app
 
 
 @asynccontextmanager
 async def served(url: str, *, own_model: bool) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    from recsys.service.model import open_recommender
+    from service.model import open_recommender
 
     pool = await create_pool(url, min_size=1, max_size=4)
     recommender = None if own_model else await open_recommender(pool)
-    app = create_app(Settings(database_url=url), pool=pool, recommender=recommender)
+    app = create_app(Settings(database_url=url).for_api(), pool=pool, recommender=recommender)
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

@@ -18,8 +18,8 @@ import asyncpg
 import httpx
 import pytest
 
+from infra.aws import sync_client
 from recsys.commands.run import ApiLoop, running
-from recsys.infra.aws import sync_client
 
 from .conftest import run_settings
 
@@ -39,7 +39,7 @@ async def _until(predicate: Any, timeout_s: float, what: str) -> Any:
 async def test_run_consumes_serves_and_drains_on_stop(
     model_db: str, tmp_path: Path, aws_endpoint: str, api_loop: ApiLoop
 ) -> None:
-    from recsys.consumer.setup import ensure_delivery_stream, ensure_stream
+    from consumer.setup import ensure_delivery_stream, ensure_stream
 
     tag = uuid.uuid4().hex[:8]
     customer = 700_000 + uuid.uuid4().int % 100_000  # moto numbers every new stream's records alike

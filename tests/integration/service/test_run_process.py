@@ -29,7 +29,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from recsys.infra.aws import sync_client
+from infra.aws import sync_client
 
 from .conftest import AppClient, run_settings
 
@@ -55,7 +55,7 @@ def _families(text: str) -> dict[str, Any]:
 
 
 def _stream(tag: str) -> tuple[str, str, str]:
-    from recsys.consumer.setup import ensure_delivery_stream, ensure_stream
+    from consumer.setup import ensure_delivery_stream, ensure_stream
 
     stream, delivery = f"runp-{tag}", f"runp-out-{tag}"
     ensure_stream(stream, 1)
@@ -261,8 +261,8 @@ async def test_running_context_manager_in_process_mode(model_db: str, tmp_path: 
 
 
 def test_restart_delay_backs_off_then_gives_up() -> None:
+    from core.errors import InfraError
     from recsys.commands.run import restart_delay
-    from recsys.core.errors import InfraError
 
     restarts: list[float] = []
     delays = []

@@ -9,11 +9,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.compliance.lake import lake_changes
-from recsys.etl.pipeline import run_etl
-from recsys.etl.seed import seed
-from recsys.infra.lake import LakeRun, complete_runs, latest_run, manifest_key, read_run
-from recsys.infra.objectstore import LocalStore
+from compliance.lake import lake_changes
+from etl.pipeline import run_etl
+from etl.seed import seed
+from infra.lake import LakeRun, complete_runs, latest_run, manifest_key, read_run
+from infra.objectstore import LocalStore
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import gzip
 import orjson
 import pytest
 
-from recsys.compliance.records import (
+from compliance.records import (
     filter_dead_letters,
     filter_delivered,
     filter_embeddings_csv,

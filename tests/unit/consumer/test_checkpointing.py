@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recsys.core.checkpointing import CheckpointTracker, Position, is_after
+from core.checkpointing import CheckpointTracker, Position, is_after
 
 
 def test_positions_compare_as_numbers_then_sub_sequence() -> None:

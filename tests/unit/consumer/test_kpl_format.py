@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recsys.consumer.kpl import MAGIC, aggregate, deaggregate, pack
-from recsys.core.errors import BadRecord
+from consumer.kpl import MAGIC, aggregate, deaggregate, pack
+from core.errors import BadRecord
 
 KEYS = st.text(min_size=1, max_size=20)
 RECORDS = st.lists(st.tuples(KEYS, st.binary(max_size=300)), min_size=1, max_size=40)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys.core.leases import ExpiryObserver, LeaseView, backoff_delay, eligible, plan_takes
+from core.leases import ExpiryObserver, LeaseView, backoff_delay, eligible, plan_takes
 
 
 def lease(shard: str, owner: str | None, counter: int = 1, **kw: object) -> LeaseView:

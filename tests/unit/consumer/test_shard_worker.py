@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from recsys.consumer.deadletters import DeadLetter
-from recsys.consumer.kinesis import IteratorExpired, KinesisRecord, RecordsPage, ShardInfo, StartAt
-from recsys.consumer.kpl import pack
-from recsys.consumer.leases import HeldLease
-from recsys.consumer.shard import ConsumerStats, ShardOutcome, ShardWorker, event_id
-from recsys.consumer.sink import FirehoseSink
-from recsys.core.checkpointing import Position
-from recsys.core.errors import DatabaseUnavailable, LeaseLost, Throttled
-from recsys.core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
+from consumer.deadletters import DeadLetter
+from consumer.kinesis import IteratorExpired, KinesisRecord, RecordsPage, ShardInfo, StartAt
+from consumer.kpl import pack
+from consumer.leases import HeldLease
+from consumer.shard import ConsumerStats, ShardOutcome, ShardWorker, event_id
+from consumer.sink import FirehoseSink
+from core.checkpointing import Position
+from core.errors import DatabaseUnavailable, LeaseLost, Throttled
+from core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
 from recsys.settings import ConsumerSettings
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

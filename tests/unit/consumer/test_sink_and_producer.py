@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from recsys.consumer.kinesis import parse_initial_position
-from recsys.consumer.kpl import deaggregate
-from recsys.consumer.producer import ProduceSummary, produce, put_records
-from recsys.consumer.sink import MAX_BATCH_BYTES, MAX_RECORD_BYTES, FirehoseSink, batches
-from recsys.core.errors import ConfigError
+from consumer.kinesis import parse_initial_position
+from consumer.kpl import deaggregate
+from consumer.producer import ProduceSummary, produce, put_records
+from consumer.sink import MAX_BATCH_BYTES, MAX_RECORD_BYTES, FirehoseSink, batches
+from core.errors import ConfigError
 
 
 def test_batches_hold_at_most_500_records_and_4_mib() -> None:

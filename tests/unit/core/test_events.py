@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from recsys.core.errors import BadRecord
-from recsys.core.events import MAX_BROWSE_ITEMS, parse_event
+from core.errors import BadRecord
+from core.events import MAX_BROWSE_ITEMS, parse_event
 
 LAB_EVENT = {
     "session_id": "a1b2",

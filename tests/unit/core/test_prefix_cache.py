@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys.core.prefix_cache import PrefixCache
+from core.prefix_cache import PrefixCache
 
 
 def test_a_list_answers_shallower_asks_and_misses_deeper_ones() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recsys.core.events import BrowseItem
-from recsys.core.recommendations import ScoredItem, browse_order, exclude, merge_similar
+from core.events import BrowseItem
+from core.recommendations import ScoredItem, browse_order, exclude, merge_similar
 
 
 def items(*pairs: tuple[str, float]) -> list[ScoredItem]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,6 +20,13 @@ ECS = ROOT / "deploy" / "ecs"
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def top_packages() -> list[str]:
+    """The project's top-level packages, as pyproject.toml lists them for the wheel."""
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    return sorted({name.split(".")[0] for name in listed})
 
 
 @pytest.fixture(scope="session")

@@ -215,10 +215,10 @@ async def test_healthcheck_probes_the_api_liveness_route(runtime: Stage, rendere
 
     import httpx
 
-    from recsys.service.app import create_app
     from recsys.settings import Settings
+    from service.app import create_app
 
-    app = create_app(Settings())
+    app = create_app(Settings().for_api())
     assert "/readyz" in app.openapi()["paths"]  # the load balancer's target group health check
     # liveness answers without a database or a model (no lifespan runs here)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://task") as client:
@@ -286,7 +286,7 @@ def lock_pins(root: Path, lock: str = "requirements.lock") -> dict[str, str]:
 def test_image_installs_exactly_the_lock_with_cpu_torch(builder: Stage) -> None:
     copies = builder.all("COPY")
     lock_copy = next(i for i, a in enumerate(copies) if a.startswith("requirements.lock "))
-    source_copy = next(i for i, a in enumerate(copies) if a.split()[0] == "src")
+    source_copy = next(i for i, a in enumerate(copies) if a.split()[0] == "recsys")
     assert lock_copy < source_copy, "dependencies must be their own layer, before the source"
     installs = [a for a in builder.all("RUN") if "pip install" in a]
     assert len(installs) == 2
@@ -400,8 +400,8 @@ def test_dockerignore_sends_only_what_the_build_copies(root: Path, builder: Stag
     for source in sources:
         assert (root / source).exists(), f"COPY {source}: not in the repository"
         assert not dockerignore_excludes(patterns, source), f"COPY {source}: excluded by .dockerignore"
-    assert not dockerignore_excludes(patterns, "src/recsys/cli.py")
-    assert not dockerignore_excludes(patterns, "src/recsys/sql/0001_base.sql")
+    assert not dockerignore_excludes(patterns, "recsys/cli.py")
+    assert not dockerignore_excludes(patterns, "sql/0001_base.sql")
     for unwanted in (
         ".venv/bin/python",
         ".git/HEAD",
@@ -409,8 +409,8 @@ def test_dockerignore_sends_only_what_the_build_copies(root: Path, builder: Stag
         "tests/conftest.py",
         "bench/_harness.py",
         "deploy/ecs/vars.json",
-        "src/recsys/__pycache__/cli.cpython-311.pyc",
-        "src/recsys.egg-info/PKG-INFO",
+        "recsys/__pycache__/cli.cpython-311.pyc",
+        "recsys.egg-info/PKG-INFO",
         ".env",
     ):
         assert dockerignore_excludes(patterns, unwanted), f"{unwanted} would be sent to the build"
@@ -438,7 +438,7 @@ def _runtime_imports(package: Path) -> dict[str, set[str]]:
     return found
 
 
-def test_the_image_has_every_package_the_code_imports(root: Path) -> None:
+def test_the_image_has_every_package_the_code_imports(root: Path, top_packages: list[str]) -> None:
     """The image holds only requirements.lock: a runtime import of a dev-only package (httpx, packaging,
     pytest...) would work in the development venv and fail in the container. The embedded stack's
     packages (requirements-local.lock) may be imported by recsys/stack.py alone, which checks for
@@ -447,8 +447,12 @@ def test_the_image_has_every_package_the_code_imports(root: Path) -> None:
     local = set(lock_pins(root, "requirements-local.lock"))
     providers = importlib.metadata.packages_distributions()
     missing: list[str] = []
-    for module, where in sorted(_runtime_imports(root / "src" / "recsys").items()):
-        if module in sys.stdlib_module_names or module in ("recsys", "__future__"):
+    imports: dict[str, set[str]] = {}
+    for package in top_packages:
+        for module, where in _runtime_imports(root / package).items():
+            imports.setdefault(module, set()).update(where)
+    for module, where in sorted(imports.items()):
+        if module in sys.stdlib_module_names or module in {*top_packages, "__future__"}:
             continue
         dists = {canonicalize_name(d) for d in providers.get(module, [])}
         if dists & local and where == {"recsys/stack.py"}:

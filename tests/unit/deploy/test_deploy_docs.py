@@ -54,10 +54,10 @@ def test_every_recsys_command_in_the_guide_exists(guide: str) -> None:
 def test_every_metric_in_the_guide_is_registered(guide: str) -> None:
     from prometheus_client import REGISTRY
 
-    import recsys.consumer.metrics
-    import recsys.service.metrics
+    import consumer.metrics
+    import service.metrics
 
-    assert recsys.consumer.metrics.RECORDS_IN is not None and recsys.service.metrics.REQUESTS is not None
+    assert consumer.metrics.RECORDS_IN is not None and service.metrics.REQUESTS is not None
     registered = {metric.name for metric in REGISTRY.collect()}
     mentioned = set(re.findall(r"\brecsys_(?:consumer|api)_[a-z_]+", guide))
     assert len(mentioned) >= 10
@@ -75,7 +75,7 @@ def test_every_rendered_file_in_the_guide_exists(guide: str, rendered: dict[str,
 
 
 def test_lease_table_columns_in_the_guide_exist(guide: str, root: Path) -> None:
-    migration = "\n".join(p.read_text() for p in (root / "src/recsys/sql").glob("02*.sql"))
+    migration = "\n".join(p.read_text() for p in (root / "sql").glob("02*.sql"))
     (select,) = re.findall(r"SELECT ([a-z_, ]+)\nFROM kinesis_leases", guide)
     columns = [c.strip() for c in select.split(",")]
     columns += re.findall(r"SET (\w+) = NULL, (\w+) = ", guide)[0]

@@ -238,7 +238,7 @@ def test_every_kinesis_and_firehose_call_of_the_consumer_is_granted(
 ) -> None:
     """The consumer's code (not its local-stack setup or the demo producer) against the task role."""
     wanted = {_snake(op): f"{prefix}:{op}" for prefix in ("kinesis", "firehose") for op in operations(prefix)}
-    consumer = root / "src" / "recsys" / "consumer"
+    consumer = root / "consumer"
     paths = [p for p in consumer.rglob("*.py") if p.name not in {"setup.py", "producer.py"}]
     assert paths, "no consumer code found"
     called = _operation_names_in(paths, wanted)

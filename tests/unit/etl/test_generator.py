@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from recsys.etl.generator import (
+from etl.generator import (
     RatingModel,
     generate_customers,
     generate_products,

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.core.errors import ArtifactError, NotFoundError
-from recsys.infra.lake import (
+from core.errors import ArtifactError, NotFoundError
+from infra.lake import (
     COLUMNS,
     SCHEMA,
     TRAINING_DATASET,
@@ -25,7 +25,7 @@ from recsys.infra.lake import (
     read_run,
     run_prefix,
 )
-from recsys.infra.objectstore import LocalStore
+from infra.objectstore import LocalStore
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 

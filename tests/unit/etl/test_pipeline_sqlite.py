@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from recsys.core.errors import AwsError, SourceSchemaError
-from recsys.etl.pipeline import apply_retention, run_etl
-from recsys.infra.lake import complete_runs, latest_run, new_run_id, read_run, run_prefix
-from recsys.infra.objectstore import LocalStore
+from core.errors import AwsError, SourceSchemaError
+from etl.pipeline import apply_retention, run_etl
+from infra.lake import complete_runs, latest_run, new_run_id, read_run, run_prefix
+from infra.objectstore import LocalStore
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -194,7 +194,7 @@ def test_decimal_money_becomes_the_nearest_double() -> None:
     """Arrow's decimal cast gives 26.150000000000002 for 26.15; the ETL must not."""
     from decimal import Decimal
 
-    from recsys.etl.pipeline import rows_to_table
+    from etl.pipeline import rows_to_table
 
     row = (103, "Nantes", None, None, "France", Decimal("26.15"), "S10_1678", "Motorcycles", "1:10", 5)
     table = rows_to_table([(*row, Decimal("0.10"), Decimal("95.70"), 4), (*row, None, Decimal("1.1"), 2.5)])
@@ -220,7 +220,7 @@ def test_suppressed_customers_are_left_out(tmp_path: Path, partition_by: str) ->
 
 
 def test_a_customer_suppressed_during_the_run_stops_the_publish(tmp_path: Path) -> None:
-    from recsys.etl.pipeline import SuppressedDuringRun
+    from etl.pipeline import SuppressedDuringRun
 
     url = _source(tmp_path / "shop.db", UNIQUE, keyed=True)
     lake = str(tmp_path / "lake")

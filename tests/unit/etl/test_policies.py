@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys.etl.policies import RepeatReducer
+from etl.policies import RepeatReducer
 
 # (customer, product, rating, time)
 ROWS = [

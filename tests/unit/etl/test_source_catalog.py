@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from recsys.core.errors import ConfigError, SourceSchemaError
-from recsys.etl.source import CustomerRow, check_schema, describe_url, load_catalog, open_source
+from core.errors import ConfigError, SourceSchemaError
+from etl.source import CustomerRow, check_schema, describe_url, load_catalog, open_source
 
 
 def _shop(path: Path, *, with_country: bool = True) -> str:

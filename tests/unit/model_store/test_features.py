@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from recsys.core.errors import ArtifactError
-from recsys.model_store.features import (
+from core.errors import ArtifactError
+from model_store.features import (
     ITEM_SPEC,
     USER_SPEC,
     FeatureSpec,
     FeatureTransform,
     normalise_category,
 )
-from recsys.model_store.testing import synthetic_ratings
+from model_store.testing import synthetic_ratings
 
 
 def _columns() -> dict[str, list[Any]]:

@@ -13,12 +13,12 @@ import torch
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from torch import nn
 
+from core.errors import ArtifactError
+from infra.objectstore import LocalStore
+from model_store.artifacts import load_bundle
+from model_store.lab_import import import_lab_artifacts
+from model_store.testing import synthetic_ratings
 from recsys.cli import main
-from recsys.core.errors import ArtifactError
-from recsys.infra.objectstore import LocalStore
-from recsys.model_store.artifacts import load_bundle
-from recsys.model_store.lab_import import import_lab_artifacts
-from recsys.model_store.testing import synthetic_ratings
 
 
 class LabModel(nn.Module):
@@ -141,7 +141,7 @@ def test_a_pickle_that_is_not_a_scaler_is_refused(tmp_path: Path) -> None:
 def _lake(root: Path, table: Any) -> str:
     import pyarrow.parquet as pq
 
-    from recsys.infra.lake import LakeRun, new_run_id, publish_run, run_prefix
+    from infra.lake import LakeRun, new_run_id, publish_run, run_prefix
 
     store = LocalStore(str(root))
     run_id = new_run_id()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsys.model_store.loader import exact_neighbours, table_names
+from model_store.loader import exact_neighbours, table_names
 
 
 def test_exact_neighbours_exclude_self_sort_by_score_and_break_ties_by_index() -> None:

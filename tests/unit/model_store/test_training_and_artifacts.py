@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.core.errors import ArtifactError, NotFoundError, UserError
-from recsys.infra.objectstore import LocalStore
-from recsys.model_store.artifacts import (
+from core.errors import ArtifactError, NotFoundError, UserError
+from infra.objectstore import LocalStore
+from model_store.artifacts import (
     FILES,
     LATEST,
     MANIFEST,
@@ -20,9 +20,9 @@ from recsys.model_store.artifacts import (
     load_bundle,
     parse_vector,
 )
-from recsys.model_store.model import load_state_dict
-from recsys.model_store.testing import synthetic_ratings
-from recsys.model_store.training import TrainedModel, fit
+from model_store.model import load_state_dict
+from model_store.testing import synthetic_ratings
+from model_store.training import TrainedModel, fit
 from recsys.settings import TrainSettings
 
 TINY = TrainSettings(epochs=8, hidden=[16], batch_size=128, seed=11)
@@ -47,7 +47,7 @@ def test_embeddings_are_unit_vectors_of_dimension_32(trained: TrainedModel) -> N
     assert items.shape == (30, 32) and users.shape == (40, 32)
     np.testing.assert_allclose(np.linalg.norm(items, axis=1), 1.0, atol=1e-5)
     # the serving forward (numpy, row-independent) agrees with the torch tower
-    from recsys.model_store.model import TwoTower
+    from model_store.model import TwoTower
 
     model = TwoTower(trained.config)
     model.load_state_dict(trained.state_dict)

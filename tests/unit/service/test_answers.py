@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from recsys.core.errors import ModelNotReady
-from recsys.core.events import UserFeatures
-from recsys.core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems, Source
-from recsys.infra.latest import LatestRow
-from recsys.service.answers import answer_for
-from recsys.service.state import ModelSlot
+from core.errors import ModelNotReady
+from core.events import UserFeatures
+from core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems, Source
+from infra.latest import LatestRow
+from service.answers import answer_for
+from service.state import ModelSlot
 
 NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
-from recsys.core.errors import DatabaseUnavailable, ModelNotReady, NotFoundError, UserError
-from recsys.service.errors import install_error_handlers
-from recsys.service.middleware import RequestContextMiddleware
+from core.errors import DatabaseUnavailable, ModelNotReady, NotFoundError, UserError
+from service.errors import install_error_handlers
+from service.middleware import RequestContextMiddleware
 
 
 def _app() -> FastAPI:

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from recsys.core.errors import InfraError
-from recsys.service.server import bind_socket
+from core.errors import InfraError
+from service.server import bind_socket
 
 
 def test_accepted_connections_are_tcp_with_nodelay() -> None:

@@ -1,0 +1,54 @@
+"""What the consumer is handed by the wiring place: its tunables (``RECSYS_CONSUMER__*``) and where
+it reads from and writes to. The consumer never reads the environment or the process settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field, model_validator
+
+__all__ = ["ConsumerConfig", "ConsumerSettings"]
+
+
+class ConsumerSettings(BaseModel):
+    lease_duration_s: float = Field(6.0, gt=0.5, le=600)
+    lease_renew_interval_s: float = Field(2.0, gt=0.1, le=300)
+    lease_take_interval_s: float = Field(2.0, gt=0.1, le=300)
+    poll_interval_s: float = Field(0.25, ge=0.2, le=60, description=">= 0.2 s keeps under 5 GetRecords/s")
+    get_records_limit: int = Field(1000, ge=1, le=10_000)
+    batch_max_records: int = Field(500, ge=1, le=10_000, description="requests per recommender call")
+    batch_max_wait_ms: int = Field(
+        200, ge=0, le=60_000, description="how long records of a lagging shard may wait for the next page"
+    )
+    shutdown_deadline_s: float = Field(25.0, gt=0, le=110, description="below the ECS stopTimeout")
+    aws_call_timeout_s: float = Field(10.0, gt=0, le=120)
+    worker_id: str | None = Field(None, description="unset = <hostname>-<pid>-<random>; unique per process")
+    shard_sync_interval_s: float = Field(30.0, gt=0, le=3600, description="ListShards into the lease table")
+    model_refresh_interval_s: float = Field(30.0, gt=0, le=3600, description="look for a newer model")
+    recommend_k: int = Field(10, ge=1, le=100, description="recommended items per event")
+    cache_keys: int = Field(
+        10_000,
+        ge=0,
+        le=1_000_000,
+        description="user-feature keys (and browsed codes) whose candidate lists the active model "
+        "version keeps; 0 = no cache",
+    )
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> ConsumerSettings:
+        if self.lease_renew_interval_s * 2 > self.lease_duration_s:
+            raise ValueError(
+                "consumer.lease_renew_interval_s must be at most half of consumer.lease_duration_s"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """One consumer's part of the process settings."""
+
+    stream: str
+    delivery_stream: str
+    dead_letters: str  # URI: s3://bucket/prefix or a local folder
+    initial_position: str  # TRIM_HORIZON, LATEST or AT_TIMESTAMP:<iso>
+    tuning: ConsumerSettings

@@ -1,0 +1,263 @@
+"""``load_vectors``: a verified artifact version -> PostgreSQL + pgvector, switched on atomically.
+
+Per version: ``item_emb__<tag>`` and ``user_emb__<tag>`` tables (binary COPY through the pgvector
+codec), an HNSW index on the items, the exact item-to-item neighbours (top ``NEIGHBOURS``), the
+popular items, and a ``model_versions`` row holding the weights and feature parameters. Everything
+is written in ONE transaction that ends by making the version the active one and re-pointing the
+lab's ``item_emb`` / ``user_emb`` views: a reader sees the old version or the new one, never a mix,
+and a crashed load leaves nothing behind. Loads are serialised by an advisory lock.
+
+Index choice: the embeddings are L2-normalised, so inner product, cosine similarity and Euclidean
+distance rank identically; ``vector_ip_ops`` (``<#>``, the negative inner product) is the cheapest of
+the three (no norms per comparison) and its score is directly the model's predicted (scaled) rating.
+
+Retention: the newest ``keep`` versions stay loaded (the active one and its predecessors, so a
+process that has not refreshed yet keeps working and a rollback is a switch, not a reload); older
+ones are dropped after the switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+from core.errors import ConfigError, DatabaseUnavailable, NotFoundError
+from infra.logs import get_logger
+from infra.objectstore import open_store
+from infra.pg import connect
+from model_store.artifacts import ArtifactBundle, load_bundle
+
+__all__ = [
+    "HNSW_EF_CONSTRUCTION",
+    "HNSW_M",
+    "NEIGHBOURS",
+    "LoadSummary",
+    "activate_version",
+    "exact_neighbours",
+    "load_bundle_into",
+    "load_vectors",
+    "table_names",
+]
+
+log = get_logger(__name__)
+
+NEIGHBOURS = 100  # similar items stored per item (the API's largest limit)
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 256  # measured: recall@10 0.89 -> 0.96 at 10k items (ef_search 100), see docs
+_LOAD_LOCK = 0x7265637379730100  # "recsys" + 0x100
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSummary:
+    version: str
+    items: int
+    users: int
+    neighbours: int = 0
+    already_loaded: bool = False
+    dropped: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+def table_names(version: str) -> tuple[str, str]:
+    """(item table, user table) of a version: safe identifiers derived from the version id."""
+    tag = re.sub(r"[^a-z0-9]", "_", version.lower())
+    if not tag or len(tag) > 48:
+        raise NotFoundError(f"version id {version!r} cannot name a table")
+    return f"item_emb__{tag}", f"user_emb__{tag}"
+
+
+def exact_neighbours(
+    vectors: npt.NDArray[np.float32], k: int, chunk: int = 1024
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Exact top-``k`` by inner product for every row, itself excluded: (indices, scores), best first."""
+    n = vectors.shape[0]
+    k = max(0, min(k, n - 1))
+    idx = np.zeros((n, k), dtype=np.int64)
+    scores = np.zeros((n, k), dtype=np.float32)
+    if k == 0:
+        return idx, scores
+    for start in range(0, n, chunk):
+        sim = vectors[start : start + chunk] @ vectors.T
+        rows = np.arange(sim.shape[0])
+        sim[rows, start + rows] = -np.inf
+        part = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < n else np.argsort(-sim, axis=1)[:, :k]
+        part_scores = np.take_along_axis(sim, part, axis=1)
+        order = np.lexsort((part, -part_scores), axis=1)  # score desc, then index: deterministic
+        idx[start : start + chunk] = np.take_along_axis(part, order, axis=1)
+        scores[start : start + chunk] = np.take_along_axis(part_scores, order, axis=1)
+    return idx, scores
+
+
+async def _version_state(conn: asyncpg.Connection[Any], version: str) -> tuple[bool, bool]:
+    """(has a row, its tables exist)."""
+    row = await conn.fetchrow("SELECT item_table, user_table FROM model_versions WHERE version = $1", version)
+    if row is None:
+        return False, False
+    exist = await conn.fetchval(
+        "SELECT count(*) FROM pg_class WHERE relname = ANY($1::text[]) AND relkind = 'r'",
+        [row["item_table"], row["user_table"]],
+    )
+    return True, exist == 2
+
+
+async def activate_version(conn: asyncpg.Connection[Any], version: str) -> None:
+    """Make ``version`` the active one and point the lab's views at it (call inside a transaction)."""
+    row = await conn.fetchrow(
+        "SELECT item_table, user_table, dimension FROM model_versions WHERE version = $1", version
+    )
+    if row is None:
+        raise NotFoundError(f"version {version} is not loaded")
+    item_table, user_table, dim = row["item_table"], row["user_table"], int(row["dimension"])
+    await conn.execute("UPDATE model_versions SET active = false, activated_at = activated_at WHERE active")
+    await conn.execute(
+        "UPDATE model_versions SET active = true, activated_at = now() WHERE version = $1", version
+    )
+    await conn.execute(
+        f"""
+        DROP VIEW IF EXISTS item_emb;
+        DROP VIEW IF EXISTS user_emb;
+        CREATE VIEW item_emb AS SELECT id, embedding::vector({dim}) AS embedding FROM {item_table};
+        CREATE VIEW user_emb AS SELECT id, embedding::vector({dim}) AS embedding FROM {user_table};
+        """
+    )
+
+
+async def load_bundle_into(
+    conn: asyncpg.Connection[Any], bundle: ArtifactBundle, keep: int = 3
+) -> LoadSummary:
+    """Load (or re-activate) ``bundle`` on ``conn``; see the module docstring for the guarantees."""
+    started = time.perf_counter()
+    version = bundle.version
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOAD_LOCK)
+    try:
+        has_row, complete = await _version_state(conn, version)
+        neighbours = 0
+        async with conn.transaction():
+            if has_row and complete:
+                log.info("version %s is already loaded; switching to it", version)
+            else:
+                neighbours = await _load_tables(conn, bundle, has_row)
+            await activate_version(conn, version)
+        dropped = await _drop_old(conn, keep)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOAD_LOCK)
+    summary = LoadSummary(
+        version,
+        len(bundle.item_ids),
+        len(bundle.user_ids),
+        neighbours,
+        already_loaded=has_row and complete,
+        dropped=tuple(dropped),
+        seconds=time.perf_counter() - started,
+    )
+    log.info(
+        "version %s active: %d items, %d users, %d neighbour lists in %.2f s",
+        version,
+        summary.items,
+        summary.users,
+        summary.neighbours,
+        summary.seconds,
+    )
+    return summary
+
+
+async def _load_tables(conn: asyncpg.Connection[Any], bundle: ArtifactBundle, has_row: bool) -> int:
+    version = bundle.version
+    item_table, user_table = table_names(version)
+    dim = bundle.config.embedding_dim
+    if has_row:  # a row without its tables (dropped by hand): start over
+        await conn.execute("DELETE FROM model_versions WHERE version = $1", version)
+    await conn.execute(
+        f"""
+        DROP TABLE IF EXISTS {item_table};
+        DROP TABLE IF EXISTS {user_table};
+        CREATE TABLE {item_table} (id varchar PRIMARY KEY, embedding vector({dim}) NOT NULL);
+        CREATE TABLE {user_table} (id integer PRIMARY KEY, embedding vector({dim}) NOT NULL);
+        """
+    )
+    await conn.copy_records_to_table(
+        item_table,
+        records=list(zip(bundle.item_ids, bundle.item_vectors, strict=True)),
+        columns=["id", "embedding"],
+    )
+    await conn.copy_records_to_table(
+        user_table,
+        records=list(zip(bundle.user_ids, bundle.user_vectors, strict=True)),
+        columns=["id", "embedding"],
+    )
+    await conn.execute(
+        f"CREATE INDEX ON {item_table} USING hnsw (embedding vector_ip_ops) "
+        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+    )
+    await conn.execute(f"ANALYZE {item_table}; ANALYZE {user_table}")
+    manifest = bundle.stored_manifest or bundle.manifest({})
+    await conn.execute(
+        """INSERT INTO model_versions (version, item_table, user_table, dimension, items, users, manifest,
+                                       model_config, user_features, item_features, weights)
+           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10::jsonb, $11)""",
+        version,
+        item_table,
+        user_table,
+        dim,
+        len(bundle.item_ids),
+        len(bundle.user_ids),
+        json.dumps(manifest),
+        json.dumps(bundle.config.to_json()),
+        json.dumps(bundle.user_transform.to_json()),
+        json.dumps(bundle.item_transform.to_json()),
+        bundle.weights,
+    )
+    idx, scores = await asyncio.to_thread(exact_neighbours, bundle.item_vectors, NEIGHBOURS)
+    ids = bundle.item_ids
+    await conn.copy_records_to_table(
+        "item_neighbours",
+        records=[(version, ids[i], [ids[j] for j in idx[i]], scores[i].tolist()) for i in range(len(ids))],
+        columns=["version", "id", "neighbour_ids", "scores"],
+    )
+    await conn.copy_records_to_table(
+        "popular_items",
+        records=[(version, r, p.id, p.score, p.count) for r, p in enumerate(bundle.popular)],
+        columns=["version", "rank", "id", "score", "ratings"],
+    )
+    return len(ids)
+
+
+async def _drop_old(conn: asyncpg.Connection[Any], keep: int) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT version, item_table, user_table FROM model_versions "
+        "WHERE NOT active ORDER BY version DESC OFFSET $1",
+        max(0, keep - 1),
+    )
+    dropped = []
+    for row in rows:
+        async with conn.transaction():
+            await conn.execute("DELETE FROM model_versions WHERE version = $1", row["version"])
+            await conn.execute(f"DROP TABLE IF EXISTS {row['item_table']}, {row['user_table']}")
+        dropped.append(str(row["version"]))
+    if dropped:
+        log.info("dropped old versions %s", ", ".join(dropped))
+    return dropped
+
+
+async def load_vectors(
+    database_url: str, artifacts_uri: str, version: str | None = None, keep: int = 3
+) -> LoadSummary:
+    """Verify ``version`` (default: latest) under ``artifacts_uri`` and make it the active version."""
+    bundle = await asyncio.to_thread(load_bundle, open_store(artifacts_uri), version)
+    conn = await connect(database_url)
+    try:
+        return await load_bundle_into(conn, bundle, keep=keep)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedObjectError) as exc:
+        raise ConfigError(f"the vector tables are missing ({exc}); run `recsys migrate` first") from exc
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"loading vectors failed: {exc}") from exc
+    finally:
+        await asyncio.shield(conn.close())

@@ -1,0 +1,108 @@
+"""``recsys consume``: the streaming consumer (Kinesis -> recommender -> Firehose), until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from typing import TYPE_CHECKING
+
+from recsys import bootstrap
+from recsys.commands._common import add_command, flag, run_async, settings_from
+from recsys.settings import Settings
+
+if TYPE_CHECKING:
+    from consumer.shard import ConsumerStats
+
+__all__ = ["register"]
+
+DEFAULT_EMULATOR_OUTPUT = "s3://recsys-output/recommendations"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_command(
+        sub,
+        "consume",
+        "read browsing events from Kinesis, deliver recommendations through Firehose",
+        "A KCL-style consumer: shard leases and checkpoints in PostgreSQL, KPL de-aggregation, one "
+        "recommender call per batch, Firehose delivery, dead letters for bad records. Runs until "
+        "SIGTERM/SIGINT, then drains, checkpoints and releases its leases. See docs/consumer.md.",
+    )
+    flag(parser, "--stream", "the Kinesis stream to read", metavar="NAME")
+    flag(parser, "--delivery-stream", "the Firehose delivery stream to write", metavar="NAME")
+    flag(
+        parser,
+        "--dead-letters",
+        "where bad records go: s3://bucket/prefix or a folder (default: <state dir>/dead-letters)",
+        metavar="URI",
+    )
+    flag(
+        parser,
+        "--initial-position",
+        "where a shard without a checkpoint starts: TRIM_HORIZON, LATEST or AT_TIMESTAMP:<ISO time>",
+        metavar="P",
+    )
+    flag(parser, "--database-url", "PostgreSQL URL; unset = the embedded stack", metavar="URL")
+    flag(
+        parser,
+        "--output",
+        "on an emulator only: create the delivery stream, writing to this S3 prefix, if it is "
+        f"missing (default: {DEFAULT_EMULATOR_OUTPUT})",
+        metavar="URI",
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from consumer.kinesis import parse_initial_position
+
+    settings = settings_from(args)
+    parse_initial_position(settings.initial_position)  # a bad value is reported before connecting
+    url = bootstrap.database_url(settings)
+    if bootstrap.prepare_aws(settings):
+        from consumer.setup import ensure_delivery_stream
+
+        ensure_delivery_stream(settings.delivery_stream, args.output or DEFAULT_EMULATOR_OUTPUT)
+        if settings.dead_letters:
+            bootstrap.prepare_aws(settings, settings.dead_letters)  # creates the bucket on the emulator
+    stats = run_async(_consume(settings, url))
+    print(
+        f"consumer stopped: {stats.records_in} records in, {stats.delivered} delivered, "
+        f"{stats.dead_lettered} dead-lettered"
+    )
+    return 0
+
+
+async def _consume(settings: Settings, url: str) -> ConsumerStats:
+    from consumer import metrics
+    from consumer.app import Consumer
+    from infra.latest import PgLatestStore
+    from infra.pg import migrate, pool
+    from infra.suppression import SuppressionList
+    from model_store.recommender import ModelRecommender
+    from recsys.commands.serve import freeze_heap
+
+    await migrate(url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with pool(url, min_size=2, max_size=10) as pg:
+        recommender = await ModelRecommender.open(
+            pg,
+            ef_search=settings.ef_search,
+            cache_keys=settings.consumer.cache_keys,
+            observe=metrics.observe_cache,
+        )
+        suppression = await SuppressionList.load(pg)
+        freeze_heap()  # start-up's long-lived objects out of the GC's way (bench: ~1.5x recommend_batch)
+        try:
+            consumer = Consumer(
+                settings.for_consumer(), pg, recommender, PgLatestStore(pg), suppression=suppression
+            )
+            await consumer.run(stop)
+        finally:
+            await asyncio.shield(recommender.close())
+    return consumer.stats

@@ -1,0 +1,47 @@
+"""``recsys load-vectors``: a verified artifact version -> pgvector, switched on atomically."""
+
+from __future__ import annotations
+
+import argparse
+
+from recsys import bootstrap
+from recsys.commands._common import add_command, flag, run_async, settings_from
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_command(
+        sub,
+        "load-vectors",
+        "load an artifact version into PostgreSQL + pgvector and make it the active version",
+        "Verify every file of the version (sha256 in its manifest), bulk-load the item and user "
+        "embeddings with binary COPY into per-version tables with an HNSW index, precompute the "
+        "item-to-item neighbours, store the weights and feature parameters, and switch the active "
+        "version (and the item_emb/user_emb views) in one transaction. Loading a version that is "
+        "already loaded just switches to it (a rollback). See docs/model.md.",
+    )
+    flag(parser, "--artifacts", "ml-artifacts URI: s3://bucket/prefix or a local folder", metavar="URI")
+    flag(parser, "--version", "the artifact version to load (default: the latest)", metavar="V")
+    flag(parser, "--database-url", "PostgreSQL URL; unset = the embedded stack", metavar="URL")
+    flag(parser, "--keep", "loaded versions to keep, the active one included (default: 3)", type=int)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from core.errors import ConfigError
+    from model_store.loader import load_vectors
+
+    settings = settings_from(args)
+    artifacts = bootstrap.require(settings.artifacts, "--artifacts")
+    keep = 3 if args.keep is None else int(args.keep)
+    if keep < 1:
+        raise ConfigError(f"--keep must be at least 1, got {keep}")
+    bootstrap.prepare_aws(settings, artifacts)
+    url = bootstrap.database_url(settings)
+    summary = run_async(load_vectors(url, artifacts, args.version, keep=keep))
+    how = "already loaded, switched to it" if summary.already_loaded else f"loaded in {summary.seconds:.2f} s"
+    print(f"active version {summary.version}: {summary.items} items, {summary.users} users ({how})")
+    if summary.dropped:
+        print(f"dropped old versions: {', '.join(summary.dropped)}")
+    return 0

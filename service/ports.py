@@ -1,0 +1,50 @@
+"""What the API needs from the recommender beyond ``core.ports.Recommender``.
+
+The model store's ``ModelRecommender`` provides all of it; the tests use a deterministic fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from core.events import UserFeatures
+from core.ports import Recommender
+from core.recommendations import Recommendation, ScoredItem
+
+__all__ = ["LabRecommender", "ServingRecommender"]
+
+
+class LabRecommender(Recommender, Protocol):
+    """``Recommender`` plus the lab's inference operations and the model's lifetime."""
+
+    async def user_embeddings(self, features: Sequence[UserFeatures]) -> list[list[float]]:
+        """One user-tower embedding per feature row, in order (the lab's ``user_embeddings``)."""
+        ...
+
+    async def items_from_vector(self, vector: Sequence[float], k: int) -> list[ScoredItem]:
+        """The ``k`` items nearest to ``vector``.
+
+        Raises a ``UserError`` subclass when the vector has the wrong dimension or non-finite values.
+        """
+        ...
+
+    async def refresh(self) -> bool:
+        """Switch to a newer active model version if there is one; True when it switched."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the recommender holds (executors); the pool is not its to close."""
+        ...
+
+
+class ServingRecommender(LabRecommender, Protocol):
+    """Everything the HTTP API asks of the model."""
+
+    async def recommend_customer(self, customer_number: int, k: int) -> Recommendation | None:
+        """The model's answer for a known customer, from the stored profile and the current model.
+
+        Returns ``None`` when the current model version does not know the customer (the API then
+        answers with popular items). CPU work off the event loop.
+        """
+        ...

@@ -1,5 +1,0 @@
-"""The FastAPI sidecar: routes, schemas, auth, metrics.
-
-``create_app(settings, pool=..., recommender=...)`` in :mod:`recsys.service.app` is the entry point;
-HTTP status mapping of the error hierarchy lives only in :mod:`recsys.service.errors`.
-"""
