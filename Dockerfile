@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # The recsys image: `recsys run` (Kinesis consumer + HTTP API in one process) by default; the same
 # image runs the one-off tasks with another command: migrate, etl, train, load-vectors.
 #
@@ -18,20 +16,32 @@ ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim-bookworm AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_INPUT=1 \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH
+    PIP_NO_INPUT=1
 
-RUN python -m venv /opt/venv
+# No pip (nor the setuptools that comes with it) in the virtualenv: the base's pip installs into it
+# (`--python`), so the venv holds requirements.lock and the project, nothing else.
+RUN python -m venv --without-pip /opt/venv
 
 # Dependencies in their own layer: it is rebuilt only when requirements.lock changes. The lock is the
 # complete set of exact pins (--no-deps installs nothing else; pip check proves it is consistent).
+# PIP_EXTRA tells pip where torch==2.13.0+cpu is: the PyTorch CPU index, a mirror, or a wheel folder
+# (`--find-links http://...`; deploy/image/build.sh serves pip's local find-links folder so).
+# Then what nothing runs is deleted: test suites (`tests`, `test`: torch's are C++ test programs),
+# C/C++ headers (`include`), torch's test and build tools in torch/bin (torch_shm_manager stays: torch
+# multiprocessing uses it), torch's CMake files, pyarrow's Cython sources. License files stay.
+ARG PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
 COPY requirements.lock /tmp/requirements.lock
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps --require-virtualenv \
-        --extra-index-url https://download.pytorch.org/whl/cpu \
+    python -m pip --python /opt/venv/bin/python install --no-deps --require-virtualenv ${PIP_EXTRA} \
         -r /tmp/requirements.lock \
-    && pip check
+    && python -m pip --python /opt/venv/bin/python check \
+    && cd /opt/venv/lib/python*/site-packages \
+    && find . -name '*.dist-info' -prune -o -type d \( -name tests -o -name test -o -name include \) \
+        -prune -exec rm -rf {} + \
+    && find torch/bin -mindepth 1 ! -name torch_shm_manager -exec rm -rf {} + \
+    && rm -rf torch/share \
+    && find pyarrow -type f \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.h' -o -name '*.cc' \) \
+        -delete
 
 # The project itself (its dependencies are already there).
 COPY pyproject.toml README.md /src/
@@ -45,8 +55,8 @@ COPY service /src/service
 COPY compliance /src/compliance
 COPY sql /src/sql
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps --require-virtualenv /src \
-    && recsys --version
+    python -m pip --python /opt/venv/bin/python install --no-deps --require-virtualenv /src \
+    && /opt/venv/bin/recsys --version
 
 # ---- runtime: the slim base, the virtualenv, a non-root user -------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
