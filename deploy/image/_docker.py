@@ -7,7 +7,7 @@ import os
 import shlex
 import subprocess
 
-__all__ = ["docker_command", "gzipped_size", "image_size", "inspect_size"]
+__all__ = ["GzippedSize", "docker_command", "inspect_size"]
 
 
 def docker_command() -> list[str]:
@@ -23,23 +23,35 @@ def inspect_size(name: str) -> int:
     return int(done.stdout)
 
 
-def gzipped_size(image: str) -> int:
-    """What `docker save | gzip -6` makes of the image: about what a registry stores and pulls."""
-    save = subprocess.Popen([*docker_command(), "save", image], stdout=subprocess.PIPE)
-    gzip = subprocess.Popen(["gzip", "-6"], stdin=save.stdout, stdout=subprocess.PIPE)
-    assert save.stdout is not None and gzip.stdout is not None
-    save.stdout.close()
-    total = 0
-    while chunk := gzip.stdout.read(1 << 20):
-        total += len(chunk)
-    if gzip.wait() != 0 or save.wait() != 0:
-        raise RuntimeError(f"docker save {image} | gzip failed")
-    return total
+class GzippedSize:
+    """`docker save IMAGE | gzip -6 | wc -c`, started at once: about what a registry stores and
+    pulls. ``result()`` waits for it; ``cancel()`` stops it."""
 
+    def __init__(self, image: str) -> None:
+        self.image = image
+        self._save = subprocess.Popen([*docker_command(), "save", image], stdout=subprocess.PIPE)
+        self._gzip = subprocess.Popen(["gzip", "-6"], stdin=self._save.stdout, stdout=subprocess.PIPE)
+        self._count = subprocess.Popen(
+            ["wc", "-c"], stdin=self._gzip.stdout, stdout=subprocess.PIPE, text=True
+        )
+        for pipe in (self._save.stdout, self._gzip.stdout):
+            if pipe is not None:
+                pipe.close()  # each pipe is read by the next process only
 
-def image_size(image: str, gzipped: bool = True) -> str:
-    """One line: the image's size uncompressed and, with ``gzipped``, compressed."""
-    line = f"image {image}: {inspect_size(image) / 1e6:,.0f} MB uncompressed"
-    if gzipped:
-        line += f", {gzipped_size(image) / 1e6:,.0f} MB gzipped (docker save | gzip -6)"
-    return line
+    def result(self) -> int:
+        out, _ = self._count.communicate()
+        if self._gzip.wait() != 0 or self._save.wait() != 0:
+            raise RuntimeError(f"docker save {self.image} | gzip failed")
+        return int(out.strip())
+
+    def cancel(self) -> None:
+        for process in (self._save, self._gzip, self._count):
+            process.kill()
+            process.wait()
+
+    def line(self) -> str:
+        """One line: the image's size uncompressed and gzipped."""
+        return (
+            f"image {self.image}: {inspect_size(self.image) / 1e6:,.0f} MB uncompressed, "
+            f"{self.result() / 1e6:,.0f} MB gzipped (docker save | gzip -6)"
+        )

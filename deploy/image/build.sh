@@ -62,9 +62,12 @@ fail() {
 WORK=$(mktemp -d)
 OWN_DAEMON=
 WHEEL_SERVER=
+CHILD=
 cleanup() {
     local status=$?
     set +e
+    # the long step in hand first (the smoke test removes its containers and stops its stack)
+    [ -n "$CHILD" ] && kill -TERM "$CHILD" 2>/dev/null && wait "$CHILD" 2>/dev/null
     [ -n "$WHEEL_SERVER" ] && kill "$WHEEL_SERVER" 2>/dev/null && wait "$WHEEL_SERVER" 2>/dev/null
     [ -n "$OWN_DAEMON" ] && stop_daemon
     rm -rf "$WORK"
@@ -73,6 +76,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# A long step runs in the background and is waited for: a signal to this script then interrupts the
+# wait at once (bash runs traps only between commands) and cleanup() stops the step.
+long_step() {
+    "$@" &
+    CHILD=$!
+    local status=0
+    wait "$CHILD" || status=$?
+    CHILD=
+    return "$status"
+}
 
 # ---- the engine ---------------------------------------------------------------------------------
 
@@ -135,8 +149,9 @@ find_engine() {
         DOCKER=docker
         if ! docker buildx version >/dev/null 2>&1; then
             # the legacy builder rejects RUN --mount; Debian's docker.io CLI has BuildKit built in
-            [ -x /usr/bin/docker ] && DOCKER=/usr/bin/docker ||
+            [ -x /usr/bin/docker ] ||
                 fail "this docker CLI has no buildx plugin, and the legacy builder cannot build the Dockerfile (RUN --mount): install buildx"
+            DOCKER=/usr/bin/docker
         fi
         say "engine: the running Docker engine ($("$DOCKER" version --format '{{.Server.Version}}'))"
         return 0
@@ -162,7 +177,7 @@ build_stand_in() {
     local root=$WORK/rootfs
     mkdir -p "$CACHE/debs"
     say "building the stand-in base: debootstrap --variant=minbase bookworm + Debian's python$PYTHON_VERSION"
-    debootstrap --variant=minbase --cache-dir="$CACHE/debs" \
+    long_step debootstrap --variant=minbase --cache-dir="$CACHE/debs" \
         --include="python$PYTHON_VERSION,python$PYTHON_VERSION-venv,python3-pip,ca-certificates" \
         bookworm "$root" "$DEBIAN_MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
         { tail -n 20 "$WORK/debootstrap.log" >&2; fail "debootstrap failed"; }
@@ -223,14 +238,19 @@ serve_find_links() {
     folder=$(python3 -m pip config list 2>/dev/null | sed -n "s/^[^=]*find-links='\([^' ]*\).*$/\1/p" | head -n 1)
     folder=${folder#file://}
     [ -n "$folder" ] && [ -d "$folder" ] || return 0
+    # a fixed port when it is free: the build argument (so the dependency layer's cache key) stays the same
     python3 -c '
 import functools, http.server, sys
 class Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args): pass
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=sys.argv[1]))
+handler = functools.partial(Quiet, directory=sys.argv[1])
+try:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), handler)
+except OSError:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 print(server.server_address[1], flush=True)
 server.serve_forever()
-' "$folder" >"$WORK/wheel-port" &
+' "$folder" "${RECSYS_WHEEL_PORT:-47813}" >"$WORK/wheel-port" &
     WHEEL_SERVER=$!
     for _ in $(seq 100); do
         [ -s "$WORK/wheel-port" ] && break
@@ -261,8 +281,8 @@ PIP_EXTRA=${PIP_EXTRA:-}
 build_args=(--network host --tag "$IMAGE")
 [ -n "$PIP_EXTRA" ] && build_args+=(--build-arg "PIP_EXTRA=$PIP_EXTRA")
 built=$SECONDS
-"$DOCKER" build "${build_args[@]}" .
-say "built $IMAGE in $((SECONDS - built)) s ($((SECONDS - started)) s with the base); base: $BASE_USED"
+long_step "$DOCKER" build "${build_args[@]}" .
+say "built $IMAGE in $((SECONDS - built)) s ($((SECONDS - started)) s with the base)"
 # our own engine's data root keeps the layer cache, not the images that new builds replaced
 [ -n "$OWN_DAEMON" ] && "$DOCKER" image prune --force >/dev/null
 say "$IMAGE: $("$DOCKER" image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1 / 1e6}') uncompressed"
@@ -271,6 +291,7 @@ case $ACTION in test | sizes)
     [ -x "$SMOKE_PYTHON" ] || fail "$SMOKE_PYTHON is missing: run \`make install-dev\` first"
     module=deploy.image.smoke
     [ "$ACTION" = sizes ] && module=deploy.image.sizes
-    DOCKER=$DOCKER "$SMOKE_PYTHON" -m "$module" --image "$IMAGE"
+    export DOCKER
+    long_step "$SMOKE_PYTHON" -m "$module" --image "$IMAGE"
     ;;
 esac

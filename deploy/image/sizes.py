@@ -23,7 +23,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from deploy.image._docker import docker_command, image_size, inspect_size
+from deploy.image._docker import GzippedSize, docker_command, inspect_size
 
 __all__ = ["PURPOSE", "Package", "base_of", "main", "needed_by", "table"]
 
@@ -216,7 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = base_of((Path(__file__).resolve().parents[2] / "Dockerfile").read_text())
     image_bytes = inspect_size(args.image)
-    print(image_size(args.image, gzipped=not args.no_gzip))
+    if args.no_gzip:
+        print(f"image {args.image}: {image_bytes / 1e6:,.0f} MB uncompressed")
+    else:
+        print(GzippedSize(args.image).line())
     print()
     print("\n".join(table(probe(args.image), base, inspect_size(base), image_bytes, args.top)))
     return 0

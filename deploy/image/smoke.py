@@ -25,10 +25,10 @@ image's size.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from deploy.image._docker import docker_command, image_size
+from deploy.image._docker import GzippedSize, docker_command
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "recsys-smoke"
@@ -485,9 +485,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--recsys", type=Path, default=ROOT / ".venv" / "bin" / "recsys",
                         help="the checkout's recsys, for the embedded stack")  # fmt: skip
     args = parser.parse_args(argv)
+    # SIGTERM (build.sh's cleanup, a CI time limit) unwinds like an error: containers removed, stack down
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     container = container_definition()
-    with tempfile.TemporaryDirectory() as work, concurrent.futures.ThreadPoolExecutor(1) as pool:
-        size = pool.submit(image_size, args.image)  # docker save | gzip, meanwhile
+    size = GzippedSize(args.image)  # meanwhile
+    with tempfile.TemporaryDirectory() as work:
         docker = Docker(
             command=docker_command(),
             image=args.image,
@@ -500,11 +502,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_image(docker, args.recsys)
             check_service(docker, args.recsys, container)
         except SmokeFailure as exc:
+            size.cancel()
             say(f"FAILED: {exc}")
             return 1
+        except BaseException:
+            size.cancel()
+            raise
         finally:
             docker.remove_created()
-        say(size.result())
+    say(size.line())
     return 0
 
 
