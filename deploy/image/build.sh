@@ -8,7 +8,7 @@
 # The engine. A Docker engine that answers (`docker info`) is used as it is. Where none does, this
 # script provides one for its own duration and stops it on exit, failure included: Debian's
 # docker.io (installed with apt-get when missing), dockerd with no bridge, no iptables and no IP
-# forwarding, its own data root (RECSYS_DOCKER_ROOT, /var/lib/recsys-docker: the layer cache and
+# forwarding, its own data root (IMAGE_DOCKER_ROOT, /var/lib/recsys-docker: the layer cache and
 # pip's download cache outlive the run) and exec root; every build and container uses the host's
 # network. It uses that package's docker CLI (/usr/bin/docker), which builds with BuildKit by
 # itself: a newer CLI without the buildx plugin falls back to the legacy builder, which rejects
@@ -19,7 +19,7 @@
 # python3.11, python3.11-venv, python3-pip, ca-certificates; `python` and `python3` in
 # /usr/local/bin as in the official image; this machine's extra CA certificates, so that pip works
 # behind a TLS-intercepting proxy; documentation and translations removed as Debian's slim images
-# do, copyright files kept), cached under RECSYS_IMAGE_CACHE (/var/cache/recsys-image) and imported
+# do, copyright files kept), cached under IMAGE_CACHE (/var/cache/recsys-image) and imported
 # under the official name with the label recsys.stand-in-base. The output says which base was used.
 #
 # torch. PIP_EXTRA is passed to the build's pip (default: the Dockerfile's, the PyTorch CPU
@@ -42,9 +42,9 @@ VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)
 IMAGE=${IMAGE:-recsys:$VERSION}
 PYTHON_VERSION=$(sed -n 's/^ARG PYTHON_VERSION=//p' Dockerfile)
 BASE=python:$PYTHON_VERSION-slim-bookworm
-DOCKER_ROOT=${RECSYS_DOCKER_ROOT:-/var/lib/recsys-docker}
-DOCKER_RUN=${RECSYS_DOCKER_EXEC_ROOT:-/run/recsys-docker}
-CACHE=${RECSYS_IMAGE_CACHE:-/var/cache/recsys-image}
+DOCKER_ROOT=${IMAGE_DOCKER_ROOT:-/var/lib/recsys-docker}
+DOCKER_RUN=${IMAGE_DOCKER_EXEC_ROOT:-/run/recsys-docker}
+CACHE=${IMAGE_CACHE:-/var/cache/recsys-image}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SMOKE_PYTHON=${SMOKE_PYTHON:-.venv/bin/python}
 # the stand-in's recipe: bump the version when the recipe changes, so that a cached one is rebuilt
@@ -70,7 +70,10 @@ cleanup() {
     [ -n "$CHILD" ] && kill -TERM "$CHILD" 2>/dev/null && wait "$CHILD" 2>/dev/null
     [ -n "$WHEEL_SERVER" ] && kill "$WHEEL_SERVER" 2>/dev/null && wait "$WHEEL_SERVER" 2>/dev/null
     [ -n "$OWN_DAEMON" ] && stop_daemon
-    rm -rf "$WORK"
+    # an interrupted debootstrap may leave /proc, /sys or /dev mounted in its target: never delete
+    # through a mount point
+    findmnt -rn -o TARGET | grep "^$WORK/" | sort -r | xargs -r umount -l
+    rm -rf --one-file-system "$WORK"
     exit "$status"
 }
 trap cleanup EXIT
@@ -250,7 +253,7 @@ except OSError:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 print(server.server_address[1], flush=True)
 server.serve_forever()
-' "$folder" "${RECSYS_WHEEL_PORT:-47813}" >"$WORK/wheel-port" &
+' "$folder" "${IMAGE_WHEEL_PORT:-47813}" >"$WORK/wheel-port" &
     WHEEL_SERVER=$!
     for _ in $(seq 100); do
         [ -s "$WORK/wheel-port" ] && break
@@ -287,11 +290,14 @@ say "built $IMAGE in $((SECONDS - built)) s ($((SECONDS - started)) s with the b
 [ -n "$OWN_DAEMON" ] && "$DOCKER" image prune --force >/dev/null
 say "$IMAGE: $("$DOCKER" image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1 / 1e6}') uncompressed"
 
-case $ACTION in test | sizes)
+export DOCKER
+case $ACTION in
+test)
+    [ -x "$SMOKE_PYTHON" ] || fail "$SMOKE_PYTHON is missing: run \`make install\` first"
+    long_step "$SMOKE_PYTHON" -m deploy.image.smoke --image "$IMAGE"
+    ;;
+sizes)
     [ -x "$SMOKE_PYTHON" ] || fail "$SMOKE_PYTHON is missing: run \`make install-dev\` first"
-    module=deploy.image.smoke
-    [ "$ACTION" = sizes ] && module=deploy.image.sizes
-    export DOCKER
-    long_step "$SMOKE_PYTHON" -m "$module" --image "$IMAGE"
+    long_step "$SMOKE_PYTHON" -m deploy.image.sizes --image "$IMAGE" --bytecode
     ;;
 esac
