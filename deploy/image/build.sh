@@ -108,6 +108,8 @@ stop_daemon() {
         kill -KILL "$pid" 2>/dev/null
     fi
     [ -n "$containerd" ] && kill -0 "$containerd" 2>/dev/null && kill -TERM "$containerd" 2>/dev/null
+    # the host network namespace's handle that dockerd may leave mounted in its exec root
+    umount "$DOCKER_RUN/netns/default" 2>/dev/null || true
     say "engine stopped (data root $DOCKER_ROOT kept: the layer and pip caches)"
 }
 

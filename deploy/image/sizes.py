@@ -44,7 +44,7 @@ PURPOSE = {
     "aiobotocore": "the consumer's asynchronous AWS clients: Kinesis, Firehose, S3",
     "aiohttp": "aiobotocore's HTTP client",
     "attrs": "aiohttp's data classes",
-    "setuptools": "declared by torch (torch.utils.cpp_extension); nothing imports it at run time",
+    "setuptools": "declared by torch (torch.utils.cpp_extension builds C++ extensions)",
     "pydantic-core": "pydantic's compiled validator",
     "pydantic": "settings, events and API schemas",
     "narwhals": "scikit-learn's dataframe layer",

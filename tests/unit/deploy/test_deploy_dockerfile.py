@@ -1,9 +1,10 @@
 """The Dockerfile agrees with the CLI, the API, the task definition and the project's pins.
 
-No Docker engine runs here, so the Dockerfile is parsed: its entry point must be a real `recsys`
-command, its health check must probe a real route (and work: it is run against a local server), and
-it must install exactly requirements.lock, which must pin every dependency of the project;
-requirements-local.lock (the `local` extra: the embedded stack) stays out of the image.
+The Dockerfile is parsed here (`make image-test` builds and runs the image itself): its entry point
+must be a real `recsys` command, its health check must probe a real route (and work: it is run
+against a local server), and it must install exactly requirements.lock, which must pin every
+dependency of the project; requirements-local.lock (the `local` extra: the embedded stack) stays
+out of the image.
 """
 
 from __future__ import annotations
