@@ -5,8 +5,8 @@
 
 `deploy/image/build.sh test` runs it after building the image, with the engine it found or started.
 Against the embedded stack on this machine (PostgreSQL + pgvector and a moto server, started with
-`recsys stack up` from the checkout's venv), every container runs with the service's container
-definition (deploy/ecs/templates/task-definition.json, rendered with the example variables): its
+`recsys stack up` from the checkout's venv), every container runs with the settings of the stack's
+`recsys run` container (deploy/ecs/stack.yaml with TaskLayout=single; SERVICE_CONTAINER below): its
 user (10001), its read-only root file system, its init process (`--init`), its environment and its
 stopTimeout; and on the host's network, where 127.0.0.1 is the stack. Only the public contract is
 used: the CLI's commands and flags, the HTTP routes, the records in S3, and Docker's own view of the
@@ -122,22 +122,28 @@ def tail(text: str, lines: int = 15) -> str:
 # --- the container definition --------------------------------------------------------------------
 
 
-def container_definition() -> dict[str, Any]:
-    """The service's container definition, rendered with the example variables."""
-    with tempfile.TemporaryDirectory() as out:
-        subprocess.run(
-            [sys.executable, "-m", "deploy.ecs.render", "--vars", "deploy/ecs/vars.example.json", out],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        task = json.loads((Path(out) / "task-definition.json").read_text())
-    container: dict[str, Any] = task["containerDefinitions"][0]
-    return container
+# The stack's `recsys run` container (deploy/ecs/stack.yaml with TaskLayout=single), as far as a
+# container here can follow it; tests/unit/deploy/test_deploy_image.py checks it against the stack.
+# Of its environment, the values that name no AWS resource: the stream, the delivery stream, the
+# buckets and the database are the embedded stack's here.
+SERVICE_CONTAINER: dict[str, Any] = {
+    "command": ["run"],
+    "user": "10001:10001",
+    "readonlyRootFilesystem": True,
+    "linuxParameters": {"initProcessEnabled": True},
+    "stopTimeout": 40,
+    "environment": [
+        {"name": "RECSYS_HOST", "value": "0.0.0.0"},  # noqa: S104 (the API listens on every interface, as in ECS)
+        {"name": "RECSYS_LOG_FORMAT", "value": "json"},
+        {"name": "RECSYS_LOG_LEVEL", "value": "INFO"},
+        {"name": "RECSYS_STATE_DIR", "value": "/scratch/recsys"},
+        {"name": "RECSYS_CONSUMER__SHUTDOWN_DEADLINE_S", "value": "25"},
+    ],
+}
 
 
 def run_options(container: Mapping[str, Any]) -> list[str]:
-    """`docker run` options doing what the container definition asks (the network: the host's)."""
+    """`docker run` options doing what a container definition asks (the network: the host's)."""
     options = ["--network", "host", "--user", container["user"]]
     if container.get("readonlyRootFilesystem"):
         options.append("--read-only")
@@ -328,7 +334,7 @@ class Smoke:
         env = {"RECSYS_PORT": str(self.port)}
         if lease_duration_s is not None:
             env["RECSYS_CONSUMER__LEASE_DURATION_S"] = str(lease_duration_s)
-        self.docker.start(name, env)
+        self.docker.start(name, env, *SERVICE_CONTAINER["command"])
 
         def ready() -> dict[str, Any] | None:
             if not self.docker.state(name)["Running"]:
@@ -487,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # SIGTERM (build.sh's cleanup, a CI time limit) unwinds like an error: containers removed, stack down
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    container = container_definition()
+    container = SERVICE_CONTAINER
     size = GzippedSize(args.image)  # meanwhile
     with tempfile.TemporaryDirectory() as work:
         docker = Docker(

@@ -54,13 +54,21 @@ def test_the_lock_is_read_with_names_normalised_as_installed_distributions_repor
     assert set(pins) == {canonicalize_name(name) for name in raw}
 
 
-def test_containers_run_as_the_task_definition_runs_them(rendered: dict[str, Any]) -> None:
-    container = rendered["task-definition.json"]["containerDefinitions"][0]
-    options = smoke.run_options(container)
+def test_the_smoke_test_runs_containers_as_the_stack_runs_recsys_run(run_container: dict[str, Any]) -> None:
+    container = smoke.SERVICE_CONTAINER
+    for key in ("command", "user", "readonlyRootFilesystem", "linuxParameters", "stopTimeout"):
+        assert container[key] == run_container[key], key
+    stack_env = {item["name"]: item["value"] for item in run_container["environment"]}
+    for item in container["environment"]:
+        assert stack_env[item["name"]] == item["value"], item["name"]
+
+
+def test_docker_run_options_follow_the_container_definition() -> None:
+    options = smoke.run_options(smoke.SERVICE_CONTAINER)
     assert options[:2] == ["--network", "host"]
-    assert options[options.index("--user") + 1] == container["user"] == "10001:10001"
+    assert options[options.index("--user") + 1] == "10001:10001"
     assert "--read-only" in options and "--init" in options
-    relaxed = {**container, "readonlyRootFilesystem": False, "linuxParameters": {}}
+    relaxed = {**smoke.SERVICE_CONTAINER, "readonlyRootFilesystem": False, "linuxParameters": {}}
     assert "--read-only" not in smoke.run_options(relaxed)
     assert "--init" not in smoke.run_options(relaxed)
 
