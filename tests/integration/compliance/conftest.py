@@ -57,11 +57,13 @@ async def _own_database(database_url: str) -> str:
 
 
 def _bad_records(target: int, other: int) -> list[tuple[str, bytes]]:
-    """Two dead letters per customer: JSON that fails validation, and bytes that are not JSON."""
+    """Three dead letters per customer: JSON that fails validation, bytes that are not JSON, and
+    a record naming the customer inside an array, under a partition key that is not theirs."""
     out: list[tuple[str, bytes]] = []
     for customer in (target, other):
         out.append((str(customer), orjson.dumps({"customer_number": customer, "browse_history": []})))
         out.append(("garbled", b'{"customer_number": ' + str(customer).encode() + b', "browse_hist'))
+        out.append(("array", orjson.dumps({"customer_number": [customer], "browse_history": [{"x": 1}]})))
     return out
 
 
