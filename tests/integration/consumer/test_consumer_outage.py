@@ -83,6 +83,11 @@ def _via(url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
 
 
+def _spawn(environ: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen([sys.executable, str(PROCESS)], env=environ, stdout=log, stderr=log)
+
+
 def _lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
@@ -110,8 +115,7 @@ async def test_a_database_outage_costs_little_cpu_and_few_log_lines_then_everyth
         }
     )
     direct: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, str(PROCESS)], env=environ, stdout=log, stderr=log)
+    proc = _spawn(environ, log_path)
     try:
         first = env.put([json.dumps(h.event(1200 + i, i)).encode() for i in range(20)])
         await h.wait_for(lambda: {o["event_id"] for o in env.outputs()} >= set(first), 60, "the first events")
