@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 from core.errors import ConfigError, InfraError
 from infra.logs import get_logger
+from recsys import bootstrap
 from recsys.runtime._api import api as api_process_graph
 from recsys.runtime._consumer import consumer as consumer_graph
 from recsys.runtime._consumer import database
@@ -335,6 +336,7 @@ async def running(
 
     if api_loop not in API_LOOPS:
         raise ConfigError(f"--api-loop must be one of {', '.join(API_LOOPS)}, got {api_loop!r}")
+    settings = bootstrap.with_database(settings)  # the API child and thread are handed the URL
     extra = settings.api.pool_max_size if api_loop == "shared" else 0
     async with contextlib.AsyncExitStack() as stack:
         db = await stack.enter_async_context(database(settings, min_size=2, max_size=10 + extra))
