@@ -12,6 +12,11 @@ scans: the path itself). Also printed: where the batch path's time goes (feature
 ranking), HNSW recall@10 against an exact top-10 at this scale, the load time, and the model-size
 sweep behind the default tower shape (docs/model.md).
 
+The model stage, before/after (issue 12): the same events through ``recommend_batch`` with the
+trained torch user tower (the product) and with the NumPy copy of the tower it replaced (kept here,
+in :class:`NumpyUserTower`, only as the reference), each on its own recommender over the same
+version, interleaved, cache off: the recommendation stage's cost per event, side by side.
+
 The candidate cache, before/after: ``recommend_batch`` with the cache on (the default size) against
 off, each run on a fresh recommender (empty caches) over the same events, interleaved, at two key
 repetitions: events from all 100k users (a key rarely comes back: the cache's overhead) and from
@@ -24,10 +29,13 @@ that server for the run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import itertools
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -38,13 +46,77 @@ from core.events import BrowseItem, UserFeatures
 from core.recommendations import RecommendRequest
 from infra.pg import connect, create_pool, new_database
 from model_store.artifacts import ArtifactBundle
+from model_store.features import SparseRows
 from model_store.loader import load_bundle_into
-from model_store.recommender import ModelRecommender
+from model_store.model import load_state_dict
+from model_store.recommender import FeatureKey, ModelRecommender, ModelState
 from model_store.testing import catalog_bundle, synthetic_ratings
 from model_store.training import fit, prepare
 from recsys.settings import TrainSettings
 
 BATCH = 500
+
+
+class NumpyUserTower:
+    """The serving forward before issue 12, verbatim: the user tower's Linear layers as float64 numpy
+    arrays, the first layer a gather over the one-hot positions. The benchmark's reference only."""
+
+    def __init__(self, weights: bytes) -> None:
+        state = load_state_dict(weights)
+        names = sorted(
+            (k for k in state if k.startswith("user_tower.") and k.endswith(".weight")),
+            key=lambda name: tuple(int(part) for part in name.split(".") if part.isdigit()),
+        )
+        self.weights = [state[n].to(dtype=state[n].dtype).double().numpy() for n in names]
+        self.biases = [state[n[: -len("weight")] + "bias"].double().numpy() for n in names]
+        for prev, nxt in itertools.pairwise(self.weights):
+            assert nxt.shape[1] == prev.shape[0]
+
+    def embed(self, rows: SparseRows, numeric_offset: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        n = rows.indices.shape[0]
+        first_t = self.weights[0].T
+        h = np.tile(self.biases[0], (n, 1))
+        for j in range(rows.indices.shape[1]):
+            col = rows.indices[:, j]
+            hit = col >= 0
+            h[hit] += first_t[col[hit]]
+        for j in range(rows.numeric.shape[1]):
+            h += rows.numeric[:, j : j + 1] * first_t[numeric_offset + j]
+        for w, b in zip(self.weights[1:], self.biases[1:], strict=True):
+            np.maximum(h, 0.0, out=h)
+            h = h @ w.T + b
+        norm = np.sqrt((h * h).sum(axis=1, keepdims=True))
+        out: np.ndarray[Any, np.dtype[np.float32]] = (h / np.maximum(norm, 1e-12)).astype(np.float32)
+        return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NumpyState(ModelState):
+    """A version's state whose user tower is :class:`NumpyUserTower` (the path before issue 12)."""
+
+    numpy_tower: NumpyUserTower | None = None
+
+    def embed_known(
+        self, keys: Sequence[FeatureKey]
+    ) -> tuple[np.ndarray[Any, np.dtype[np.float32]], list[bool], float, float]:
+        assert self.numpy_tower is not None
+        started = time.perf_counter()
+        rows = self.user_transform.sparse_rows(self._rows(keys))
+        any_category: list[bool] = np.any(rows.indices >= 0, axis=1).tolist()
+        known = [hit or key[2] is not None for hit, key in zip(any_category, keys, strict=True)]
+        encoded = time.perf_counter()
+        vectors = self.numpy_tower.embed(rows, self.user_transform.numeric_offset)
+        return vectors, known, encoded - started, time.perf_counter() - encoded
+
+
+async def numpy_recommender(pool: asyncpg.Pool[Any], weights: bytes, **kwargs: Any) -> ModelRecommender:
+    """A recommender of the active version that runs :class:`NumpyUserTower` instead of the torch
+    tower: the benchmark's "before" path (it swaps the version's state, which only a benchmark may)."""
+    rec = await ModelRecommender.open(pool, **kwargs)
+    state = rec._state  # the reference path of a before/after figure
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(ModelState)}
+    rec._state = NumpyState(**fields, numpy_tower=NumpyUserTower(weights))
+    return rec
 
 
 async def _fresh_database(server_url: str) -> str:
@@ -150,12 +222,46 @@ async def _recommender_report(quick: bool, server_url: str) -> Report:
         # the identity the tests assert, checked at this scale too
         same = await rec.recommend_batch(events[:50]) == [await rec.recommend_one(e) for e in events[:50]]
         report.add(Figure("batch == one-by-one (50 events)", "bool", [float(same)]))
+        await _tower_figures(report, pool, bundle.weights, events, runs)
         await _cache_figures(report, pool, big, n_batch_events, runs)
     finally:
         await rec.close()
         await pool.close()
         await drop_database(server_url, url)
     return report
+
+
+async def _tower_figures(
+    report: Report, pool: asyncpg.Pool[Any], weights: bytes, events: list[RecommendRequest], runs: int
+) -> None:
+    """The recommendation stage per event with the torch user tower against the NumPy copy it
+    replaced: same version, same events, cache off, interleaved."""
+    torch_rec = await ModelRecommender.open(pool, cache_keys=0)
+    numpy_rec = await numpy_recommender(pool, weights, cache_keys=0)
+    try:
+        same = await torch_rec.recommend_batch(events[:BATCH]) == await numpy_rec.recommend_batch(
+            events[:BATCH]
+        )
+        report.add(Figure("torch tower == NumPy tower answers (500 events)", "bool", [float(same)]))
+        per_event: dict[str, list[float]] = {"torch": [], "numpy": []}
+        model_us: dict[str, list[float]] = {"torch": [], "numpy": []}
+        for _ in range(runs):
+            for name, rec in (("numpy", numpy_rec), ("torch", torch_rec)):
+                shares: dict[str, float] = {}
+                start = time.perf_counter()
+                for i in range(0, len(events), BATCH):
+                    await rec.recommend_batch(events[i : i + BATCH], timings=shares)
+                per_event[name].append(1e6 * (time.perf_counter() - start) / len(events))
+                model_us[name].append(1e6 * shares.get("model", 0.0) / len(events))
+    finally:
+        await torch_rec.close()
+        await numpy_rec.close()
+    before = report.add(Figure("stage per event, NumPy tower (before)", "us", per_event["numpy"]))
+    after = report.add(Figure("stage per event, torch tower (after)", "us", per_event["torch"]))
+    report.ratio("stage per event, torch / NumPy tower", after, before, note="issue 12 goal: <= 1.10")
+    m_before = report.add(Figure("model step per event, NumPy tower", "us", model_us["numpy"]))
+    m_after = report.add(Figure("model step per event, torch tower", "us", model_us["torch"]))
+    report.ratio("model step per event, torch / NumPy", m_after, m_before)
 
 
 async def _cache_figures(report: Report, pool: asyncpg.Pool[Any], big: Any, n_events: int, runs: int) -> None:

@@ -40,7 +40,7 @@ from core.errors import ArtifactError, NotFoundError
 from infra.logs import get_logger
 from infra.objectstore import ObjectStore, open_store
 from model_store.features import ITEM_SPEC, USER_SPEC, FeatureTransform
-from model_store.model import ModelConfig, NumpyTower, load_state_dict
+from model_store.model import ModelConfig, ServingTower, load_state_dict
 from model_store.training import PopularItem, TrainedModel
 
 __all__ = [
@@ -100,9 +100,9 @@ class ArtifactBundle:
     source: str = "recsys train"
     stored_manifest: dict[str, Any] = field(default_factory=dict)  # as read by load_bundle
 
-    def towers(self) -> tuple[NumpyTower, NumpyTower]:
+    def towers(self) -> tuple[ServingTower, ServingTower]:
         state = load_state_dict(self.weights)
-        return NumpyTower.from_state_dict(state, "user_tower"), NumpyTower.from_state_dict(
+        return ServingTower.from_state_dict(state, "user_tower"), ServingTower.from_state_dict(
             state, "item_tower"
         )
 

@@ -3,14 +3,16 @@
 One ``recommend_batch`` call does:
 
 1. features: the distinct (city, country, credit limit) tuples of the batch, normalised and encoded
-   with the fitted parameters (numpy, no scikit-learn); unknown categories encode as zeros, and a
+   with the fitted parameters (numpy, once per batch, no scikit-learn call per row); unknown
+   categories encode as zeros, and a
    user the model knows nothing of (no known category, no credit limit) gets the popular items;
    the version's candidate cache answers the tuples (and browsed codes) it has seen before, so
    steps 2 and 3 run only for the rest (``core.prefix_cache``: a list fetched for depth
    ``d`` answers every depth up to ``d``; bounded, least recently used out, one per version);
-2. model: one forward pass of the user tower over those tuples, in a thread executor so the event
-   loop stays free; the forward is row-independent (``NumpyTower``), so a request gets bit-identical
-   vectors alone or in any batch;
+2. model: one forward pass of the trained torch user tower over those tuples (eval mode,
+   ``torch.inference_mode``), in a one-thread executor so the event loop stays free; the forward is
+   row-independent (``ServingTower`` computes in float64), so a request gets bit-identical vectors
+   alone or in any batch;
 3. database: ONE statement -- ``unnest`` of the query vectors with a ``LATERAL`` HNSW top-k per
    vector, ``UNION ALL`` the precomputed neighbours of every browsed code of the batch;
 4. ranking (pure, ``core.recommendations``): browsed and cart items are excluded from the
@@ -60,7 +62,7 @@ from core.recommendations import (
 )
 from infra.logs import get_logger
 from model_store.features import FeatureTransform, normalise_category
-from model_store.model import NumpyTower, load_state_dict
+from model_store.model import ServingTower, load_state_dict
 
 __all__ = ["CACHE_KEYS", "BadVector", "CacheObserver", "ModelRecommender", "ModelState"]
 
@@ -106,7 +108,7 @@ class ModelState:
     user_table: str
     dimension: int
     user_transform: FeatureTransform
-    user_tower: NumpyTower
+    user_tower: ServingTower
     popular: tuple[ScoredItem, ...]
     # this version's answers, reused while it is active (its tables never change once loaded)
     candidates: PrefixCache[FeatureKey, ScoredItem]
@@ -120,7 +122,7 @@ class ModelState:
 
     def embed(self, keys: Sequence[FeatureKey]) -> npt.NDArray[np.float32]:
         rows = self.user_transform.sparse_rows(self._rows(keys))
-        return self.user_tower.embed(rows, self.user_transform.numeric_offset)
+        return self.user_tower.embed(self.user_transform.densify(rows))
 
     def embed_known(
         self, keys: Sequence[FeatureKey]
@@ -132,8 +134,9 @@ class ModelState:
         rows = self.user_transform.sparse_rows(self._rows(keys))
         any_category: list[bool] = np.any(rows.indices >= 0, axis=1).tolist()
         known = [hit or key[2] is not None for hit, key in zip(any_category, keys, strict=True)]
+        dense = self.user_transform.densify(rows)
         encoded = time.perf_counter()
-        vectors = self.user_tower.embed(rows, self.user_transform.numeric_offset)
+        vectors = self.user_tower.embed(dense)
         return vectors, known, encoded - started, time.perf_counter() - encoded
 
 
@@ -155,7 +158,7 @@ def _build_state(row: asyncpg.Record, popular: list[asyncpg.Record], cache_keys:
         raise DatabaseUnavailable(
             f"version {row['version']}: the user features {sorted(unknown)} are unknown"
         )
-    tower = NumpyTower.from_state_dict(load_state_dict(bytes(row["weights"])), "user_tower")
+    tower = ServingTower.from_state_dict(load_state_dict(bytes(row["weights"])), "user_tower")
     if tower.in_dim != transform.dim:
         raise ArtifactError(
             f"version {row['version']}: the user tower reads {tower.in_dim} inputs, "

@@ -115,14 +115,14 @@ def catalog_bundle(
     its first ``users`` customers (all by default); the popular items are ``data``'s ranking (at
     most 1000) unless given. For tests and benchmarks that need a large catalog."""
     from model_store.artifacts import ArtifactBundle, new_version
-    from model_store.model import NumpyTower, save_state_dict
+    from model_store.model import ServingTower, save_state_dict
     from model_store.training import rank_popular
 
     n = len(data.user_ids) if users is None else users
     if popular is None:
         popular = rank_popular(data.item_ids, data.item_index, data.rating)[:1000]
-    user_tower = NumpyTower.from_state_dict(model.state_dict, "user_tower")
-    item_tower = NumpyTower.from_state_dict(model.state_dict, "item_tower")
+    user_tower = ServingTower.from_state_dict(model.state_dict, "user_tower")
+    item_tower = ServingTower.from_state_dict(model.state_dict, "item_tower")
     weights = save_state_dict(model.state_dict)
     return ArtifactBundle(
         version=new_version(weights),
@@ -131,13 +131,10 @@ def catalog_bundle(
         user_transform=model.user_transform,
         item_transform=model.item_transform,
         item_ids=data.item_ids,
-        item_vectors=item_tower.embed(
-            model.item_transform.sparse(data.item_columns), model.item_transform.numeric_offset
-        ),
+        item_vectors=item_tower.embed(model.item_transform.dense(data.item_columns)),
         user_ids=data.user_ids[:n],
         user_vectors=user_tower.embed(
-            model.user_transform.sparse({c: v[:n] for c, v in data.user_columns.items()}),
-            model.user_transform.numeric_offset,
+            model.user_transform.dense({c: v[:n] for c, v in data.user_columns.items()})
         ),
         popular=popular,
     )

@@ -35,7 +35,7 @@ from core.errors import UserError
 from infra.logs import get_logger
 from model_store.config import TrainSettings
 from model_store.features import ITEM_SPEC, USER_SPEC, FeatureTransform
-from model_store.model import ModelConfig, NumpyTower, TwoTower
+from model_store.model import ModelConfig, ServingTower, TwoTower
 
 __all__ = [
     "PopularItem",
@@ -89,14 +89,12 @@ class TrainedModel:
     training: dict[str, Any] = field(default_factory=dict)
 
     def user_embeddings(self) -> npt.NDArray[np.float32]:
-        tower = NumpyTower.from_state_dict(self.state_dict, "user_tower")
-        rows = self.user_transform.sparse(self.data.user_columns)
-        return tower.embed(rows, self.user_transform.numeric_offset)
+        tower = ServingTower.from_state_dict(self.state_dict, "user_tower")
+        return tower.embed(self.user_transform.dense(self.data.user_columns))
 
     def item_embeddings(self) -> npt.NDArray[np.float32]:
-        tower = NumpyTower.from_state_dict(self.state_dict, "item_tower")
-        rows = self.item_transform.sparse(self.data.item_columns)
-        return tower.embed(rows, self.item_transform.numeric_offset)
+        tower = ServingTower.from_state_dict(self.state_dict, "item_tower")
+        return tower.embed(self.item_transform.dense(self.data.item_columns))
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,15 +119,13 @@ def test_import_converts_to_plain_parameters_that_reproduce_the_lab(tmp_path: Pa
     # our transform (lower-cased categories, plain JSON) + our forward == the lab's pipeline
     u_columns = {c: [cols[c][r] for r in lab["u_rows"]] for c in ("city", "country", "creditLimit")}
     u_columns["city"] = [f"  {c.upper()} " for c in u_columns["city"]]
-    ours = user_tower.embed(bundle.user_transform.sparse(u_columns), bundle.user_transform.numeric_offset)
+    ours = user_tower.embed(bundle.user_transform.dense(u_columns))
     np.testing.assert_allclose(ours, lab["u_emb"], atol=1e-5)
     i_columns = {
         c: [cols[c][r] for r in lab["i_rows"]]
         for c in ("productLine", "productScale", "quantityInStock", "buyPrice", "MSRP")
     }
-    ours_items = item_tower.embed(
-        bundle.item_transform.sparse(i_columns), bundle.item_transform.numeric_offset
-    )
+    ours_items = item_tower.embed(bundle.item_transform.dense(i_columns))
     np.testing.assert_allclose(ours_items, lab["i_emb"], atol=1e-5)
 
 
