@@ -204,7 +204,7 @@ def _find(keys: list[str], suffix: str) -> str | None:
 
 
 def popular_from_lake(lake_uri: str, item_ids: Sequence[str]) -> tuple[list[PopularItem], str]:
-    """The catalog ranked as ``recsys train`` ranks it (damped mean rating, then count) from the
+    """The catalog ranked as ``recsys train`` ranks it (purchase count, then damped mean rating) from the
     ratings of the lake's latest run; returns the ranking and the run's id. Ratings of products
     outside the catalog are ignored; a lake that rates none of them is an error."""
     store = open_store(lake_uri)

@@ -25,6 +25,7 @@ from torch.nn import functional
 from core.errors import ArtifactError
 
 __all__ = [
+    "KINDS",
     "ModelConfig",
     "ServingTower",
     "Tower",
@@ -35,22 +36,35 @@ __all__ = [
 ]
 
 
+KINDS = ("features", "hybrid")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    """Shape of both towers (plain data, stored in the manifest)."""
+    """Shape of both towers (plain data, stored in the manifest).
+
+    ``kind``: ``features`` (towers over the features only: the lab's models) or ``hybrid`` (each tower
+    adds an ID embedding, and a learned "unknown" vector when the ID is not known, to its feature
+    MLP's output; see :class:`Tower`)."""
 
     user_dim: int
     item_dim: int
     hidden: tuple[int, ...] = (64,)
     embedding_dim: int = 32
     item_hidden: tuple[int, ...] | None = None  # when the item tower differs (imported models)
+    kind: str = "features"
 
     @property
     def item_layers(self) -> tuple[int, ...]:
         return self.hidden if self.item_hidden is None else self.item_hidden
 
+    @property
+    def hybrid(self) -> bool:
+        return self.kind == "hybrid"
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
+            "kind": self.kind,
             "user_dim": self.user_dim,
             "item_dim": self.item_dim,
             "hidden": list(self.hidden),
@@ -63,21 +77,33 @@ class ModelConfig:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelConfig:
         try:
-            return cls(
+            config = cls(
                 int(data["user_dim"]),
                 int(data["item_dim"]),
                 tuple(int(h) for h in data["hidden"]),
                 int(data["embedding_dim"]),
                 tuple(int(h) for h in data["item_hidden"]) if data.get("item_hidden") is not None else None,
+                str(data.get("kind", "features")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"model configuration is malformed: {exc!r}") from exc
+        if config.kind not in KINDS:
+            raise ArtifactError(f"model kind {config.kind!r} is not one of {KINDS}")
+        return config
 
 
 class Tower(nn.Module):
-    """Linear -> ReLU (per hidden size) -> Linear -> L2 normalisation."""
+    """Linear -> ReLU (per hidden size) -> Linear [+ ID part] -> L2 normalisation.
 
-    def __init__(self, in_dim: int, hidden: tuple[int, ...], out_dim: int) -> None:
+    A hybrid tower (``hybrid=True``) adds, before the normalisation, the row of its ID embedding
+    (``ids``, ``n_ids`` rows) for a known ID, and the learned ``unknown`` vector otherwise: a new
+    customer or product gets its vector from its features and ``unknown``. Training replaces a
+    random share of the IDs by ``unknown`` (feature dropout), so that this cold-start path is
+    trained on every batch, not only for the IDs that are missing."""
+
+    def __init__(
+        self, in_dim: int, hidden: tuple[int, ...], out_dim: int, *, hybrid: bool = False, n_ids: int = 0
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_dim
@@ -86,15 +112,25 @@ class Tower(nn.Module):
             width = size
         layers.append(nn.Linear(width, out_dim))
         self.layers = nn.Sequential(*layers)
+        self.hybrid = hybrid
+        self.unknown: nn.Parameter | None = nn.Parameter(torch.zeros(out_dim)) if hybrid else None
+        self.ids: nn.Embedding | None = None
+        if hybrid and n_ids > 0:
+            self.ids = nn.Embedding(n_ids, out_dim)
+            nn.init.normal_(self.ids.weight, 0.0, 0.1)
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, torch.Tensor], prefix: str) -> Tower:
-        """The tower whose ``layers.N`` weights are stored under ``prefix``, shape read from them."""
-        found = linear_layers(state, prefix)
+        """The tower stored under ``prefix`` (``layers.N`` weights, and ``unknown`` / ``ids.weight``
+        when hybrid), its shape read from the weights."""
+        found = linear_layers(state, f"{prefix}.layers")
+        ids = state.get(f"{prefix}.ids.weight")
         tower = cls(
             int(found[0][0].shape[1]),
             tuple(int(w.shape[0]) for w, _ in found[:-1]),
             int(found[-1][0].shape[0]),
+            hybrid=f"{prefix}.unknown" in state,
+            n_ids=0 if ids is None else int(ids.shape[0]),
         )
         mine = {f"{prefix}.{k}": v for k, v in tower.state_dict().items()}
         missing = sorted(set(mine) - set(state))
@@ -102,20 +138,45 @@ class Tower(nn.Module):
             raise ArtifactError(
                 f"the tower under {prefix!r} is not Linear/ReLU layers: {missing[:3]} are missing"
             )
+        for key, value in mine.items():
+            if tuple(state[key].shape) != tuple(value.shape):
+                raise ArtifactError(
+                    f"{key} has the shape {tuple(state[key].shape)}, expected {tuple(value.shape)}"
+                )
         tower.load_state_dict({k[len(prefix) + 1 :]: state[k].detach().to(v.dtype) for k, v in mine.items()})
         return tower
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = functional.normalize(self.layers(x), dim=-1)
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of feature rows ``x``; ``ids`` (hybrid towers) holds each row's ID index, -1
+        for an unknown ID (then ``unknown`` stands in). Without ``ids`` every row is unknown."""
+        h = self.layers(x)
+        if self.unknown is not None:
+            part = self.unknown.expand_as(h)
+            if ids is not None and self.ids is not None:
+                known = ids >= 0
+                part = torch.where(known[:, None], self.ids(ids.clamp(min=0)), part)
+            h = h + part
+        out: torch.Tensor = functional.normalize(h, dim=-1)
         return out
 
 
 class TwoTower(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """The training module: both towers, and (hybrid) a rating head, ``rating_head(dot)`` -> the
+    scaled rating, trained as an auxiliary task beside the retrieval loss."""
+
+    def __init__(self, config: ModelConfig, n_users: int = 0, n_items: int = 0) -> None:
         super().__init__()
         self.config = config
-        self.user_tower = Tower(config.user_dim, config.hidden, config.embedding_dim)
-        self.item_tower = Tower(config.item_dim, config.item_layers, config.embedding_dim)
+        self.user_tower = Tower(
+            config.user_dim, config.hidden, config.embedding_dim, hybrid=config.hybrid, n_ids=n_users
+        )
+        self.item_tower = Tower(
+            config.item_dim, config.item_layers, config.embedding_dim, hybrid=config.hybrid, n_ids=n_items
+        )
+        self.rating_head = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.rating_head.weight.fill_(1.0)
+            self.rating_head.bias.zero_()
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         user: torch.Tensor = self.user_tower(users)
@@ -193,11 +254,19 @@ class ServingTower:
         weights themselves."""
         return cls(Tower.from_state_dict(state, prefix))
 
-    def embed(self, rows: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
-        """L2-normalised float32 embeddings of dense feature rows (n, in_dim)."""
+    @property
+    def hybrid(self) -> bool:
+        return self._tower.hybrid
+
+    def embed(
+        self, rows: npt.NDArray[np.floating[Any]], ids: npt.NDArray[np.int64] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """L2-normalised float32 embeddings of dense feature rows (n, in_dim); a hybrid tower with
+        its ID table (the item tower) takes each row's ID index in ``ids`` (-1: unknown)."""
         if rows.ndim != 2 or rows.shape[1] != self.in_dim:
             raise ValueError(f"the tower reads (n, {self.in_dim}) rows, got {rows.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64))
         with torch.inference_mode():
-            out = self._tower(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64)))
+            out = self._tower(x, None if ids is None else torch.from_numpy(np.asarray(ids, dtype=np.int64)))
         result: npt.NDArray[np.float32] = out.numpy().astype(np.float32)
         return result
