@@ -40,6 +40,7 @@ import numpy.typing as npt
 
 __all__ = [
     "COUNTRIES",
+    "GENERATOR_VERSION",
     "PRODUCT_LINES",
     "RatingModel",
     "ShopSize",
@@ -59,6 +60,7 @@ EXPOSURE_SD = 0.5
 NOISE_SD = 0.5
 PURCHASE_BONUS = 0.4
 RATING_CUTS = np.array([-1.2, -0.4, 0.4, 1.2])
+GENERATOR_VERSION = 2  # bumped when the same (scale, seed) gives other rows (2: co-purchase sets)
 BASE_RATINGS_PER_CUSTOMER = 28.0
 SET_SIZE = 6  # products per co-purchase set, within a line
 SETS_PER_CUSTOMER = 3

@@ -128,10 +128,13 @@ def catalog_bundle(
     *,
     users: int | None = None,
     popular: list[PopularItem] | None = None,
+    bought: list[list[str]] | None = None,
 ) -> ArtifactBundle:
     """A loadable version of ``model`` over another catalog: its towers embed ``data``'s items and
-    its first ``users`` customers (all by default); the popular items are ``data``'s ranking (at
-    most 1000) unless given. For tests and benchmarks that need a large catalog."""
+    its first ``users`` customers (all by default) from their features (the catalog's IDs are new to
+    the model); the popular items are ``data``'s ranking (at most 1000) and each customer's bought
+    items their pairs in ``data`` (a hybrid model), unless given. For tests and benchmarks that need
+    a large catalog."""
     from model_store.artifacts import ArtifactBundle, new_version
     from model_store.model import ServingTower, save_state_dict
     from model_store.training import rank_popular
@@ -141,7 +144,9 @@ def catalog_bundle(
         popular = rank_popular(data.item_ids, data.item_index, data.rating)[:1000]
     user_tower = ServingTower.from_state_dict(model.state_dict, "user_tower")
     item_tower = ServingTower.from_state_dict(model.state_dict, "item_tower")
-    weights = save_state_dict(model.state_dict)
+    weights = save_state_dict(model.export_state_dict())
+    if bought is None and model.config.hybrid:
+        bought = data.bought()
     return ArtifactBundle(
         version=new_version(weights),
         config=model.config,
@@ -155,4 +160,5 @@ def catalog_bundle(
             model.user_transform.dense({c: v[:n] for c, v in data.user_columns.items()})
         ),
         popular=popular,
+        user_bought=None if bought is None else bought[:n],
     )
