@@ -383,15 +383,16 @@ class ProductRun:
     known: dict[str, float]
     cold: dict[str, float]
     manifest: dict[str, Any]
-    version: str
-    artifacts: str
+    bundle: Any  # the trained version, loaded and verified
     sources: dict[str, int]
     train_seconds: float
 
 
 def run_product(shop: Shop, split: Split, seed: int, server_url: str) -> ProductRun:
     """etl -> train -> load-vectors -> serve on ``split``'s training purchases; the API's answers scored."""
+    from infra.objectstore import open_store
     from infra.pg import new_database
+    from model_store.artifacts import load_bundle
 
     _write_ratings(shop, split.train, seed)
     work = Path(tempfile.mkdtemp(prefix="bench-model-eval-"))
@@ -433,8 +434,7 @@ def run_product(shop: Shop, split: Split, seed: int, server_url: str) -> Product
             known.summary(len(shop.items)),
             cold.summary(len(shop.items)),
             manifest,
-            summary["version"],
-            artifacts,
+            load_bundle(open_store(artifacts), summary["version"]),
             sources,
             train_seconds,
         )
@@ -445,10 +445,7 @@ def run_product(shop: Shop, split: Split, seed: int, server_url: str) -> Product
 
 def browse_blend(run: ProductRun, split: Split, seed: int) -> dict[str, dict[str, float]]:
     """Does moving the user vector toward the session's browsed items help? (module docstring)."""
-    from infra.objectstore import open_store
-    from model_store.artifacts import load_bundle
-
-    bundle = load_bundle(open_store(run.artifacts), run.version)
+    bundle = run.bundle
     items = bundle.item_ids
     vectors = bundle.item_vectors.astype(np.float64)
     position = {code: i for i, code in enumerate(items)}
@@ -517,11 +514,13 @@ def _real_report(quick: bool, server_url: str) -> Report | None:
         put(f"temporal (from {cutoff}): hybrid (API), known", run.known)
         for name, values in library_baselines(split.train, split.known_test, shop.items, seeds[0]).items():
             put(f"temporal (from {cutoff}): {name}, known", values)
-        put(f"temporal (from {cutoff}): hybrid (API, features), cold", run.cold)
-        put(
-            f"temporal (from {cutoff}): popularity, cold",
-            popularity_scores(split.train, split.cold_test, shop.items),
-        )
+        if run.cold["customers"]:  # the real shop: every later buyer bought before
+            put(f"temporal (from {cutoff}): hybrid (API, features), cold", run.cold)
+            put(
+                f"temporal (from {cutoff}): popularity, cold",
+                popularity_scores(split.train, split.cold_test, shop.items),
+            )
+        put(f"temporal (from {cutoff}): cold-start customers", {"count": run.cold["customers"]})
 
     figures: dict[tuple[str, str], Figure] = {}
     for name, metrics in runs.items():

@@ -474,3 +474,53 @@ async def test_a_process_whose_version_was_dropped_moves_to_the_active_one(
     await load_vectors(ms_database_url, artifacts.uri, v0, keep=1)  # and back, dropping v1
     answers = await recommender.recommend_batch(_requests(artifacts, 5, seed=9))
     assert {a.model_version for a in answers} == {v0}
+
+
+async def test_a_features_version_like_the_labs_answers_from_the_event_features(
+    ms_database_url: str, artifacts: Artifacts, ms_pool: asyncpg.Pool[Any]
+) -> None:
+    """A lab-made version (``import-lab-artifacts``: manifest kind ``features``, no bought lists) keeps
+    today's path: every event from its features, the API from the stored vector, nothing filtered."""
+    import dataclasses
+
+    from infra.pg import connect
+    from model_store.artifacts import new_version
+    from model_store.loader import load_bundle_into
+
+    hybrid = load_bundle(LocalStore(artifacts.uri), artifacts.versions[0])
+    lab_like = dataclasses.replace(
+        hybrid,
+        version=new_version(hybrid.weights + b"lab"),
+        config=dataclasses.replace(hybrid.config, kind="features"),
+        user_bought=None,
+        stored_manifest={},
+    )
+    conn = await connect(ms_database_url)
+    try:
+        await load_bundle_into(conn, lab_like)
+        kind = await conn.fetchval(
+            "SELECT manifest->'model'->>'kind' FROM model_versions WHERE version = $1", lab_like.version
+        )
+    finally:
+        await conn.close()
+    assert kind == "features"
+    data = artifacts.models[0].data
+    rec = await ModelRecommender.open(ms_pool, cache_keys=0)
+    try:
+        customer = lab_like.user_ids[5]
+        other = 9  # the event carries another profile: a features version answers from it
+        features = UserFeatures(
+            data.user_columns["city"][other],
+            data.user_columns["country"][other],
+            data.user_columns["creditLimit"][other],
+        )
+        (answer,) = await rec.recommend_batch([RecommendRequest(customer, features, (), k=10)])
+        vector = np.asarray((await rec.user_embeddings([features]))[0], dtype=np.float32)
+        assert [i.id for i in answer.recommended_items] == _exact_answer(lab_like, vector, set(), 10)
+        api = await rec.recommend_customer(customer, 10)
+        assert api is not None
+        assert [i.id for i in api.recommended_items] == _exact_answer(
+            lab_like, lab_like.user_vectors[5], set(), 10
+        )
+    finally:
+        await rec.close()
