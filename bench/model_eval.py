@@ -336,7 +336,8 @@ def serve(database_url: str) -> Iterator[str]:
     """``recsys serve`` as a child process on a free port; its base URL once ``/readyz`` answers."""
     port = _free_port()
     exe = Path(sys.executable).with_name("recsys")
-    env = {**os.environ, "RECSYS_LOG_LEVEL": "WARNING"}
+    root = str(Path(__file__).resolve().parents[1])  # the child runs this checkout's code too
+    env = {**os.environ, "RECSYS_LOG_LEVEL": "WARNING", "PYTHONPATH": root}
     env.pop("RECSYS_API_TOKEN", None)
     proc = subprocess.Popen(
         [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), "--database-url", database_url],

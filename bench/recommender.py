@@ -134,9 +134,8 @@ def _bundle(n_items: int, n_users: int) -> tuple[ArtifactBundle, ArtifactBundle,
     trained = fit(synthetic_ratings(seed=1), TrainSettings())
     big = prepare(synthetic_ratings(n_customers=n_users, n_products=n_items, ratings_per_customer=1, seed=2))
     rng = np.random.default_rng(5)
-    bought = [
-        [big.item_ids[int(j)] for j in rng.choice(n_items, BOUGHT, replace=False)] for _ in big.user_ids
-    ]
+    rated = len(big.item_ids)  # the products somebody rated
+    bought = [[big.item_ids[int(j)] for j in rng.choice(rated, BOUGHT, replace=False)] for _ in big.user_ids]
     hybrid = catalog_bundle(trained, big, bought=bought)
     features = dataclasses.replace(
         hybrid,
