@@ -49,11 +49,11 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _default_opener(pool: asyncpg.Pool[Any], ef_search: int) -> Opener:
+def _default_opener(pool: asyncpg.Pool[Any], ef_search: int, exclude_bought: bool = True) -> Opener:
     async def open_model() -> ServingRecommender:
         from service.model import open_recommender
 
-        return await open_recommender(pool, ef_search=ef_search)
+        return await open_recommender(pool, ef_search=ef_search, exclude_bought=exclude_bought)
 
     return open_model
 
@@ -82,7 +82,7 @@ def create_app(
                 stack.push_async_callback(the_pool.close)
             slot = ModelSlot(recommender)
             if recommender is None:
-                opener = open_model or _default_opener(the_pool, config.ef_search)
+                opener = open_model or _default_opener(the_pool, config.ef_search, config.exclude_bought)
                 task = asyncio.create_task(
                     slot.maintain(opener, config.api.model_retry_s, config.api.model_refresh_s),
                     name="api-model-maintenance",

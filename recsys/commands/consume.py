@@ -93,6 +93,7 @@ async def _consume(settings: Settings, url: str) -> ConsumerStats:
         recommender = await ModelRecommender.open(
             pg,
             ef_search=settings.ef_search,
+            exclude_bought=settings.exclude_bought,
             cache_keys=settings.consumer.cache_keys,
             observe=metrics.observe_cache,
         )
