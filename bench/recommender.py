@@ -50,7 +50,7 @@ from infra.pg import connect, create_pool, new_database
 from model_store.artifacts import ArtifactBundle, new_version
 from model_store.features import SparseRows
 from model_store.loader import load_bundle_into
-from model_store.model import load_state_dict
+from model_store.model import ServingTower, load_state_dict, save_state_dict
 from model_store.recommender import FeatureKey, ModelRecommender, ModelState
 from model_store.testing import catalog_bundle, synthetic_ratings
 from model_store.training import fit, prepare
@@ -137,10 +137,16 @@ def _bundle(n_items: int, n_users: int) -> tuple[ArtifactBundle, ArtifactBundle,
     rated = len(big.item_ids)  # the products somebody rated
     bought = [[big.item_ids[int(j)] for j in rng.choice(rated, BOUGHT, replace=False)] for _ in big.user_ids]
     hybrid = catalog_bundle(trained, big, bought=bought)
+    # the features version: the towers' feature layers only (what NumpyUserTower computes, exactly)
+    plain = {k: v for k, v in trained.export_state_dict().items() if ".layers." in k}
+    weights = save_state_dict(plain)
+    user_tower = ServingTower.from_state_dict(plain, "user_tower")
     features = dataclasses.replace(
         hybrid,
-        version=new_version(hybrid.weights + b"features"),
+        version=new_version(weights),
         config=dataclasses.replace(hybrid.config, kind="features"),
+        weights=weights,
+        user_vectors=user_tower.embed(trained.user_transform.dense(big.user_columns)),
         user_bought=None,
     )
     return hybrid, features, big
