@@ -378,7 +378,8 @@ class ModelRecommender:
         for req in requests:
             features = feature_key(req.features)
             # a customer the (hybrid) version knows is answered from their own vector
-            key: CacheKey = int(req.customer_number) if state.knows(req.customer_number) else features  # type: ignore[arg-type]
+            customer = req.customer_number
+            key: CacheKey = int(customer) if customer is not None and state.knows(customer) else features
             slot = keys.setdefault(key, len(keys))
             ordered = browse_order(req.browse_history)
             banned = set(ordered)
