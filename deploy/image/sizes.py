@@ -34,7 +34,7 @@ PURPOSE = {
     "scipy": "scikit-learn's numerics (sparse matrices, linear algebra)",
     "numpy": "features, embeddings and model inputs as arrays",
     "sympy": "torch's symbolic shape reasoning; torch imports it when `recsys train` optimises",
-    "scikit-learn": "unpickling the lab's fitted scalers in `recsys import-lab-artifacts` only",
+    "scikit-learn": "fits the feature encoders and scalers in `recsys train`; reads the lab's pickled ones",
     "sqlalchemy": "the shop database (MySQL or PostgreSQL) in `recsys seed`, `etl` and `forget`",
     "botocore": "AWS API models, signing and retries under boto3 and aiobotocore",
     "asyncpg": "PostgreSQL for the consumer, the API and the loader",
