@@ -20,9 +20,10 @@ from core.errors import ConfigError
 from infra.latest import PgLatestStore
 from infra.logs import get_logger
 from infra.pg import create_pool
+from service.auth import BearerAuthMiddleware
 from service.config import ServiceConfig
 from service.errors import install_error_handlers
-from service.middleware import RequestContextMiddleware
+from service.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from service.ports import ServingRecommender
 from service.responses import OrjsonResponse
 from service.routes import build_routers
@@ -109,5 +110,19 @@ def create_app(
     install_error_handlers(app)
     for router in build_routers(config):
         app.include_router(router)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.api.max_body_bytes)
+    # added innermost first: request context -> body guard -> bearer auth -> routes
+    if config.api_token is not None:
+        open_paths = {"/healthz", "/readyz", "/metrics", app.openapi_url, app.docs_url, app.redoc_url}
+        open_paths.add(app.swagger_ui_oauth2_redirect_url)
+        app.add_middleware(
+            BearerAuthMiddleware,
+            token=config.api_token.get_secret_value(),
+            open_paths={p for p in open_paths if p},
+        )
+    app.add_middleware(
+        BodyGuardMiddleware,
+        max_body_bytes=config.api.max_body_bytes,
+        body_timeout_s=config.api.body_timeout_s,
+    )
+    app.add_middleware(RequestContextMiddleware)
     return app

@@ -158,7 +158,7 @@ class _ApiThread:
             settings.database_url.get_secret_value(), min_size=api.pool_min_size, max_size=api.pool_max_size
         ) as db:
             app = create_app(settings.for_api(), pool=db)  # opens the active model itself, and follows it
-            server = ApiServer(app, bind_socket(settings.host, settings.port), api.shutdown_timeout_s)
+            server = ApiServer(app, bind_socket(settings.host, settings.port), api)
             serving = asyncio.create_task(server.run(self._stop), name="api")
             await server.wait_ready()
             try:
@@ -402,7 +402,7 @@ async def running(
                 server = ApiServer(
                     create_app(settings.for_api(), pool=db, recommender=recommender),
                     bind_socket(settings.host, settings.port),
-                    api.shutdown_timeout_s,
+                    api,
                 )
                 api_stop = asyncio.Event()
                 consuming.add_done_callback(lambda _: api_stop.set())  # the API outlives the drain

@@ -93,7 +93,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             if api.listen_fd is not None
             else bind_socket(settings.host, settings.port)
         )
-        server = ApiServer(create_app(settings.for_api(), pool=db), sock, api.shutdown_timeout_s)
+        server = ApiServer(create_app(settings.for_api(), pool=db), sock, api)
         running = asyncio.create_task(server.run(stop), name="api")
         await server.wait_ready()
         freeze_heap()
