@@ -38,8 +38,11 @@ DESCRIPTION = """Product recommendations while people browse.
 `GET /recommendations/{customer_number}` answers from the stream (what the consumer computed from the
 customer's latest browsing event), else from the model, else with popular items. The lab's inference
 endpoints are here as drop-in replacements. Errors have a body `{error, reason, request_id}`.
-When `RECSYS_API_TOKEN` is set, every route but `/healthz`, `/readyz` and `/metrics` needs
-`Authorization: Bearer <token>`.
+When `RECSYS_API_TOKEN` is set, every route but `/healthz`, `/readyz`, `/metrics` and this document
+needs `Authorization: Bearer <token>`, checked before anything else (401). Request bodies: at most
+`RECSYS_API__MAX_BODY_BYTES` (413), received within `RECSYS_API__BODY_TIMEOUT_S` (408). The HTTP
+server itself answers 400 (plain text) to a request that is not HTTP or a head unfinished after 16 KiB,
+and 503 (plain text) once `RECSYS_API__MAX_CONNECTIONS` connections are open.
 """
 
 

@@ -3,9 +3,9 @@ the ones the server enforces.
 
 Every status an operation can answer is declared on it with its body model; what no operation
 declares is routing (404 for an unknown path, 405 for a known path with another method, both with
-:class:`~service.schemas.ErrorBody`) and the HTTP server's own refusals (see docs/api.md: a request
-head over 16 KiB or not HTTP at all: 400, and 503 past ``RECSYS_API__MAX_CONNECTIONS``, both plain
-text).
+:class:`~service.schemas.ErrorBody`) and the HTTP server's own refusals, both plain text (see
+docs/api.md): 400 for what is not HTTP or a head unfinished after 16 KiB, and 503 past
+``RECSYS_API__MAX_CONNECTIONS``.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the local `Limit` alias at definition time

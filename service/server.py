@@ -14,7 +14,8 @@ What a slow or idle client can hold (``RECSYS_API__*``, docs/api.md "Limits"):
   ``timeout_keep_alive``).
 - ``max_connections``: past this many open connections (or running requests), uvicorn answers
   503 (``limit_concurrency``) instead of running the request.
-- a request head over 16 KiB is refused with 400 (h11's ``max_incomplete_event_size``).
+- a request head still unfinished after 16 KiB is refused with 400 (h11's
+  ``max_incomplete_event_size``; a whole head that arrives in one read is parsed at any size).
 """
 
 from __future__ import annotations

@@ -270,3 +270,14 @@ def test_a_kept_alive_connection_serves_request_after_request(server: Served) ->
     with server.connect() as sock:
         for _ in range(3):
             assert _healthz(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_an_unfinished_request_head_over_16_kib_is_refused(server: Served) -> None:
+    """h11 refuses to buffer more than 16 KiB of a head that has not ended (a whole head that
+    arrives in one read is parsed whatever its size)."""
+    head = _head("GET", "/healthz", *(f"X-Padding-{i}: {'x' * 100}" for i in range(200)))
+    with server.connect() as sock:
+        sock.sendall(head[:-2])  # no blank line: the head goes on
+        answer = _read_answer(sock)
+    assert answer.status == 400, answer
+    assert answer.closed
