@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.errors import ModelNotReady
 from core.recommendations import Recommendation, ScoredItem, SimilarItems
 from infra.latest import LatestRow, PgLatestStore
+from recsys.runtime import api_app
 from recsys.settings import Settings
-from service.app import create_app
 
 from .conftest import DIM, ITEMS, KNOWN_CUSTOMER, UNKNOWN_CUSTOMER, AppClient, FakeRecommender
 
@@ -323,7 +323,7 @@ async def test_auth_is_checked_before_input_validation(api_client: AppClient) ->
 async def test_auth_reads_no_body_before_the_token_is_checked(database_url: str) -> None:
     """At the ASGI level: a request without the token is answered without a single receive()."""
     settings = Settings(database_url=database_url, api_token="t0ken-" + uuid.uuid4().hex)
-    app = create_app(settings.for_api(), recommender=FakeRecommender())
+    app = api_app(settings, recommender=FakeRecommender())
     asked: list[str] = []
     sent: list[dict[str, Any]] = []
 
@@ -397,7 +397,7 @@ async def test_outages_are_reported_without_internals() -> None:
     secret = "pw-" + uuid.uuid4().hex
     url = f"postgresql://recsys:{secret}@127.0.0.1:{port}/recsys"
     pool = await create_pool(url, min_size=0, max_size=1, timeout_s=2)
-    app = create_app(Settings(database_url=url).for_api(), pool=pool, recommender=FakeRecommender())
+    app = api_app(Settings(database_url=url), pool=pool, recommender=FakeRecommender())
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
@@ -420,13 +420,13 @@ async def test_readiness_reports_an_unreachable_database(database_url: str, api_
     import asyncpg as apg
 
     from infra.pg import create_pool
+    from recsys.runtime import api_app
     from recsys.settings import Settings
-    from service.app import create_app
 
     pool = await create_pool(database_url, min_size=0, max_size=1)
     await pool.close()  # a closed pool fails every acquire, like a database that went away
     settings = Settings(database_url=database_url)
-    app = create_app(settings.for_api(), pool=pool, recommender=FakeRecommender())
+    app = api_app(settings, pool=pool, recommender=FakeRecommender())
     import httpx
 
     async with app.router.lifespan_context(app):

@@ -57,9 +57,13 @@ def guarded_url(model_db: str) -> Iterator[str]:
         yield url
 
 
+def _no_services() -> Any:
+    raise AssertionError("the OpenAPI document is built without running the app")
+
+
 def _document(token: str | None) -> dict[str, Any]:
     config = ServiceConfig(api_token=SecretStr(token) if token else None)
-    return create_app(config).openapi()
+    return create_app(config, _no_services).openapi()  # the document needs no services: none are opened
 
 
 def _config(**extra: Any) -> SchemathesisConfig:
