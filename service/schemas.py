@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
+from core.events import CREDIT_LIMIT_MAX
+
 __all__ = [
     "EMBEDDING_DIM",
     "MAX_CREDIT_LIMIT",
@@ -36,7 +38,7 @@ __all__ = [
 
 EMBEDDING_DIM = 32  # the two-tower model's embedding size (the vector(32) columns)
 MAX_VECTOR_ABS = 1e6  # embeddings are unit vectors; anything this far out is not one
-MAX_CREDIT_LIMIT = 1e9  # the shop's largest is about 2.3e5
+MAX_CREDIT_LIMIT = CREDIT_LIMIT_MAX  # one bound for events and the API (core.events)
 MAX_TEXT_LEN = 200
 MAX_ITEM_ID_LEN = 64
 # printable text: no C0 control character (NUL included) and no DEL; lone surrogates cannot get
