@@ -32,7 +32,7 @@ import sqlalchemy as sa
 
 from core.errors import ConfigError, InfraError, NotFoundError, SourceSchemaError
 from etl.policies import POLICIES, Policy, RepeatReducer
-from etl.source import REQUIRED_COLUMNS, check_schema, describe_url, open_source, source_errors
+from etl.source import REQUIRED_COLUMNS, check_schema, open_source, source_errors
 from infra.lake import (
     COLUMNS,
     RUNS,
@@ -49,6 +49,7 @@ from infra.lake import (
 )
 from infra.logs import get_logger
 from infra.objectstore import ObjectStore, open_store
+from infra.urls import redact_url
 
 __all__ = [
     "PARTITIONS",
@@ -285,7 +286,7 @@ def run_etl(
     started = time.perf_counter()
     run_id = new_run_id(clock())
     prefix = run_prefix(run_id, dataset)
-    shown_source = describe_url(source_url)
+    shown_source = redact_url(source_url)
     excluded = frozenset(suppressed()) if suppressed is not None else frozenset()
     written: set[int] = set()  # customers in this run, for the check before publishing
     suppressed_rows = 0
