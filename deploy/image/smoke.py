@@ -137,9 +137,15 @@ SERVICE_CONTAINER: dict[str, Any] = {
         {"name": "RECSYS_LOG_FORMAT", "value": "json"},
         {"name": "RECSYS_LOG_LEVEL", "value": "INFO"},
         {"name": "RECSYS_STATE_DIR", "value": "/scratch/recsys"},
+        {"name": "RECSYS_API__KEEP_ALIVE_TIMEOUT_S", "value": "75"},
         {"name": "RECSYS_CONSUMER__SHUTDOWN_DEADLINE_S", "value": "25"},
     ],
 }
+# what the stack's environment names that the smoke test takes from the embedded stack instead
+REPLACED = {
+    "AWS_REGION", "RECSYS_PORT", "RECSYS_DATABASE_URL", "RECSYS_STREAM", "RECSYS_DELIVERY_STREAM",
+    "RECSYS_DEAD_LETTERS", "RECSYS_LAKE", "RECSYS_ARTIFACTS",
+}  # fmt: skip
 
 
 def run_options(container: Mapping[str, Any]) -> list[str]:

@@ -59,8 +59,9 @@ def test_the_smoke_test_runs_containers_as_the_stack_runs_recsys_run(run_contain
     for key in ("command", "user", "readonlyRootFilesystem", "linuxParameters", "stopTimeout"):
         assert container[key] == run_container[key], key
     stack_env = {item["name"]: item["value"] for item in run_container["environment"]}
-    for item in container["environment"]:
-        assert stack_env[item["name"]] == item["value"], item["name"]
+    smoke_env = {item["name"]: item["value"] for item in container["environment"]}
+    assert {name: stack_env.get(name) for name in smoke_env} == smoke_env
+    assert set(stack_env) - set(smoke_env) <= smoke.REPLACED, "a setting the smoke test does not apply"
 
 
 def test_docker_run_options_follow_the_container_definition() -> None:
