@@ -38,7 +38,7 @@ pytestmark = [
 Lake = Any  # a function key -> bytes
 
 
-def _run(lake_bytes: Lake, dataset: str = "ratings_ml_training") -> tuple[dict[str, Any], dict[str, pa.Table]]:
+def _run(lake_bytes: Lake, dataset: str = "ratings_ml_training") -> tuple[dict[str, Any], dict[str, Any]]:
     """The published run, read with plain json + pyarrow: its manifest and each file by its key."""
     pointer = json.loads(lake_bytes(f"{dataset}/_latest.json"))
     manifest = json.loads(lake_bytes(pointer["manifest"]))
@@ -182,7 +182,8 @@ def test_each_update_policy_folds_repeats_as_the_python_engine(
             "AND a.ratedAt < b.ratedAt WHERE a.productRating <> b.productRating LIMIT 1"
         ).one()
     engine.dispose()
-    got = next(r["productRating"] for r in rows if (r["customerNumber"], r["productCode"]) == (customer, code))
+    by_pair = {(r["customerNumber"], r["productCode"]): r["productRating"] for r in rows}
+    got = by_pair[(customer, code)]
     assert got == ((first + second) / 2 if policy == "average" else float(second))
 
 
@@ -242,7 +243,8 @@ def test_a_failed_run_publishes_nothing(mysql_url: str, spark: Any, tmp_path: Pa
             assert list(store.list(f"ratings_ml_training/runs/{failed_run}/")) == [
                 f"ratings_ml_training/runs/{failed_run}/_quality_report.json"
             ]
-            reports[name] = json.loads(store.get_bytes(f"ratings_ml_training/runs/{failed_run}/_quality_report.json"))
+            report_key = f"ratings_ml_training/runs/{failed_run}/_quality_report.json"
+            reports[name] = json.loads(store.get_bytes(report_key))
         for report in reports.values():
             checks = {c["name"]: c for c in report["checks"]}
             assert not report["passed"] and checks["row_count"]["passed"] and checks["schema"]["passed"]
@@ -273,13 +275,15 @@ def test_an_incremental_run_equals_a_full_run_on_both_engines(
             "UPDATE ratings SET updatedAt = '2026-01-01 00:00:00'",
             # changed since: one customer's ratings move, one pair is new
             "UPDATE ratings SET productRating = 6 - productRating WHERE customerNumber = 103",
-            "INSERT INTO ratings (customerNumber, productCode, productRating) SELECT 112, MAX(p.productCode), 5 "
-            "FROM products p WHERE p.productCode NOT IN (SELECT productCode FROM ratings WHERE customerNumber = 112)",
+            "INSERT INTO ratings (customerNumber, productCode, productRating) "
+            "SELECT 112, MAX(p.productCode), 5 FROM products p "
+            "WHERE p.productCode NOT IN (SELECT productCode FROM ratings WHERE customerNumber = 112)",
         )
         since = datetime(2026, 6, 1, tzinfo=UTC)
         engine = sa.create_engine(url)
         with engine.connect() as conn:  # (an update to the same value does not move updatedAt)
-            changed = conn.exec_driver_sql("SELECT COUNT(*) FROM ratings WHERE updatedAt >= '2026-06-01'").scalar()
+            query = "SELECT COUNT(*) FROM ratings WHERE updatedAt >= '2026-06-01'"
+            changed = conn.exec_driver_sql(query).scalar()
         engine.dispose()
         assert changed is not None and 10 < changed < len(sql_join(url)) / 10
         summaries: list[EtlSummary] = [

@@ -111,7 +111,7 @@ def test_latest_needs_a_time_column_only_when_pairs_can_repeat(tmp_path: Path) -
     assert run_etl(keyed, str(tmp_path / "a"), update_policy="latest", rating_time_column="ratedOn").rows == 4
     log = _source(tmp_path / "log.db", REPEATED, keyed=False)
     with pytest.raises(SourceSchemaError, match=r"ratings.*'ratedOn'"):
-        run_etl(log, str(tmp_path / "b"), update_policy="latest", rating_time_column="ratedOn", thresholds=None)
+        run_etl(log, str(tmp_path / "b"), update_policy="latest", rating_time_column="ratedOn")
 
 
 def test_partition_by_customer_writes_a_self_contained_file_per_customer(tmp_path: Path) -> None:
