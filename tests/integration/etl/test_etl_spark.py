@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from etl.gates import QualityGateFailed
 from etl.pipeline import EtlSummary, SuppressedDuringRun, run_etl
 from etl.seed import seed
+from etl.spark_job import main as spark_job_main
 from etl.spark_job import run_spark_etl
 from infra.lake import latest_run
 from infra.objectstore import LocalStore
@@ -111,6 +112,15 @@ def test_the_cli_runs_the_spark_engine(shop: str, spark: Any, tmp_path: Path, ca
     out = capsys.readouterr().out
     assert "engine=spark" in out and "quality gates passed" in out
     assert_same_runs(local_bytes(tmp_path / "sp"), local_bytes(tmp_path / "py"))
+    # the Glue job's entry point: the same script, Glue's own arguments ignored
+    glue = [
+        "--JOB_NAME", "recsys-etl", "--job-bookmark-option", "job-bookmark-disable",
+        "--source-url", shop, "--lake", str(tmp_path / "glue"),
+        "--etl-settings", '{"spark_read_partitions": 2}',
+    ]  # fmt: skip
+    assert spark_job_main(glue) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] > 3_000
+    assert_same_runs(local_bytes(tmp_path / "glue"), local_bytes(tmp_path / "py"))
     # a source the Spark engine does not read: one line, exit 2
     assert cli(["etl", "--engine", "spark", "--source-url", "sqlite:///x.db", "--lake", str(tmp_path)]) == 2
     assert "reads MySQL/MariaDB sources" in capsys.readouterr().err
