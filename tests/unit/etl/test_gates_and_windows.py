@@ -203,3 +203,28 @@ def test_parse_window(since: str | None, window: str | None, expected: datetime 
 def test_bad_windows_are_refused(since: str | None, window: str | None, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_window(since, window, NOW)
+
+
+def test_bad_ratings_and_orphans_stop_the_run_with_their_keys(tmp_path: Path) -> None:
+    url = _shop(tmp_path / "shop.db")
+    lake = str(tmp_path / "lake")
+    _sql(
+        url,
+        "UPDATE ratings SET productRating = 9 WHERE customerNumber = 112",
+        "INSERT INTO ratings VALUES (999, 'S10_1678', 4, '2026-01-01 00:00:00')",
+        "INSERT INTO ratings VALUES (114, 'S99_0000', 4, '2026-01-01 00:00:00')",
+    )
+    with pytest.raises(QualityGateFailed) as failed:
+        run_etl(url, lake)
+    checks = {c.name: c for c in failed.value.report.checks}
+    assert (checks["rating_range"].count, checks["orphans"].count) == (1, 2)
+    assert checks["rating_range"].sample_keys == [[112, "S10_1678"]]
+    assert sorted(checks["orphans"].sample_keys) == [[114, "S99_0000"], [999, "S10_1678"]]
+    assert failed.value.report.counts["rows_read"] == 6 and not list(
+        LocalStore(lake).list("ratings_ml_training/_")
+    )
+    # a suppressed customer's orphans are not counted; a tolerance lets the rest through
+    summary = run_etl(
+        url, lake, suppressed=lambda: {999}, thresholds=Thresholds(rating_max=10, max_orphan_fraction=0.2)
+    )
+    assert summary.quality is not None and summary.quality.counts["orphans"] == 1 and summary.rows == 4
