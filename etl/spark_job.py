@@ -41,7 +41,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from core.errors import ConfigError, RecsysError, SourceSchemaError
+from core.errors import ConfigError, InfraError, RecsysError, SourceSchemaError
 from etl.config import EtlSettings
 from etl.gates import QualityCounts, QualityGateFailed, Thresholds
 from etl.pipeline import (
@@ -66,7 +66,7 @@ from infra.lake import COLUMNS, SCHEMA, TRAINING_DATASET, LakeRun, new_run_id, p
 from infra.logs import get_logger
 from infra.objectstore import LocalStore, ObjectStore, S3Store, open_store, parse_uri
 
-__all__ = ["JdbcSource", "jdbc_source", "main", "run_spark_etl", "spark_session"]
+__all__ = ["JdbcSource", "SparkJobFailed", "jdbc_source", "main", "run_spark_etl", "spark_session"]
 
 log = get_logger(__name__)
 
@@ -129,11 +129,14 @@ def jdbc_source(source_url: str) -> JdbcSource:
     )
 
 
-def spark_session(settings: EtlSettings) -> SparkSession:
-    """The running session (Glue's, a test's), else a new one on ``settings.spark_master``."""
+def spark_session(settings: EtlSettings, *, cluster: bool = False) -> SparkSession:
+    """The running session (a test's), else a new one: on a cluster (Glue, spark-submit) with the
+    cluster's own master and jars, otherwise on ``settings.spark_master`` with the JDBC jar."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if cluster or os.environ.get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit / Glue
+        return SparkSession.builder.appName("recsys-etl").getOrCreate()
     jars = [j.strip() for j in settings.spark_jdbc_jars.split(",") if j.strip()]
     missing = [j for j in jars if "://" not in j and not Path(j).is_file()]
     if missing:
@@ -404,8 +407,9 @@ def run_spark_etl(
         stats = _stats(result, thresholds)
         rows = int(stats["rows"])
         suppressed_rows = int(stats["suppressed"])
+        window_rows = int(stats["window_rows"])  # the rows this run read, folded (with suppressed)
         if rows_read is None:
-            rows_read = int(stats["window_rows"])
+            rows_read = window_rows
         counts.rows, counts.bad_ratings = rows, int(stats["bad"])
         counts.written_schema = _arrow_schema(result.select(*COLUMNS))
         if thresholds is not None:
@@ -437,7 +441,7 @@ def run_spark_etl(
             writer.mode("errorifexists").option("compression", "snappy").option(
                 "maxRecordsPerFile", str(file_max_rows)
             ).parquet(path)
-            keys = _publish_files(
+            keys, written_bytes = _publish_files(
                 lake,
                 prefix,
                 partition_by=partition_by,
@@ -478,6 +482,10 @@ def run_spark_etl(
         if not isinstance(exc, QualityGateFailed | ConfigError | SourceSchemaError) or moved:
             with contextlib.suppress(Exception):
                 lake.delete(list(lake.list(prefix)))
+        if _is_spark_error(exc):
+            raise SparkJobFailed(
+                f"spark etl run {run_id} failed, nothing was published: {_reason(exc)}"
+            ) from exc
         raise
     finally:
         for df in cached:
@@ -492,9 +500,9 @@ def run_spark_etl(
         run_id=run_id,
         rows=rows,
         rows_read=rows_read,
-        repeats_folded=(rows_read - rows - suppressed_rows) if dedupe and since is None else 0,
+        repeats_folded=rows_read - window_rows if dedupe else 0,
         files=len(keys),
-        bytes_written=sum(_size(lake, key) for key in keys),
+        bytes_written=written_bytes,
         seconds=time.perf_counter() - started,
         lake=lake.uri,
         source=shown_source,
@@ -509,10 +517,28 @@ def run_spark_etl(
     )
 
 
-def _size(lake: ObjectStore, key: str) -> int:
-    if isinstance(lake, LocalStore):
-        return (Path(lake.uri) / key).stat().st_size
-    return 0  # not worth a HEAD per file on S3
+class SparkJobFailed(InfraError):
+    """A Spark job of the run failed (the JVM's reason, one line); nothing was published."""
+
+
+def _is_spark_error(exc: BaseException) -> bool:
+    from py4j.protocol import Py4JError  # type: ignore[import-untyped]
+    from pyspark.errors import PySparkException
+
+    return isinstance(exc, Py4JError | PySparkException)
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a JVM exception (``java.sql.SQLException: ...``), on one line."""
+    java = getattr(exc, "java_exception", None)
+    text = str(exc)
+    with contextlib.suppress(Exception):
+        while java is not None and java.getCause() is not None:
+            java = java.getCause()
+        if java is not None:
+            text = str(java.toString())
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0][:500] if lines else type(exc).__name__
 
 
 def _bounds(engine: sa.engine.Engine, names: dict[str, dict[str, str]]) -> tuple[int, int] | None:
@@ -640,14 +666,17 @@ def _publish_files(
     local: Path | None,
     staging_key: str,
     workdir: Path,
-) -> list[str]:
-    """Put the staged files at the run's keys (the Python engine's names); returns the keys."""
+) -> tuple[list[str], int]:
+    """Put the staged files at the run's keys (the Python engine's names); returns the keys and the
+    bytes of the files staged locally (a cluster's are not counted)."""
     counters: dict[str, int] = {}
     keys: list[str] = []
+    size = 0
     if local is not None:
         for folder, path in _staged_files(local):
             key = _final_key(prefix, partition_by, folder, counters)
             lake.put_file(key, path)
+            size += path.stat().st_size
             keys.append(key)
     else:
         staged = sorted(k for k in lake.list(staging_key) if k.endswith(".parquet"))
@@ -664,7 +693,7 @@ def _publish_files(
         key = f"{prefix}part-00000.parquet"
         lake.put_file(key, _empty_file(workdir))
         keys.append(key)
-    return keys
+    return keys, size
 
 
 # --- the Glue job's entry point ---------------------------------------------------------------------
@@ -700,6 +729,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--since", default=None)
     parser.add_argument("--window", default=None)
     parser.add_argument("--etl-settings", default="{}", help="EtlSettings fields as JSON (RECSYS_ETL__*)")
+    parser.add_argument(
+        "--master", default=None, help="run on this master (local[2]) instead of the cluster's (Glue)"
+    )
     return parser
 
 
@@ -726,7 +758,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             def suppressed() -> frozenset[int]:
                 return asyncio.run(read_suppressed(url))
 
-        spark = spark_session(settings)
+        if args.master:
+            settings = settings.model_copy(update={"spark_master": args.master})
+        spark = spark_session(settings, cluster=not args.master)
         summary = run_spark_etl(
             spark,
             source_url,

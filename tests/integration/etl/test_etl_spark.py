@@ -311,3 +311,23 @@ def test_an_incremental_run_equals_a_full_run_on_both_engines(
         assert_matches_sql(pa.Table.from_pylist(rows), sql_join(url))
     finally:
         drop()
+
+
+def test_a_spark_job_that_fails_says_why_in_one_line_and_publishes_nothing(
+    shop: str, spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    import etl.spark_job as job
+
+    lake = tmp_path / "lake"
+    before = run_spark_etl(spark, shop, str(lake)).run_id
+    # the database refuses the read (here: a query it cannot parse), as a JDBC error would
+    monkeypatch.setattr(job, "_compile", lambda query, engine: "SELECT FROM nowhere WHERE")
+    with pytest.raises(job.SparkJobFailed, match=r"nothing was published: java\.sql\.\w+Exception"):
+        run_spark_etl(spark, shop, str(lake))
+    assert latest_run(LocalStore(str(lake))).run_id == before
+    assert {k.split("/")[2] for k in LocalStore(str(lake)).list("ratings_ml_training/runs/")} == {before}
+    capsys.readouterr()
+    args = ["etl", "--engine", "spark", "--source-url", shop, "--lake", str(lake), "--log-level", "ERROR"]
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("recsys etl: error: spark etl run"), err
