@@ -324,6 +324,7 @@ def run_spark_etl(
     counts = QualityCounts()
     cached: list[DataFrame] = []
     moved = False
+    scratch = Path(tempfile.mkdtemp(prefix="recsys-spark-etl-"))  # staging, previous run's files
     try:
         with source_errors(source_url):
             names = check_schema(engine, REQUIRED_COLUMNS)
@@ -397,7 +398,7 @@ def run_spark_etl(
                     previous=previous,
                     window_rows=folded,
                     mark=mark,
-                    stage_locally=stage_locally,
+                    workdir=scratch if stage_locally else None,
                 )
             )
         if partition_by != "none":
@@ -427,29 +428,29 @@ def run_spark_etl(
             lake, counts, thresholds, run_id=run_id, dataset=dataset, engine="spark", previous=previous
         )
         out = result.filter(~F.col(_SUP))
-        with tempfile.TemporaryDirectory(prefix="recsys-spark-etl-") as tmp:
-            staging_key = f"{prefix}{_STAGING}/"
-            target = Path(tmp) / "out" if stage_locally else None
-            path = str(target) if target is not None else _spark_path(lake, staging_key)
-            files = max(1, math.ceil(rows / file_max_rows))
-            if partition_by == "none":
-                writable = out.select(*_required()).coalesce(files)
-                writer = writable.write
-            else:
-                writable = out.repartition(F.col(_PART)).select(*_required(), _PART)
-                writer = writable.write.partitionBy(_PART)
-            writer.mode("errorifexists").option("compression", "snappy").option(
-                "maxRecordsPerFile", str(file_max_rows)
-            ).parquet(path)
-            keys, written_bytes = _publish_files(
-                lake,
-                prefix,
-                partition_by=partition_by,
-                local=target,
-                staging_key=staging_key,
-                workdir=Path(tmp),
-            )
-            moved = True
+        # the write: Spark stages the files, the driver puts them at the run's keys
+        staging_key = f"{prefix}{_STAGING}/"
+        target = scratch / "out" if stage_locally else None
+        path = str(target) if target is not None else _spark_path(lake, staging_key)
+        files = max(1, math.ceil(rows / file_max_rows))
+        if partition_by == "none":
+            writable = out.select(*_required()).coalesce(files)
+            writer = writable.write
+        else:
+            writable = out.repartition(F.col(_PART)).select(*_required(), _PART)
+            writer = writable.write.partitionBy(_PART)
+        writer.mode("errorifexists").option("compression", "snappy").option(
+            "maxRecordsPerFile", str(file_max_rows)
+        ).parquet(path)
+        keys, written_bytes = _publish_files(
+            lake,
+            prefix,
+            partition_by=partition_by,
+            local=target,
+            staging_key=staging_key,
+            workdir=scratch,
+        )
+        moved = True
         if suppressed is not None:
             late = frozenset(suppressed()) - excluded
             if late and out.filter(F.col("customerNumber").isin(sorted(late))).limit(1).count():
@@ -492,6 +493,7 @@ def run_spark_etl(
             with contextlib.suppress(Exception):
                 df.unpersist()
         engine.dispose()
+        shutil.rmtree(scratch, ignore_errors=True)
     log.info("published run %s (%d rows, %d files)", run_id, rows, len(keys))
     deleted: list[str] = []
     if retention_days is not None:
@@ -636,11 +638,14 @@ def _previous_rows(
     previous: LakeRun,
     window_rows: DataFrame,
     mark: Callable[[DataFrame], DataFrame],
-    stage_locally: bool,
+    workdir: Path | None,
 ) -> DataFrame:
-    """The previous run's rows whose pair the window did not touch, marked like the window's."""
-    if stage_locally:
-        folder = Path(tempfile.mkdtemp(prefix="recsys-spark-prev-"))
+    """The previous run's rows whose pair the window did not touch, marked like the window's.
+    With a ``workdir`` (a local master) its files are downloaded there first; a cluster reads them
+    from the lake."""
+    if workdir is not None:
+        folder = workdir / "previous"
+        folder.mkdir()
         paths = []
         for index, key in enumerate(previous.files):
             local = folder / f"part-{index:05d}.parquet"
