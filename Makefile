@@ -26,7 +26,7 @@ $(VENV)/.runtime: $(BIN)/python requirements.lock requirements-local.lock pyproj
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock requirements-spark.lock
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock requirements-spark.lock .cache/checkov/.installed
 	$(BIN)/pip install --quiet -r requirements-dev.lock -r requirements-spark.lock
 	# the Spark engine's JDBC driver (Debian's libmariadb-java) for `recsys etl --engine spark` and its tests
 	@if [ ! -f $(MARIADB_JDBC) ]; then \
@@ -39,6 +39,20 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock requirements-spark.lock
 	# kinesis-mock (pure JavaScript) for the resharding tests; they skip with a reason without Node.js
 	if command -v npm >/dev/null 2>&1; then \
 	  npm install --silent --no-audit --no-fund --prefix .cache/kinesis-local kinesis-local@0.6.2; fi
+	# promtool (deploy/prometheus tests): the binary out of Debian's prometheus package, unpacked
+	# into .cache (no daemon installed or started); the tests skip with a reason where apt is missing
+	if [ ! -x .cache/prometheus/usr/bin/promtool ] && command -v apt-get >/dev/null 2>&1; then \
+	  (mkdir -p .cache/prometheus && cd .cache/prometheus && apt-get download prometheus >/dev/null 2>&1 \
+	   && dpkg -x prometheus_*.deb . && rm -f prometheus_*.deb) \
+	  || echo "promtool: Debian's prometheus package could not be fetched; its tests will skip"; fi
+	touch $@
+
+# checkov in a virtualenv of its own: it pins boto3 and others to versions our locks cannot take
+.cache/checkov/.installed: requirements-checkov.lock
+	$(PYTHON) -m venv .cache/checkov
+	.cache/checkov/bin/pip install --quiet --upgrade "pip>=24"
+	.cache/checkov/bin/pip install --quiet --no-deps -r requirements-checkov.lock
+	.cache/checkov/bin/pip check
 	touch $@
 
 install: $(VENV)/.runtime

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     initial_position: Literal["TRIM_HORIZON", "LATEST"] | str = "TRIM_HORIZON"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="`recsys consume`: serve its Prometheus metrics on this port (0 = a free one); "
+        "unset = none. A `recsys serve` beside it appends them to its /metrics "
+        "(RECSYS_API__CONSUMER_METRICS_URL)",
+    )
     api_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"

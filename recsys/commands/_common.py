@@ -27,6 +27,7 @@ SETTINGS_FLAGS = {
     "initial_position",
     "host",
     "port",
+    "metrics_port",
     "log_level",
     "log_format",
 }

@@ -6,8 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import signal
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
+from core.errors import ConfigError
+from infra.logs import get_logger
 from recsys import bootstrap
 from recsys.commands._common import add_command, flag, run_async, settings_from
 from recsys.settings import Settings
@@ -16,6 +19,8 @@ if TYPE_CHECKING:
     from consumer.shard import ConsumerStats
 
 __all__ = ["register"]
+
+log = get_logger(__name__)
 
 DEFAULT_EMULATOR_OUTPUT = "s3://recsys-output/recommendations"
 
@@ -44,6 +49,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="P",
     )
     flag(parser, "--database-url", "PostgreSQL URL; unset = the embedded stack", metavar="URL")
+    flag(
+        parser,
+        "--metrics-port",
+        "serve this process's Prometheus metrics on 127.0.0.1:PORT/metrics (0 = a free one; default: "
+        "none), for a `recsys serve` beside it to append to its /metrics (RECSYS_API__CONSUMER_METRICS_URL)",
+        type=int,
+        metavar="PORT",
+    )
     flag(
         parser,
         "--output",
@@ -89,20 +102,46 @@ async def _consume(settings: Settings, url: str) -> ConsumerStats:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    async with pool(url, min_size=2, max_size=10) as pg:
-        recommender = await ModelRecommender.open(
-            pg,
-            ef_search=settings.ef_search,
-            cache_keys=settings.consumer.cache_keys,
-            observe=metrics.observe_cache,
-        )
-        suppression = await SuppressionList.load(pg)
-        freeze_heap()  # start-up's long-lived objects out of the GC's way (bench: ~1.5x recommend_batch)
-        try:
-            consumer = Consumer(
-                settings.for_consumer(), pg, recommender, PgLatestStore(pg), suppression=suppression
+    exporter = _metrics_server(settings.metrics_port)
+    try:
+        async with pool(url, min_size=2, max_size=10) as pg:
+            recommender = await ModelRecommender.open(
+                pg,
+                ef_search=settings.ef_search,
+                cache_keys=settings.consumer.cache_keys,
+                observe=metrics.observe_cache,
             )
-            await consumer.run(stop)
-        finally:
-            await asyncio.shield(recommender.close())
+            suppression = await SuppressionList.load(pg)
+            freeze_heap()  # start-up's long-lived objects out of the GC's way (bench: ~1.5x recommend_batch)
+            try:
+                consumer = Consumer(
+                    settings.for_consumer(), pg, recommender, PgLatestStore(pg), suppression=suppression
+                )
+                await consumer.run(stop)
+            finally:
+                await asyncio.shield(recommender.close())
+    finally:
+        if exporter is not None:
+            await asyncio.shield(asyncio.to_thread(_close_metrics_server, exporter))
     return consumer.stats
+
+
+def _metrics_server(port: int | None) -> tuple[Any, threading.Thread] | None:
+    """The default registry on 127.0.0.1:``port`` (never another interface: the task's localhost only)."""
+    if port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    try:
+        server, thread = start_http_server(port, addr="127.0.0.1")
+    except OSError as exc:
+        raise ConfigError(f"--metrics-port {port}: {exc.strerror or exc}") from exc
+    log.info("consumer metrics on http://127.0.0.1:%d/metrics", server.server_port)
+    return server, thread
+
+
+def _close_metrics_server(exporter: tuple[Any, threading.Thread]) -> None:
+    server, thread = exporter
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)

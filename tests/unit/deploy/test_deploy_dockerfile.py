@@ -122,7 +122,10 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def test_slim_runtime_stage_from_the_builder_as_a_non_root_user(
-    dockerfile: tuple[dict[str, str], list[Stage]], builder: Stage, runtime: Stage, rendered: dict[str, Any]
+    dockerfile: tuple[dict[str, str], list[Stage]],
+    builder: Stage,
+    runtime: Stage,
+    run_container: dict[str, Any],
 ) -> None:
     global_args, _ = dockerfile
     version = global_args["PYTHON_VERSION"]
@@ -135,16 +138,16 @@ def test_slim_runtime_stage_from_the_builder_as_a_non_root_user(
     user = runtime.last("USER")
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) >= 1000
-    assert rendered["task-definition.json"]["containerDefinitions"][0]["user"] == user
+    assert run_container["user"] == user
     assert runtime.last("STOPSIGNAL") == "SIGTERM"
 
 
 def test_the_read_only_task_writes_only_to_a_volume_the_user_owns(
-    runtime: Stage, rendered: dict[str, Any]
+    runtime: Stage, run_container: dict[str, Any]
 ) -> None:
     """ECS mounts a root-owned 0755 bind mount unless the image declares the path as a VOLUME: then it
     copies the image directory's owner and mode, which must be the runtime user's."""
-    container = rendered["task-definition.json"]["containerDefinitions"][0]
+    container = run_container
     assert container["readonlyRootFilesystem"] is True
     (mount,) = container["mountPoints"]
     path = mount["containerPath"]
@@ -160,7 +163,7 @@ def test_the_read_only_task_writes_only_to_a_volume_the_user_owns(
 
 
 def test_entry_point_runs_recsys_run_in_exec_form(
-    root: Path, runtime: Stage, rendered: dict[str, Any]
+    root: Path, runtime: Stage, run_container: dict[str, Any]
 ) -> None:
     entrypoint = exec_form(runtime.last("ENTRYPOINT"))
     command = exec_form(runtime.last("CMD"))
@@ -168,7 +171,7 @@ def test_entry_point_runs_recsys_run_in_exec_form(
     scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["recsys"] == "recsys.cli:main"
     assert entrypoint[1:] + command == ["run"]
-    container = rendered["task-definition.json"]["containerDefinitions"][0]
+    container = run_container
     assert container["command"] == command
 
     from recsys.cli import build_parser
@@ -180,7 +183,7 @@ def test_entry_point_runs_recsys_run_in_exec_form(
 
 
 def test_the_container_listens_on_the_api_port_on_every_interface(
-    runtime: Stage, rendered: dict[str, Any]
+    runtime: Stage, run_container: dict[str, Any]
 ) -> None:
     from recsys.settings import Settings
 
@@ -191,7 +194,7 @@ def test_the_container_listens_on_the_api_port_on_every_interface(
     assert env["RECSYS_HOST"] == "0.0.0.0"
     assert env["RECSYS_LOG_FORMAT"] == "json"
     assert "/opt/venv/bin" in env["PATH"].split(":")[0]
-    container = rendered["task-definition.json"]["containerDefinitions"][0]
+    container = run_container
     assert container["portMappings"][0]["containerPort"] == port
 
 
@@ -205,12 +208,14 @@ def healthcheck_command(runtime: Stage) -> list[str]:
     return exec_form(command)
 
 
-async def test_healthcheck_probes_the_api_liveness_route(runtime: Stage, rendered: dict[str, Any]) -> None:
+async def test_healthcheck_probes_the_api_liveness_route(
+    runtime: Stage, run_container: dict[str, Any]
+) -> None:
     command = healthcheck_command(runtime)
     assert command[0] == "python"  # slim images have no curl
     probed = re.findall(r"/[a-z]+z\b", command[-1])
     assert probed == ["/healthz"]
-    container = rendered["task-definition.json"]["containerDefinitions"][0]
+    container = run_container
     assert container["healthCheck"]["command"] == ["CMD", *command]
 
     import httpx

@@ -1,7 +1,8 @@
-"""The IAM policies: real action names, specific resources, and exactly what the code calls.
+"""The stack's IAM policies: real action names, the stack's own resources, exactly what the code calls.
 
 An IAM action is the service prefix plus the API operation name, so botocore's service models give
 the real names; the few actions that are not operation names are mapped explicitly (``KNOWN``).
+Carried over from the former deploy/ecs/templates/iam/*.json, resource by resource.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import botocore.session
 import pytest
 from moto.iam.policy_validation import IAMPolicyDocumentValidator, IAMTrustPolicyDocumentValidator
 
+from .conftest import DEPLOYED, REGION, Stack, evaluate
+
 # IAM prefix -> botocore service model
 SERVICES = {
     "kinesis": "kinesis",
@@ -25,26 +28,51 @@ SERVICES = {
     "logs": "logs",
     "ecr": "ecr",
     "secretsmanager": "secretsmanager",
-    "ssm": "ssm",
     "kms": "kms",
     "sts": "sts",
+    "ecs": "ecs",
+    "events": "events",
+    "states": "stepfunctions",
+    "glue": "glue",
+    "iam": "iam",
 }
 # actions whose name is not an operation name: action -> the operation it authorises
 KNOWN = {
     "s3:ListBucket": "ListObjectsV2",
     "s3:ListBucketMultipartUploads": "ListMultipartUploads",
+    "logs:DescribeResourcePolicies": "DescribeResourcePolicies",
+    "logs:PutResourcePolicy": "PutResourcePolicy",
+    "logs:DescribeLogGroups": "DescribeLogGroups",
 }
-# the only statement allowed a "*" resource: the action supports no resource-level permission
-NO_RESOURCE_LEVEL = {"ecr:GetAuthorizationToken"}
-
-POLICIES = [
-    "iam/task-role-policy.json",
-    "iam/execution-role-policy.json",
-    "iam/jobs-task-role-policy.json",
-    "iam/jobs-execution-role-policy.json",
-    "iam/firehose-role-policy.json",
-]
-TRUST = ["iam/ecs-tasks-trust-policy.json", "iam/firehose-trust-policy.json"]
+# permission-only actions (no API operation of that name): iam:PassRole (handing a role to a
+# service: ECS, for the tasks the pipeline starts), and what Step Functions needs to deliver its
+# execution logs to CloudWatch Logs ("vended logs"), per the Step Functions developer guide
+PERMISSION_ONLY = {
+    "iam:PassRole",
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+}
+# the only statements allowed a "*" resource: the actions support no resource-level permission
+NO_RESOURCE_LEVEL = (
+    {"ecr:GetAuthorizationToken"}
+    | PERMISSION_ONLY
+    | {
+        "logs:PutResourcePolicy",
+        "logs:DescribeResourcePolicies",
+        "logs:DescribeLogGroups",
+    }
+)
+ROLES = ["TaskRole", "ExecutionRole", "JobsTaskRole", "JobsExecutionRole", "FirehoseRole", "PipelineRole"]
+EVERYTHING = {
+    **DEPLOYED,
+    "PipelineSchedule": "rate(1 day)",
+    "EtlGlueJobName": "recsys-etl",
+    "StreamKmsKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/0a1b2c3d-4e5f",
+    "SecretsKmsKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/1a1b2c3d-4e5f",
+}
 
 
 @cache
@@ -54,6 +82,12 @@ def operations(service: str) -> frozenset[str]:
 
 def listify(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
+
+
+def policy(stack: Stack, role: str) -> dict[str, Any]:
+    (inline,) = stack.props(role)["Policies"]
+    document: dict[str, Any] = inline["PolicyDocument"]
+    return document
 
 
 def statements(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -70,6 +104,8 @@ def resources_of(document: dict[str, Any], action: str) -> set[str]:
 
 def real_action(action: str) -> bool:
     prefix, _, name = action.partition(":")
+    if action in PERMISSION_ONLY:
+        return True
     if action in KNOWN:
         return KNOWN[action] in operations(SERVICES[prefix])
     return prefix in SERVICES and name in operations(SERVICES[prefix])
@@ -80,61 +116,69 @@ def s3_object_arn(uri: str) -> str:
     return f"arn:aws:s3:::{bucket}/{prefix}/*"
 
 
-def task_env(rendered: dict[str, Any], path: str) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in rendered[path]["containerDefinitions"][0]["environment"]}
+def env(stack: Stack, task: str, container: str) -> dict[str, str]:
+    (box,) = [c for c in stack.props(task)["ContainerDefinitions"] if c["Name"] == container]
+    return {e["Name"]: str(e["Value"]) for e in box["Environment"]}
 
 
-def task_secrets(rendered: dict[str, Any], path: str) -> set[str]:
-    return {e["valueFrom"] for e in rendered[path]["containerDefinitions"][0]["secrets"]}
+@pytest.fixture(scope="module")
+def everything() -> Stack:
+    """Every optional statement present: the schedule, the Glue ETL, customer managed keys."""
+    return evaluate(EVERYTHING)
 
 
-@pytest.mark.parametrize("path", POLICIES)
-def test_policy_is_valid_iam_with_real_actions_only(rendered: dict[str, Any], path: str) -> None:
-    document = rendered[path]
+@pytest.mark.parametrize("role", [*ROLES, "ScheduleRole"])
+def test_policy_is_valid_iam_with_real_actions_only(everything: Stack, role: str) -> None:
+    document = policy(everything, role)
     IAMPolicyDocumentValidator(json.dumps(document)).validate()
     for statement in statements(document):
         assert statement["Effect"] == "Allow"
         for action in listify(statement["Action"]):
-            assert "*" not in action and "?" not in action, f"{path}: wildcard action {action}"
-            assert real_action(action), f"{path}: {action} is not an action of its service"
+            assert "*" not in action and "?" not in action, f"{role}: wildcard action {action}"
+            assert real_action(action), f"{role}: {action} is not an action of its service"
 
 
-@pytest.mark.parametrize("path", POLICIES)
-def test_no_wildcard_resources_where_the_arn_is_known(
-    rendered: dict[str, Any], example_vars: dict[str, Any], path: str
-) -> None:
-    for statement in statements(rendered[path]):
+def test_the_action_check_catches_a_made_up_action() -> None:
+    assert not real_action("kinesis:GetRecord")
+    assert not real_action("firehose:PutRecordsBatch")
+    assert real_action("firehose:PutRecordBatch")
+
+
+@pytest.mark.parametrize("role", [*ROLES, "ScheduleRole"])
+def test_no_wildcard_resources_where_the_arn_is_known(everything: Stack, role: str) -> None:
+    for statement in statements(policy(everything, role)):
         granted = listify(statement["Action"])
         for resource in listify(statement["Resource"]):
             if resource == "*":
-                assert set(granted) <= NO_RESOURCE_LEVEL, f"{path}: {granted} on every resource"
+                assert set(granted) <= NO_RESOURCE_LEVEL, f"{role}: {granted} on every resource"
                 continue
             arn = resource.split(":")
             assert arn[0] == "arn" and arn[1] == "aws", resource
             service = arn[2]
-            assert {a.split(":")[0] for a in granted} == {service}, f"{path}: {granted} on {resource}"
-            if service != "s3":
-                assert arn[3] == example_vars["REGION"] and arn[4] == example_vars["ACCOUNT_ID"], resource
-            # the only wildcards: every object under one prefix, every stream of one log group
+            prefixes = {a.split(":")[0] for a in granted}
+            assert prefixes == {"states" if service == "states" else service}, (
+                f"{role}: {granted} on {resource}"
+            )
+            if service not in {"s3", "iam"}:
+                assert arn[3] == REGION and arn[4] == "123456789012", resource
+            # the only wildcards: objects under one prefix, a log group's streams, one cluster's tasks
             unspecific = resource.replace("/*", "").removesuffix(":*")
-            assert "*" not in unspecific and "?" not in unspecific, f"{path}: {resource}"
+            assert "*" not in unspecific and "?" not in unspecific, f"{role}: {resource}"
 
 
-@pytest.mark.parametrize("path", TRUST)
-def test_trust_policies_are_valid_and_scoped_to_the_account(
-    rendered: dict[str, Any], example_vars: dict[str, Any], path: str
-) -> None:
-    document = rendered[path]
+@pytest.mark.parametrize("role", [*ROLES, "ScheduleRole"])
+def test_trust_policies_are_valid_and_scoped_to_the_account(everything: Stack, role: str) -> None:
+    document = everything.props(role)["AssumeRolePolicyDocument"]
     IAMTrustPolicyDocumentValidator(json.dumps(document)).validate()
     (statement,) = statements(document)
     assert real_action(statement["Action"])
-    assert example_vars["ACCOUNT_ID"] in json.dumps(statement["Condition"])
+    assert "123456789012" in json.dumps(statement["Condition"])
 
 
-def test_the_service_task_role_has_only_what_the_service_uses(rendered: dict[str, Any]) -> None:
-    policy = rendered["iam/task-role-policy.json"]
-    env = task_env(rendered, "task-definition.json")
-    assert actions(policy) == {
+def test_the_service_task_role_has_only_what_the_service_uses(stack: Stack) -> None:
+    document = policy(stack, "TaskRole")
+    consumer = env(stack, "ServiceTaskDefinition", "consumer")
+    assert actions(document) == {
         "kinesis:DescribeStreamSummary",
         "kinesis:ListShards",
         "kinesis:GetShardIterator",
@@ -144,23 +188,31 @@ def test_the_service_task_role_has_only_what_the_service_uses(rendered: dict[str
         "s3:ListBucket",
         "s3:PutObject",
     }
-    stream = f"arn:aws:kinesis:eu-west-1:123456789012:stream/{env['RECSYS_STREAM']}"
+    stream = f"arn:aws:kinesis:eu-west-1:123456789012:stream/{consumer['RECSYS_STREAM']}"
     for action in ("DescribeStreamSummary", "ListShards", "GetShardIterator", "GetRecords"):
-        assert resources_of(policy, f"kinesis:{action}") == {stream}
-    delivery = f"arn:aws:firehose:eu-west-1:123456789012:deliverystream/{env['RECSYS_DELIVERY_STREAM']}"
-    assert resources_of(policy, "firehose:PutRecordBatch") == {delivery}
-    assert resources_of(policy, "s3:GetObject") == {s3_object_arn(env["RECSYS_ARTIFACTS"])}
-    assert resources_of(policy, "s3:PutObject") == {s3_object_arn(env["RECSYS_DEAD_LETTERS"])}
-    bucket, _, prefix = env["RECSYS_ARTIFACTS"].removeprefix("s3://").partition("/")
-    (listing,) = [s for s in statements(policy) if "s3:ListBucket" in listify(s["Action"])]
+        assert resources_of(document, f"kinesis:{action}") == {stream}
+    delivery = f"arn:aws:firehose:eu-west-1:123456789012:deliverystream/{consumer['RECSYS_DELIVERY_STREAM']}"
+    assert resources_of(document, "firehose:PutRecordBatch") == {delivery}
+    assert resources_of(document, "s3:PutObject") == {s3_object_arn(consumer["RECSYS_DEAD_LETTERS"])}
+    artifacts = stack.outputs["ArtifactsUri"]  # the API and consumer read the model from the database
+    assert resources_of(document, "s3:GetObject") == {s3_object_arn(artifacts)}
+    bucket, _, prefix = artifacts.removeprefix("s3://").partition("/")
+    (listing,) = [s for s in statements(document) if "s3:ListBucket" in listify(s["Action"])]
     assert listing["Resource"] == f"arn:aws:s3:::{bucket}"
     assert listing["Condition"] == {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
 
 
-def test_the_jobs_task_role_reads_and_writes_only_the_lake_and_artifacts(rendered: dict[str, Any]) -> None:
-    policy = rendered["iam/jobs-task-role-policy.json"]
-    env = task_env(rendered, "task-definition-jobs.json")
-    assert actions(policy) == {
+def test_a_customer_managed_stream_key_adds_decrypt_through_kinesis_only(everything: Stack) -> None:
+    document = policy(everything, "TaskRole")
+    (decrypt,) = [s for s in statements(document) if s["Action"] == ["kms:Decrypt"]]
+    assert decrypt["Resource"] == EVERYTHING["StreamKmsKeyArn"]
+    assert decrypt["Condition"] == {"StringEquals": {"kms:ViaService": "kinesis.eu-west-1.amazonaws.com"}}
+
+
+def test_the_jobs_task_role_reads_and_writes_only_the_lake_and_artifacts(stack: Stack) -> None:
+    document = policy(stack, "JobsTaskRole")
+    job = env(stack, "JobsTaskDefinition", "recsys")
+    assert actions(document) == {
         "s3:GetObject",
         "s3:PutObject",
         "s3:AbortMultipartUpload",
@@ -168,32 +220,31 @@ def test_the_jobs_task_role_reads_and_writes_only_the_lake_and_artifacts(rendere
         "s3:DeleteObject",
     }
     # the ETL removes the files of a failed run and old runs; nothing deletes artifacts
-    assert resources_of(policy, "s3:DeleteObject") == {s3_object_arn(env["RECSYS_LAKE"])}
-    objects = {s3_object_arn(env["RECSYS_LAKE"]), s3_object_arn(env["RECSYS_ARTIFACTS"])}
+    assert resources_of(document, "s3:DeleteObject") == {s3_object_arn(job["RECSYS_LAKE"])}
+    objects = {s3_object_arn(job["RECSYS_LAKE"]), s3_object_arn(job["RECSYS_ARTIFACTS"])}
     for action in ("s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"):
-        assert resources_of(policy, action) == objects
+        assert resources_of(document, action) == objects
     # unconditioned on purpose: S3 answers a HeadObject of a missing key with 404 only to a caller
     # allowed to list the bucket (the request carries no s3:prefix), and ObjectStore.exists() needs 404
     buckets = {
         "arn:aws:s3:::" + uri.removeprefix("s3://").split("/")[0]
-        for uri in (env["RECSYS_LAKE"], env["RECSYS_ARTIFACTS"])
+        for uri in (job["RECSYS_LAKE"], job["RECSYS_ARTIFACTS"])
     }
-    assert resources_of(policy, "s3:ListBucket") == buckets
+    assert resources_of(document, "s3:ListBucket") == buckets
 
 
 @pytest.mark.parametrize(
-    ("policy_path", "task_path"),
+    ("role", "task", "group"),
     [
-        ("iam/execution-role-policy.json", "task-definition.json"),
-        ("iam/jobs-execution-role-policy.json", "task-definition-jobs.json"),
+        ("ExecutionRole", "ServiceTaskDefinition", "ServiceLogGroup"),
+        ("JobsExecutionRole", "JobsTaskDefinition", "JobsLogGroup"),
     ],
 )
-def test_execution_roles_pull_log_and_read_exactly_their_task_secrets(
-    rendered: dict[str, Any], policy_path: str, task_path: str
+def test_execution_roles_pull_the_one_image_and_log_to_their_group(
+    stack: Stack, role: str, task: str, group: str
 ) -> None:
-    policy, task = rendered[policy_path], rendered[task_path]
-    box = task["containerDefinitions"][0]
-    assert actions(policy) == {
+    document = policy(stack, role)
+    assert actions(document) == {
         "ecr:GetAuthorizationToken",
         "ecr:BatchCheckLayerAvailability",
         "ecr:GetDownloadUrlForLayer",
@@ -202,16 +253,49 @@ def test_execution_roles_pull_log_and_read_exactly_their_task_secrets(
         "logs:PutLogEvents",
         "secretsmanager:GetSecretValue",
     }
-    assert resources_of(policy, "secretsmanager:GetSecretValue") == task_secrets(rendered, task_path)
-    repository = box["image"].split("/", 1)[1].split(":")[0].split("@")[0]
-    assert resources_of(policy, "ecr:BatchGetImage") == {
-        f"arn:aws:ecr:eu-west-1:123456789012:repository/{repository}"
-    }
-    group = box["logConfiguration"]["options"]["awslogs-group"]
-    for resource in resources_of(policy, "logs:PutLogEvents"):
-        assert re.fullmatch(
-            rf"arn:aws:logs:eu-west-1:123456789012:log-group:{re.escape(group)}(:\*)?", resource
+    assert resources_of(document, "ecr:BatchGetImage") == {stack.att("Repository", "Arn")}
+    for box in stack.props(task)["ContainerDefinitions"]:
+        assert box["Image"].startswith(stack.att("Repository", "RepositoryUri") + ":")
+        assert box["LogConfiguration"]["Options"]["awslogs-group"] == stack.ref(group)
+    assert resources_of(document, "logs:PutLogEvents") == {stack.att(group, "Arn")}
+
+
+def test_customer_managed_secret_keys_add_decrypt_through_secrets_manager_only(everything: Stack) -> None:
+    for role in ("ExecutionRole", "JobsExecutionRole"):
+        (decrypt,) = [s for s in statements(policy(everything, role)) if s["Action"] == ["kms:Decrypt"]]
+        assert decrypt["Resource"] == EVERYTHING["SecretsKmsKeyArn"]
+        assert (
+            decrypt["Condition"]["StringEquals"]["kms:ViaService"] == "secretsmanager.eu-west-1.amazonaws.com"
         )
+
+
+def test_firehose_writes_only_where_the_delivery_stream_delivers(stack: Stack) -> None:
+    document = policy(stack, "FirehoseRole")
+    s3 = stack.props("DeliveryStream")["ExtendedS3DestinationConfiguration"]
+    assert s3["RoleARN"] == stack.att("FirehoseRole", "Arn")
+    bucket = stack.att("DeliveryBucket", "Arn")
+    top = s3["Prefix"].split("/")[0]
+    assert s3["ErrorOutputPrefix"].split("/")[0] == top
+    assert resources_of(document, "s3:PutObject") == {f"{bucket}/{top}/*"}
+    assert resources_of(document, "s3:ListBucket") == {bucket}
+    assert resources_of(document, "logs:PutLogEvents") == {stack.att("DeliveryLogGroup", "Arn")}
+
+
+def test_the_pipeline_runs_only_the_jobs_task_and_passes_only_its_roles(everything: Stack) -> None:
+    document = policy(everything, "PipelineRole")
+    assert resources_of(document, "ecs:RunTask") == {everything.ref("JobsTaskDefinition")}
+    assert resources_of(document, "iam:PassRole") == {
+        everything.att("JobsTaskRole", "Arn"),
+        everything.att("JobsExecutionRole", "Arn"),
+    }
+    (passing,) = [s for s in statements(document) if s["Action"] == ["iam:PassRole"]]
+    assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
+    assert resources_of(document, "glue:StartJobRun") == {
+        "arn:aws:glue:eu-west-1:123456789012:job/recsys-etl"
+    }
+    schedule = policy(everything, "ScheduleRole")
+    assert actions(schedule) == {"states:StartExecution"}
+    assert resources_of(schedule, "states:StartExecution") == {everything.ref("Pipeline")}
 
 
 def _operation_names_in(paths: list[Path], wanted: dict[str, str]) -> set[str]:
@@ -233,9 +317,7 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def test_every_kinesis_and_firehose_call_of_the_consumer_is_granted(
-    root: Path, rendered: dict[str, Any]
-) -> None:
+def test_every_kinesis_and_firehose_call_of_the_consumer_is_granted(root: Path, stack: Stack) -> None:
     """The consumer's code (not its local-stack setup or the demo producer) against the task role."""
     wanted = {_snake(op): f"{prefix}:{op}" for prefix in ("kinesis", "firehose") for op in operations(prefix)}
     consumer = root / "consumer"
@@ -243,5 +325,4 @@ def test_every_kinesis_and_firehose_call_of_the_consumer_is_granted(
     assert paths, "no consumer code found"
     called = _operation_names_in(paths, wanted)
     assert called, "the consumer names no Kinesis/Firehose operation: the scan is broken"
-    granted = actions(rendered["iam/task-role-policy.json"])
-    assert called - granted == set()
+    assert called - actions(policy(stack, "TaskRole")) == set()

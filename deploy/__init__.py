@@ -1,1 +1,0 @@
-"""Deployment templates and tools; not part of the ``recsys`` package."""

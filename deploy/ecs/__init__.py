@@ -1,1 +1,0 @@
-"""ECS/Fargate templates and their renderer (``python -m deploy.ecs.render``)."""
