@@ -66,7 +66,15 @@ from infra.lake import COLUMNS, SCHEMA, TRAINING_DATASET, LakeRun, new_run_id, p
 from infra.logs import get_logger
 from infra.objectstore import LocalStore, ObjectStore, S3Store, open_store, parse_uri
 
-__all__ = ["JdbcSource", "SparkJobFailed", "jdbc_source", "main", "run_spark_etl", "spark_session"]
+__all__ = [
+    "JdbcSource",
+    "SparkJobFailed",
+    "jdbc_source",
+    "main",
+    "run_local",
+    "run_spark_etl",
+    "spark_session",
+]
 
 log = get_logger(__name__)
 
@@ -164,6 +172,25 @@ def spark_session(settings: EtlSettings, *, cluster: bool = False) -> SparkSessi
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+def run_local(settings: EtlSettings, source_url: str, lake_uri: str, **options: Any) -> EtlSummary:
+    """``recsys etl --engine spark``: :func:`run_spark_etl` on the running session, else on a local
+    one started for this run (and stopped after it); ``options`` are ``run_spark_etl``'s."""
+    ours = SparkSession.getActiveSession() is None
+    spark = spark_session(settings)
+    try:
+        return run_spark_etl(
+            spark,
+            source_url,
+            lake_uri,
+            read_partitions=settings.spark_read_partitions,
+            fetch_rows=settings.spark_fetch_rows,
+            **options,
+        )
+    finally:
+        if ours:
+            spark.stop()
 
 
 def _compile(query: Any, engine: sa.engine.Engine) -> str:

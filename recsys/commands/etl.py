@@ -154,13 +154,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_spark(settings: Settings, source_url: str, lake_uri: str, options: dict[str, object]) -> EtlSummary:
-    """The Spark engine on a local master (started here and stopped after the run)."""
+    """The Spark engine on a local master (started for the run and stopped after it)."""
     from core.errors import ConfigError
 
     try:
-        from pyspark.sql import SparkSession
-
-        from etl.spark_job import run_spark_etl, spark_session
+        from etl.spark_job import run_local
     except ModuleNotFoundError as exc:
         if exc.name is None or not exc.name.startswith(("pyspark", "py4j")):
             raise
@@ -168,21 +166,7 @@ def _run_spark(settings: Settings, source_url: str, lake_uri: str, options: dict
             "--engine spark needs pyspark (pip install -r requirements-spark.lock; make install-dev "
             "does); on AWS the Glue job provides Spark (deploy/glue/)"
         ) from None
-
-    ours = SparkSession.getActiveSession() is None
-    spark = spark_session(settings.etl)
-    try:
-        return run_spark_etl(
-            spark,
-            source_url,
-            lake_uri,
-            read_partitions=settings.etl.spark_read_partitions,
-            fetch_rows=settings.etl.spark_fetch_rows,
-            **options,  # type: ignore[arg-type]
-        )
-    finally:
-        if ours:
-            spark.stop()
+    return run_local(settings.etl, source_url, lake_uri, **options)
 
 
 def _suppression_reader(settings: Settings) -> Callable[[], frozenset[int]] | None:
