@@ -177,9 +177,8 @@ def _api_child_peak_mb() -> list[float]:
 async def _measure(quick: bool, report: Report, prepared: Any) -> None:
     from consumer.setup import ensure_delivery_stream, ensure_stream
     from infra.pg import create_pool
-    from recsys.commands.run import ApiLoop, running
+    from recsys.runtime import ApiLoop, api_app, running
     from recsys.settings import Settings
-    from service.app import create_app
     from service.model import open_recommender
 
     duration = 3.0 if quick else 5.0
@@ -195,7 +194,7 @@ async def _measure(quick: bool, report: Report, prepared: Any) -> None:
         await _store_answers(pool, customers, prepared.version)
         recommender = await open_recommender(pool)
         try:
-            app = create_app(settings.for_api(), pool=pool, recommender=recommender)
+            app = api_app(settings, pool=pool, recommender=recommender)
             trivial: list[dict[str, Any]] = []
             alone: list[dict[str, Any]] = []
             async with _serve(_trivial_app()) as triv_url, _serve(app) as rec_url:

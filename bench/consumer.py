@@ -18,36 +18,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from bench._harness import Figure, Report, bench_stack, prepared_model, run_async
+from recsys.testing import FakeRecommender
 
 SHARD_COUNTS = (1, 2, 4)
-
-
-class FastRecommender:
-    model_version = "bench-fake"
-
-    async def recommend_batch(self, requests: Sequence[Any]) -> list[Any]:
-        from core.recommendations import Recommendation, ScoredItem, SimilarItems
-
-        return [
-            Recommendation(
-                tuple(ScoredItem(f"S{(r.customer_number + i) % 110}", 1.0 - i / 10) for i in range(10)),
-                SimilarItems(r.browse_history[0].product_code, (ScoredItem("S10_1678", 0.9),)),
-                self.model_version,
-            )
-            for r in requests
-        ]
-
-    async def similar_items(self, product_code: str, k: int) -> list[Any]:
-        return []
-
-    async def popular_items(self, k: int) -> list[Any]:
-        return []
 
 
 def _fill(stream: str, shards: int, count: int) -> None:
@@ -79,9 +57,8 @@ def _fill(stream: str, shards: int, count: int) -> None:
 async def _consume(
     database_url: str, stream: str, delivery: str, count: int, recommender: Any
 ) -> tuple[float, float]:
-    from consumer.app import Consumer
-    from infra.latest import PgLatestStore
     from infra.pg import pool
+    from recsys import runtime
     from recsys.settings import ConsumerSettings, Settings
 
     settings = Settings(
@@ -93,25 +70,25 @@ async def _consume(
     async with pool(database_url, min_size=2, max_size=10) as pg:
         rec = recommender if recommender is not None else await _real(pg)
         stop = asyncio.Event()
-        consumer = Consumer(settings.for_consumer(), pg, rec, PgLatestStore(pg))
-        started = time.perf_counter()
+        started = time.perf_counter()  # from building the consumer (its AWS clients included)
         cpu_started = time.process_time()
-        task = asyncio.create_task(consumer.run(stop), name="bench-consumer")
-        try:
-            while consumer.stats.delivered < count:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("the consumer stopped early")
-                if time.perf_counter() - started > 600:
-                    raise RuntimeError(f"only {consumer.stats.delivered}/{count} delivered in 600 s")
-                await asyncio.sleep(0.01)
-            elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu_started
-        finally:
-            stop.set()
-            await task
-            if recommender is None:
-                await rec.close()
+        async with runtime.consumer(settings, pool=pg, recommender=rec, suppression=None) as consumer:
+            task = asyncio.create_task(consumer.run(stop), name="bench-consumer")
+            try:
+                while consumer.stats.delivered < count:
+                    if task.done():
+                        task.result()
+                        raise RuntimeError("the consumer stopped early")
+                    if time.perf_counter() - started > 600:
+                        raise RuntimeError(f"only {consumer.stats.delivered}/{count} delivered in 600 s")
+                    await asyncio.sleep(0.01)
+                elapsed = time.perf_counter() - started
+                cpu = time.process_time() - cpu_started
+            finally:
+                stop.set()
+                await task
+                if recommender is None:
+                    await rec.close()
     return count / elapsed, cpu / count * 1e6
 
 
@@ -147,7 +124,7 @@ def _measure(report: Report, *, database_url: str, delivery: str, count: int, ru
     cpu: dict[int, list[float]] = {n: [] for n in SHARD_COUNTS}
     for _ in range(runs):  # interleaved, so a noisy neighbour hits every shard count alike
         for shards in SHARD_COUNTS:
-            rate, us = _run(database_url, delivery, shards, count, FastRecommender())
+            rate, us = _run(database_url, delivery, shards, count, FakeRecommender("bench-fake", items=10))
             rates[shards].append(rate)
             cpu[shards].append(us)
     per_shards = {

@@ -358,35 +358,32 @@ def consumer_settings(stream: str, delivery: str, bucket: str, **consumer: Any) 
 
 async def consume_all(database_url: str, settings: Any, count: int, timeout_s: float = 600) -> float:
     """Run our Consumer until ``count`` records are delivered; seconds from start to that moment."""
-    from consumer import metrics
-    from consumer.app import Consumer
-    from infra.latest import PgLatestStore
     from infra.pg import create_pool
-    from model_store.recommender import ModelRecommender
+    from recsys import runtime
 
     pool = await create_pool(database_url, min_size=2, max_size=10)
-    rec = await ModelRecommender.open(
-        pool, cache_keys=settings.consumer.cache_keys, observe=metrics.observe_cache
-    )
     stop = asyncio.Event()
     try:
-        consumer = Consumer(settings.for_consumer(), pool, rec, PgLatestStore(pool))
-        started = time.perf_counter()
-        task = asyncio.create_task(consumer.run(stop), name="bench-consumer")
-        while consumer.stats.delivered < count:
-            if task.done():
-                task.result()
-                raise RuntimeError("the consumer stopped early")
-            if time.perf_counter() - started > timeout_s:
-                raise RuntimeError(f"only {consumer.stats.delivered}/{count} delivered in {timeout_s}s")
-            await asyncio.sleep(0.02)
-        elapsed = time.perf_counter() - started
-        stop.set()
-        await task
-        return elapsed
+        # the wiring of `recsys consume` (the active model with its cache and metrics) on this pool
+        async with runtime.consumer(settings, pool=pool, suppression=None) as consumer:
+            started = time.perf_counter()
+            task = asyncio.create_task(consumer.run(stop), name="bench-consumer")
+            try:
+                while consumer.stats.delivered < count:
+                    if task.done():
+                        task.result()
+                        raise RuntimeError("the consumer stopped early")
+                    if time.perf_counter() - started > timeout_s:
+                        raise RuntimeError(
+                            f"only {consumer.stats.delivered}/{count} delivered in {timeout_s}s"
+                        )
+                    await asyncio.sleep(0.02)
+                return time.perf_counter() - started
+            finally:
+                stop.set()
+                await task
     finally:
         stop.set()
-        await rec.close()
         await pool.close()
 
 

@@ -1,6 +1,6 @@
 """Put-to-visible latency: PutRecords acknowledged -> ``GET /recommendations/{customer}`` shows the event.
 
-Wiring as ``recsys run``: ``recsys.commands.run.running`` starts the Consumer and the API in this
+Wiring as ``recsys run``: ``recsys.runtime.running`` starts the Consumer and the API in this
 process on one pool and one model (the bench stack's moto Kinesis/Firehose and embedded PostgreSQL),
 with the default consumer settings (poll interval 0.25 s, batches of up to 500 records or 200 ms).
 A producer puts browsing events at a steady rate onto a fresh 2-shard stream (PutRecords every
@@ -88,7 +88,7 @@ async def _produce(stream: str, catalog: Any, tracker: Tracker, rate: float, sec
 
 
 async def _watch(url: str, tracker: Tracker, stop: asyncio.Event) -> None:
-    from recsys.commands.demo import watch_api
+    from recsys.visibility import watch_api
 
     await watch_api(url, tracker, stop, clock=time.monotonic, idle_s=0.005)
 
@@ -98,7 +98,7 @@ async def _run(prepared: Any, rate: float, windows: int, window_s: float) -> tup
 
     from bench.lab_reference import fresh_streams
     from etl.source import load_catalog
-    from recsys.commands.run import running
+    from recsys.runtime import running
     from recsys.settings import Settings
 
     catalog = await asyncio.to_thread(load_catalog, prepared.source_url)

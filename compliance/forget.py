@@ -22,6 +22,7 @@ from compliance.lake import lake_changes
 from compliance.objects import artifact_changes, dead_letter_changes, delivery_changes
 from compliance.report import OUT_OF_SCOPE, Change, ForgetReport, StoreResult
 from core.errors import ConfigError
+from core.events import CUSTOMER_NUMBER_MAX
 from infra.logs import get_logger
 from infra.objectstore import ObjectStore, open_store
 from infra.pg import connect
@@ -63,8 +64,9 @@ async def forget(
     customer: int, targets: Targets, *, actor: str, dry_run: bool = False, suppress_events: bool = False
 ) -> ForgetReport:
     """Forget ``customer`` everywhere (see the module docstring); returns what was found or done."""
-    if customer < 0:
-        raise ConfigError(f"a customer number is a non-negative integer, got {customer}")
+    if not 0 <= customer <= CUSTOMER_NUMBER_MAX:
+        shown = str(customer) if len(str(customer)) <= 30 else f"{str(customer)[:27]}..."
+        raise ConfigError(f"a customer number is an integer in 0..{CUSTOMER_NUMBER_MAX}, got {shown}")
     apply = not dry_run
     report = ForgetReport(customer, dry_run, suppress_events, actor, datetime.now(UTC))
     await asyncio.to_thread(_preflight, targets)

@@ -1,10 +1,12 @@
 """Which stored records belong to a customer: pure functions over bytes, no I/O.
 
-A record *names* a customer when it is a JSON object whose ``customer_number`` is that number (an
-int, or a numeric string as some producers send), or, for bytes that are not a JSON object (a
-truncated line, a KPL aggregate, a payload a producer garbled), when the text holds
-``"customer_number": N`` with N not followed by another digit. The second rule errs on the side of
-removal: a bad record that merely *looks* like it names the customer is dropped with it.
+A record *names* a customer by the one rule of ``core.deadletters.customers_named``: the number is
+the value of a customer-number field (``customer_number`` / ``customerNumber``) anywhere in its bytes,
+as a JSON number or a string of digits, alone or inside arrays and objects, also in truncated or
+garbled bytes and inside KPL aggregates. A dead letter is the customer's when it names them so, or
+its partition key is the number, or it was tagged with it when written (``customer_numbers``); the
+format is ``core.deadletters``'. The rule errs on the side of removal: a bad record that merely
+*looks* like it names the customer is dropped with it.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
 
+from core.deadletters import customers_named, parse_letter
+from core.deadletters import names_customer as letter_names_customer
+
 __all__ = [
     "FilterResult",
-    "customer_pattern",
     "filter_dead_letters",
     "filter_delivered",
     "filter_embeddings_csv",
@@ -59,19 +62,9 @@ def same_customer(value: object, customer: int) -> bool:
     return False
 
 
-def customer_pattern(customer: int) -> re.Pattern[bytes]:
-    return re.compile(rb'"customer_number"\s*:\s*"?\s*' + str(customer).encode() + rb"(?![0-9.])")
-
-
-def names_customer(data: bytes, customer: int, pattern: re.Pattern[bytes] | None = None) -> bool:
+def names_customer(data: bytes, customer: int) -> bool:
     """True when ``data`` (one raw record) names ``customer``; see the module docstring."""
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict) and same_customer(parsed.get("customer_number"), customer):
-        return True
-    return bool((pattern or customer_pattern(customer)).search(data))
+    return customer in customers_named(data)
 
 
 def is_gzip(key: str, body: bytes) -> bool:
@@ -86,7 +79,7 @@ def _join(lines: Iterable[bytes]) -> bytes:
     return b"".join(line + b"\n" for line in lines)
 
 
-def _failed_delivery_names(line: bytes, customer: int, pattern: re.Pattern[bytes]) -> bool:
+def _failed_delivery_names(line: bytes, customer: int) -> bool:
     """Firehose's error output (``errors/`` prefix): ``{"rawData": base64 of our record, ...}``."""
     if b'"rawData"' not in line:
         return False
@@ -95,7 +88,7 @@ def _failed_delivery_names(line: bytes, customer: int, pattern: re.Pattern[bytes
         data = base64.b64decode(str(failed.get("rawData", "")), validate=True)
     except (orjson.JSONDecodeError, binascii.Error, ValueError, AttributeError):
         return False
-    return names_customer(data, customer, pattern)
+    return names_customer(data, customer)
 
 
 def filter_delivered(key: str, body: bytes, customer: int) -> FilterResult:
@@ -106,11 +99,10 @@ def filter_delivered(key: str, body: bytes, customer: int) -> FilterResult:
     digits = str(customer).encode()
     if digits not in text and b'"rawData"' not in text:
         return FilterResult(None, 0, len(_lines(text)))
-    pattern = customer_pattern(customer)
     kept: list[bytes] = []
     removed = 0
     for line in _lines(text):
-        if names_customer(line, customer, pattern) or _failed_delivery_names(line, customer, pattern):
+        if names_customer(line, customer) or _failed_delivery_names(line, customer):
             removed += 1
         else:
             kept.append(line)
@@ -122,35 +114,22 @@ def filter_delivered(key: str, body: bytes, customer: int) -> FilterResult:
     return FilterResult(out, removed, len(kept))
 
 
-def _dead_letter_names(line: bytes, customer: int, pattern: re.Pattern[bytes]) -> bool:
+def _dead_letter_names(line: bytes, customer: int) -> bool:
     try:
         letter = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return bool(pattern.search(line))  # a damaged line: judge the text we have
+        return names_customer(line, customer)  # a damaged line: judge the text we have
     if not isinstance(letter, dict):
         return False
-    # The producer's partition key is the customer number: a record keyed by it names the customer.
-    if same_customer(letter.get("partition_key"), customer):
-        return True
-    raw = letter.get("data_base64")
-    if isinstance(raw, str):
-        try:
-            data = base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError):
-            data = raw.encode()
-        if names_customer(data, customer, pattern):
-            return True
-    detail = letter.get("detail")
-    return isinstance(detail, str) and bool(pattern.search(detail.encode()))
+    return letter_names_customer(parse_letter(letter), customer)
 
 
 def filter_dead_letters(body: bytes, customer: int) -> FilterResult:
     """A dead-letter object (one JSON line per bad record) without the records naming the customer."""
-    pattern = customer_pattern(customer)
     kept: list[bytes] = []
     removed = 0
     for line in _lines(body):
-        if _dead_letter_names(line, customer, pattern):
+        if _dead_letter_names(line, customer):
             removed += 1
         else:
             kept.append(line)

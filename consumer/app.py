@@ -1,13 +1,21 @@
 """The consumer: a supervising coordinator over shard workers (the KCL's scheduler, in asyncio).
 
-``Consumer.run(stop)`` owns the AWS clients and runs, until ``stop`` is set:
+The consumer is handed its adapters (``consumer.ports``, ``core.ports``): the wiring place
+(``recsys.runtime``) builds them, AWS clients included, and closes them. ``Consumer.run(stop)`` runs,
+until ``stop`` is set:
 
 - the **coordinator** (this task): renews held leases every ``lease_renew_interval_s``; every
   ``lease_take_interval_s`` lists the lease table, judges expiry on its own (injectable) clock, and
   takes or steals per ``core.leases.plan_takes``; syncs the shard list into the table at
-  start, periodically, and whenever a shard ends or reports children. A lease it fails to renew
-  (``LeaseLost``) has its worker cancelled at once, without a checkpoint.
-- one **shard worker** task per held lease (``consumer.shard.ShardWorker``).
+  start, periodically, and whenever a shard ends or reports children; looks for a newer model
+  every ``model_refresh_interval_s``. A lease it fails to renew (``LeaseLost``) has its worker
+  cancelled at once, without a checkpoint. A step that fails for an infrastructure reason (the
+  database or AWS unreachable) is retried after a jittered backoff of at most its interval
+  (``core.pacing``): an outage never makes the loop spin, and it is logged when it starts and when
+  it ends, not at every attempt.
+- one **shard worker** task per held lease (``consumer.shard.ShardWorker``). A worker that fails
+  (a bug, a non-retriable error) gives its lease back; the shard is not taken again by this worker
+  before a backoff (doubling up to a minute), so a failure that repeats never turns into a loop.
 
 When ``stop`` is set: workers stop polling and finish the batch in hand (delivered, checkpointed);
 leases keep being renewed meanwhile; after ``shutdown_deadline_s`` stragglers are cancelled
@@ -24,29 +32,25 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import AsyncExitStack
-from typing import Any
-
-import asyncpg
+from collections.abc import Awaitable, Callable
 
 from consumer import metrics
 from consumer.config import ConsumerConfig
-from consumer.deadletters import DeadLetterStore
-from consumer.kinesis import KinesisReader, ShardInfo, StartAt, parse_initial_position
-from consumer.leases import HeldLease, PgLeaseTable
+from consumer.kinesis import ShardInfo, StartAt, parse_initial_position
+from consumer.leases import HeldLease
+from consumer.ports import DeadLetterSink, LeaseTable, RecordReader, RecordSink, Suppression
 from consumer.shard import ConsumerStats, ShardOutcome, ShardWorker
-from consumer.sink import FirehoseSink
 from core.errors import LeaseLost, RecsysError
-from core.leases import ExpiryObserver, plan_takes
+from core.leases import ExpiryObserver, backoff_delay, plan_takes
+from core.pacing import Periodic
 from core.ports import LatestStore, Recommender
-from infra.aws import region
 from infra.logs import bind, get_logger
-from infra.suppression import SuppressionList
 
-__all__ = ["Consumer", "ConsumerStats"]
+__all__ = ["Consumer", "ConsumerStats", "default_worker_id"]
 
 log = get_logger(__name__)
+_RETAKE_BACKOFF_BASE_S = 1.0
+_RETAKE_BACKOFF_CAP_S = 60.0
 
 
 def default_worker_id() -> str:
@@ -56,35 +60,37 @@ def default_worker_id() -> str:
 class Consumer:
     """A KCL-style consumer of ``config.stream`` delivering to ``config.delivery_stream``.
 
-    ``sink_class`` lets a test put a deliberately failing Firehose sink in; ``clock`` (seconds,
-    monotonic) is what lease expiry is judged by, so tests advance it instead of sleeping.
+    Built by ``recsys.runtime.consumer``; every collaborator is a port, so tests hand in doubles
+    (``recsys.testing``). ``clock`` (seconds, monotonic) is what lease expiry is judged by, so
+    tests advance it instead of sleeping; ``rng`` makes the backoff jitter reproducible.
     """
 
     def __init__(
         self,
         config: ConsumerConfig,
-        pool: asyncpg.Pool[Any],
+        *,
+        leases: LeaseTable,
+        reader: RecordReader,
+        sink: RecordSink,
+        dead_letters: DeadLetterSink,
         recommender: Recommender,
         latest: LatestStore,
-        *,
-        dead_letters: DeadLetterStore | None = None,
-        sink_class: type[FirehoseSink] = FirehoseSink,
+        suppression: Suppression | None = None,
         clock: Callable[[], float] = time.monotonic,
-        worker_id: str | None = None,
-        aws_session: Any | None = None,
-        suppression: SuppressionList | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
-        self.suppression = suppression
         self.cfg = config.tuning
-        self._pool = pool
+        self._table = leases
+        self._reader = reader
+        self._sink = sink
+        self.dead_letters = dead_letters
         self._recommender = recommender
         self._latest = latest
-        self.dead_letters = dead_letters or DeadLetterStore(config.dead_letters)
-        self._sink_class = sink_class
+        self.suppression = suppression
         self._clock = clock
-        self._session = aws_session
-        self.worker_id = worker_id or self.cfg.worker_id or default_worker_id()
+        self._rng = rng or random.Random()
+        self.worker_id = leases.worker_id
         self.initial: StartAt = parse_initial_position(config.initial_position)
         self.stats = ConsumerStats()
         self.held: dict[str, HeldLease] = {}
@@ -92,72 +98,68 @@ class Consumer:
         self._observer = ExpiryObserver(self.cfg.lease_duration_s)
         self._wake = asyncio.Event()
         self._resync = True
-        self._rng = random.Random()
+        self._failed_shards: dict[str, tuple[int, float]] = {}  # shard -> (failures, not before)
         self.rounds = 0  # completed take rounds (tests wait on it)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then drain, checkpoint and release (see the module doc)."""
-        from aiobotocore.config import AioConfig
-        from aiobotocore.session import get_session
-
-        session = self._session or get_session()
-        config = AioConfig(
-            region_name=region(),
-            connect_timeout=self.cfg.aws_call_timeout_s,
-            read_timeout=self.cfg.aws_call_timeout_s,
-            retries={"max_attempts": 2, "mode": "standard"},
-            max_pool_connections=50,
-        )
         with bind(worker=self.worker_id, stream=self.config.stream):
-            async with AsyncExitStack() as stack:
-                kinesis = await stack.enter_async_context(session.create_client("kinesis", config=config))
-                firehose = await stack.enter_async_context(session.create_client("firehose", config=config))
-                self._reader = KinesisReader(kinesis, self.config.stream, self.cfg.aws_call_timeout_s)
-                self._sink = self._sink_class(
-                    firehose, self.config.delivery_stream, timeout_s=self.cfg.aws_call_timeout_s
-                )
-                self._table = PgLeaseTable(self._pool, self.config.stream, self.worker_id)
-                await self._sync_shards()  # a missing stream is the user's mistake: raise it
-                draining = asyncio.Event()
-                log.info("consumer started")
-                try:
-                    await self._coordinate(stop, draining)
-                finally:
-                    await asyncio.shield(self._drain(draining))
-                log.info("consumer stopped", extra={"fields": {"records_in": self.stats.records_in}})
+            await self._sync_shards()  # a missing stream is the user's mistake: raise it
+            self._resync = False
+            draining = asyncio.Event()
+            log.info("consumer started")
+            try:
+                await self._coordinate(stop, draining)
+            finally:
+                await asyncio.shield(self._drain(draining))
+            log.info("consumer stopped", extra={"fields": {"records_in": self.stats.records_in}})
 
     async def _coordinate(self, stop: asyncio.Event, draining: asyncio.Event) -> None:
         now = time.monotonic()
-        next_renew = now + self.cfg.lease_renew_interval_s
-        next_take = now
-        next_sync = now + self.cfg.shard_sync_interval_s
-        next_refresh = now + self.cfg.model_refresh_interval_s
+        renew = Periodic(self.cfg.lease_renew_interval_s, now + self.cfg.lease_renew_interval_s)
+        take = Periodic(self.cfg.lease_take_interval_s, now)
+        sync = Periodic(self.cfg.shard_sync_interval_s, now + self.cfg.shard_sync_interval_s)
+        refresh = Periodic(self.cfg.model_refresh_interval_s, now + self.cfg.model_refresh_interval_s)
+        steps: list[tuple[str, Periodic, Callable[[], Awaitable[None]]]] = [
+            ("renewing leases", renew, self._renew_all),
+            ("listing shards", sync, self._sync_shards),
+            ("taking leases", take, lambda: self._take_round(draining)),
+            ("looking for a newer model", refresh, self._refresh_model),
+        ]
         while not stop.is_set():
-            now = time.monotonic()
-            try:
-                if now >= next_renew:
-                    await self._renew_all()
-                    next_renew = now + self.cfg.lease_renew_interval_s
-                if self._resync or now >= next_sync:
-                    self._resync = False
-                    await self._sync_shards()
-                    next_sync = now + self.cfg.shard_sync_interval_s
-                if now >= next_take or self._wake.is_set():
-                    self._wake.clear()
-                    await self._take_round(draining)
-                    next_take = now + self.cfg.lease_take_interval_s
-                if now >= next_refresh:
-                    next_refresh = now + self.cfg.model_refresh_interval_s
-                    await self._refresh_model()
-            except Exception as exc:  # the supervising loop: log, keep the worker alive
-                if isinstance(exc, RecsysError) and not exc.retriable:
-                    raise
-                log.warning("coordinator round failed, retrying: %s", exc)
-            timeout = max(0.0, min(next_renew, next_take, next_sync) - time.monotonic())
+            if self._resync:
+                self._resync = False
+                sync.due = 0.0
+            if self._wake.is_set():
+                self._wake.clear()
+                take.due = min(take.due, time.monotonic()) if take.outage.since is None else take.due
+            for what, step, action in steps:
+                if stop.is_set() or not step.is_due(time.monotonic()):
+                    continue
+                await self._attempt(what, step, action)
+            timeout = max(0.0, min(s.due for _, s, _ in steps) - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await _first(stop, self._wake)
+
+    async def _attempt(self, what: str, step: Periodic, action: Callable[[], Awaitable[None]]) -> None:
+        """Run one coordinator step; schedule it again (sooner after a failure, never at once)."""
+        try:
+            await action()
+        except Exception as exc:  # the supervising loop: log, keep the worker alive
+            if isinstance(exc, RecsysError) and not exc.retriable:
+                raise
+            metrics.RECORDS_FAILED.labels("coordinator").inc()
+            if step.failed(time.monotonic(), self._rng.random()):
+                log.warning("%s failed; retrying with backoff (logged again when it recovers): %s", what, exc)
+            else:
+                log.debug("%s failed again (attempt %d): %s", what, step.outage.failures, exc)
+            return
+        ended = step.succeeded(time.monotonic())
+        if ended is not None:
+            down, attempts = ended
+            log.info("%s works again after %.1f s and %d failed attempt(s)", what, down, attempts)
 
     async def _drain(self, draining: asyncio.Event) -> None:
         draining.set()
@@ -181,9 +183,8 @@ class Consumer:
         metrics.LEASES_HELD.set(0)
 
     async def _refresh_model(self) -> None:
-        """Switch to a newer active model version, if the recommender can (the model store's can)."""
-        refresh = getattr(self._recommender, "refresh", None)
-        if refresh is not None and await refresh():
+        """Switch to a newer active model version, if there is one."""
+        if await self._recommender.refresh():
             log.info("switched to model version %s", self._recommender.model_version)
 
     # ------------------------------------------------------------------ leases
@@ -231,7 +232,11 @@ class Consumer:
                 plan.steal.owner,
                 extra={"fields": {"shard_id": plan.steal.shard_id}},
             )
+        now = time.monotonic()
         for observed in wanted:
+            failed = self._failed_shards.get(observed.shard_id)
+            if failed is not None and now < failed[1]:
+                continue  # its worker failed recently: give it (and whatever broke it) a rest
             lease = await self._table.take(observed)
             if lease is not None:
                 self._start_worker(lease, draining)
@@ -279,13 +284,19 @@ class Consumer:
                 raise
             except Exception:
                 # a bug or a non-retriable failure in one shard: give the lease back so the shard
-                # is retried (here or elsewhere) from its checkpoint; other shards go on
-                log.exception("shard worker failed; releasing its lease")
+                # is retried (elsewhere at once, here after a backoff) from its checkpoint
+                failures = self._failed_shards.get(lease.shard_id, (0, 0.0))[0] + 1
+                delay = backoff_delay(
+                    failures - 1, _RETAKE_BACKOFF_BASE_S, _RETAKE_BACKOFF_CAP_S, self._rng.random()
+                )
+                self._failed_shards[lease.shard_id] = (failures, time.monotonic() + delay)
+                log.exception("shard worker failed; releasing its lease (not retaken here for %.0f s)", delay)
                 await self._release(lease)
                 return
             finally:
                 with contextlib.suppress(KeyError):
                     metrics.MILLIS_BEHIND.remove(lease.shard_id)
+            self._failed_shards.pop(lease.shard_id, None)
             if outcome is ShardOutcome.ENDED:
                 await self._release(lease)
                 self._resync = True

@@ -5,16 +5,22 @@ The lifecycle follows the KCL's record processor:
 - *initialize*: open an iterator at the lease's checkpoint (``AT_SEQUENCE_NUMBER`` and skip what the
   checkpoint covers, so a half-done KPL aggregate resumes at the right sub-record), at
   ``TRIM_HORIZON`` for a child shard, or at the consumer's initial position for a new shard;
-- *process_records*: one batch per GetRecords page, handled to the end before the next call:
-  bad records -> dead letters, good ones -> one ``recommend_batch`` call per ``batch_max_records``
-  -> Firehose -> latest recommendations -> checkpoint past what was acknowledged;
+- *process_records*: one batch per GetRecords page, handled to the end before the next call. The
+  decisions are ``core.batch``'s (pure): split, decode and validate (:func:`~core.batch.triage`),
+  one ``recommend_batch`` call per ``batch_max_records`` (a request the recommender refuses is
+  isolated by bisection, :func:`~core.batch.answer_each`), the output records and their size rule
+  (:func:`~core.batch.finish`). This adapter acts on them: latest recommendations (a row the
+  database refuses is isolated the same way) -> dead letters -> Firehose -> checkpoint past what
+  was acknowledged. One bad record is dead-lettered with its reason; it never stops the shard;
 - *lease_lost*: ``LeaseLost`` from a checkpoint (or the coordinator cancelling the task): stop at
   once, no checkpoint;
 - *shard_ended*: a null ``NextShardIterator``: checkpoint ``SHARD_END`` so children may start;
 - *shutdown_requested*: the drain event: finish the batch in hand, checkpoint, return.
 
 Pacing: at most one GetRecords per ``poll_interval_s`` (>= 0.2 s keeps under Kinesis's five per
-second per shard); throttling and transient failures back off (capped, jittered).
+second per shard); throttling and infrastructure failures (AWS, the database) back off (capped,
+jittered) and are retried until they succeed, logged once when they start failing and once when
+they recover.
 """
 
 from __future__ import annotations
@@ -33,27 +39,18 @@ import orjson
 
 from consumer import metrics
 from consumer.config import ConsumerSettings
-from consumer.deadletters import DeadLetter, DeadLetterStore
-from consumer.kinesis import (
-    IteratorExpired,
-    KinesisReader,
-    KinesisRecord,
-    RecordsPage,
-    ShardInfo,
-    StartAt,
-)
+from consumer.kinesis import IteratorExpired, KinesisRecord, RecordsPage, ShardInfo, StartAt
 from consumer.kpl import deaggregate, is_aggregated
-from consumer.leases import HeldLease, PgLeaseTable
-from consumer.sink import MAX_RECORD_BYTES, FirehoseSink
-from core.checkpointing import TRIM_HORIZON, CheckpointTracker, Position, is_after
-from core.errors import BadRecord, DatabaseUnavailable, InfraError, ModelNotReady, RecsysError
-from core.events import BrowsingEvent, parse_event
+from consumer.leases import HeldLease
+from consumer.ports import DeadLetterSink, LeaseTable, RecordReader, RecordSink, Suppression
+from core.batch import Accepted, Delivery, Refusal, answer_each, event_id, finish, triage
+from core.checkpointing import TRIM_HORIZON, CheckpointTracker, Position
+from core.deadletters import DeadLetter
+from core.errors import DatabaseUnavailable, InfraError, ModelNotReady, RecsysError
 from core.leases import backoff_delay
 from core.ports import LatestStore, Recommender
 from core.recommendations import Recommendation, RecommendRequest
-from infra.latest import LatestRow
 from infra.logs import get_logger
-from infra.suppression import SuppressionList
 
 __all__ = ["ConsumerStats", "ShardOutcome", "ShardWorker", "event_id"]
 
@@ -79,30 +76,15 @@ class ConsumerStats:
     suppressed: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
-    position: Position
-    partition_key: str
-    data: bytes
-    arrival: datetime | None
-    aggregated: bool
-
-
-def event_id(shard_id: str, position: Position, aggregated: bool) -> str:
-    """``<shard id>:<sequence number>[:<sub-sequence>]`` — the same on every replay."""
-    base = f"{shard_id}:{position.sequence}"
-    return f"{base}:{position.sub}" if aggregated else base
-
-
 class ShardWorker:
     def __init__(
         self,
         *,
         lease: HeldLease,
-        table: PgLeaseTable,
-        reader: KinesisReader,
-        sink: FirehoseSink,
-        dead_letters: DeadLetterStore,
+        table: LeaseTable,
+        reader: RecordReader,
+        sink: RecordSink,
+        dead_letters: DeadLetterSink,
         recommender: Recommender,
         latest: LatestStore,
         settings: ConsumerSettings,
@@ -112,7 +94,7 @@ class ShardWorker:
         on_children: Callable[[list[ShardInfo]], Awaitable[None]],
         recommend_k: int = 10,
         rng: random.Random | None = None,
-        suppression: SuppressionList | None = None,
+        suppression: Suppression | None = None,
     ) -> None:
         self.lease = lease
         self._suppression = suppression
@@ -144,19 +126,27 @@ class ShardWorker:
         return self._initial
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call`` until it succeeds; back off on retriable errors. Cancellation ends it."""
+        """Run ``call`` until it succeeds; back off on infrastructure failures (logged when they
+        start and when they end, not at every attempt). Cancellation ends it."""
         attempt = 0
         while True:
             try:
-                return await call()
+                result = await call()
             except (InfraError, ModelNotReady) as exc:
-                if not exc.retriable and not isinstance(exc, ModelNotReady):
+                if isinstance(exc, InfraError) and not exc.retriable:
                     raise
                 metrics.RECORDS_FAILED.labels(what).inc()
                 delay = backoff_delay(attempt, 0.1, 5.0, self._rng.random())
-                log.warning("%s failed (attempt %d), retrying in %.2fs: %s", what, attempt + 1, delay, exc)
+                if attempt == 0:
+                    log.warning("%s failed; retrying with backoff until it succeeds: %s", what, exc)
+                else:
+                    log.debug("%s failed (attempt %d), retrying in %.2fs: %s", what, attempt + 1, delay, exc)
                 await asyncio.sleep(delay)
                 attempt += 1
+            else:
+                if attempt:
+                    log.info("%s succeeded again after %d failed attempt(s)", what, attempt)
+                return result
 
     async def _fetch(self, iterator: str, not_before: float) -> tuple[RecordsPage, float]:
         """One paced GetRecords: not before ``not_before`` (monotonic); returns the page and its start."""
@@ -261,116 +251,50 @@ class ShardWorker:
         return ShardOutcome.DRAINED
 
     # ------------------------------------------------------------------ one batch
-    def _items(self, records: Sequence[KinesisRecord], bad: list[DeadLetter]) -> list[_Item]:
-        items: list[_Item] = []
-        for rec in records:
-            aggregated = is_aggregated(rec.data)
-            try:
-                users = deaggregate(rec.data, rec.partition_key)
-            except BadRecord as exc:
-                position = Position(rec.sequence, 0)
-                if is_after(position, self._skip_until):
-                    self._tracker.register(position)
-                    bad.append(
-                        DeadLetter(
-                            self.shard_id,
-                            position,
-                            exc.reason,
-                            exc.detail,
-                            rec.data,
-                            rec.partition_key,
-                            rec.arrival,
-                        )
-                    )
-                continue
-            for user in users:
-                position = Position(rec.sequence, user.sub)
-                if not is_after(position, self._skip_until):
-                    continue  # covered by the checkpoint we resumed from
-                self._tracker.register(position)
-                items.append(_Item(position, user.partition_key, user.data, rec.arrival, aggregated))
-        return items
-
     async def process(self, records: Sequence[KinesisRecord]) -> None:
-        """Handle one GetRecords page to the end and checkpoint past it."""
+        """Handle one GetRecords page to the end and checkpoint past it (see the module doc)."""
         started = time.perf_counter()
-        bad: list[DeadLetter] = []
-        items = self._items(records, bad)
-        good: list[tuple[_Item, BrowsingEvent]] = []
-        for item in items:
-            try:
-                good.append((item, parse_event(item.data)))
-            except BadRecord as exc:
-                bad.append(
-                    DeadLetter(
-                        self.shard_id,
-                        item.position,
-                        exc.reason,
-                        exc.detail,
-                        item.data,
-                        item.partition_key,
-                        item.arrival,
-                    )
-                )
-        if self._suppression is not None:
-            # customers who asked to be forgotten with --suppress: checkpointed past, never delivered
-            await self._suppression.maybe_refresh()
-            good, dropped = self._suppression.partition(good, lambda pair: pair[1].customer_number)
-            for item, _ in dropped:
-                self._tracker.ack(item.position)
-            if dropped:
-                metrics.RECORDS_SUPPRESSED.inc(len(dropped))
-                self._stats.suppressed += len(dropped)
-        count = len(items) + sum(1 for letter in bad if letter.reason == "bad_aggregate")
-        metrics.RECORDS_IN.inc(count)
-        metrics.BATCH_SIZE.observe(count)
-        self._stats.records_in += count
+        suppression = self._suppression
+        if suppression is not None:
+            await suppression.maybe_refresh()  # customers who asked to be forgotten with --suppress
+        plan = triage(
+            records,
+            shard_id=self.shard_id,
+            after=self._skip_until,
+            split=deaggregate,
+            is_aggregated=is_aggregated,
+            suppressed=None if suppression is None else suppression.contains,
+        )
+        for position in plan.positions:
+            self._tracker.register(position)
+        for position in plan.suppressed:  # checkpointed past, never delivered
+            self._tracker.ack(position)
+        if plan.suppressed:
+            metrics.RECORDS_SUPPRESSED.inc(len(plan.suppressed))
+            self._stats.suppressed += len(plan.suppressed)
+        metrics.RECORDS_IN.inc(plan.records_in)
+        metrics.BATCH_SIZE.observe(plan.records_in)
+        self._stats.records_in += plan.records_in
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
 
-        answers = await self._recommend([event for _, event in good])
-        processed_at = datetime.now(UTC).isoformat()
-        outputs: list[tuple[Position, bytes]] = []
-        rows: list[LatestRow] = []
-        now = datetime.now(UTC)
-        for (item, event), answer in zip(good, answers, strict=True):
-            eid = event_id(self.shard_id, item.position, item.aggregated)
-            payload = (
-                orjson.dumps({**event.raw, **answer.to_json(), "event_id": eid, "processed_at": processed_at})
-                + b"\n"
-            )
-            if len(payload) > MAX_RECORD_BYTES:
-                bad.append(
-                    DeadLetter(
-                        self.shard_id,
-                        item.position,
-                        "result_too_large",
-                        f"{len(payload)} bytes exceed Firehose's {MAX_RECORD_BYTES}",
-                        item.data,
-                        item.partition_key,
-                        item.arrival,
-                    )
-                )
-                continue
-            outputs.append((item.position, payload))
-            rows.append(
-                LatestRow(event.customer_number, answer, eid, event.event_time or item.arrival or now, now)
-            )
-
-        if bad:
+        answers = await self._recommend(plan.accepted)
+        done = finish(
+            plan.accepted, answers, shard_id=self.shard_id, now=datetime.now(UTC), encode=orjson.dumps
+        )
+        dead = [*plan.dead, *done.dead]
+        deliveries = await self._store_latest(done.deliveries, dead)
+        if dead:
             t0 = time.perf_counter()
-            bad.sort(key=lambda letter: letter.position.key)
-            await self._retry("dead_letters", lambda: self._dead.put(bad))
-            for letter in bad:
+            dead.sort(key=lambda letter: letter.position.key)
+            await self._retry("dead_letters", lambda: self._dead.put(dead))
+            for letter in dead:
                 self._tracker.ack(letter.position)
-            self._stats.dead_lettered += len(bad)
+            self._stats.dead_lettered += len(dead)
             metrics.STAGE_SECONDS.labels("dead_letters").observe(time.perf_counter() - t0)
-        if outputs:
+        if deliveries:
             t0 = time.perf_counter()
-            await self._sink.deliver(outputs, self._acked)
+            await self._sink.deliver([(d.record.position, d.payload) for d in deliveries], self._acked)
             metrics.STAGE_SECONDS.labels("firehose").observe(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            await self._retry("latest", lambda: self._latest.upsert_many(rows))
-            metrics.STAGE_SECONDS.labels("latest").observe(time.perf_counter() - t0)
         await self._checkpoint()
         self._stats.batches += 1
         metrics.STAGE_SECONDS.labels("batch").observe(time.perf_counter() - started)
@@ -380,26 +304,44 @@ class ShardWorker:
         self._stats.delivered += 1
         metrics.RECORDS_OUT.inc()
 
-    async def _recommend(self, events: Sequence[BrowsingEvent]) -> list[Recommendation]:
-        answers: list[Recommendation] = []
+    async def _recommend(self, accepted: Sequence[Accepted]) -> list[Recommendation | Refusal]:
+        """One recommender call per ``batch_max_records`` events; refused requests isolated."""
+        answers: list[Recommendation | Refusal] = []
         size = self._cfg.batch_max_records
-        for start in range(0, len(events), size):
-            chunk = events[start : start + size]
+        for start in range(0, len(accepted), size):
             requests = [
-                RecommendRequest(e.customer_number, e.features, e.browse_history, self._k) for e in chunk
+                RecommendRequest(a.event.customer_number, a.event.features, a.event.browse_history, self._k)
+                for a in accepted[start : start + size]
             ]
             t0 = time.perf_counter()
-            got = await self._retry("recommend", self._recommend_call(requests))
+            answers.extend(await answer_each(requests, self._ask, reason="recommend_failed"))
             metrics.STAGE_SECONDS.labels("recommend").observe(time.perf_counter() - t0)
-            if len(got) != len(requests):
-                raise InfraError(f"the recommender answered {len(got)} of {len(requests)} requests")
-            answers.extend(got)
         return answers
 
-    def _recommend_call(
-        self, requests: list[RecommendRequest]
-    ) -> Callable[[], Awaitable[list[Recommendation]]]:
-        return lambda: self._recommender.recommend_batch(requests)
+    async def _ask(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
+        return await self._retry("recommend", lambda: self._recommender.recommend_batch(requests))
+
+    async def _store_latest(self, deliveries: list[Delivery], dead: list[DeadLetter]) -> list[Delivery]:
+        """Upsert the customers' latest rows before delivery; a record whose row the database
+        refuses is dead-lettered instead of delivered. Returns what is left to deliver."""
+        if not deliveries:
+            return []
+        t0 = time.perf_counter()
+
+        async def upsert(batch: Sequence[Delivery]) -> Sequence[Delivery]:
+            await self._retry("latest", lambda: self._latest.upsert_many([d.row for d in batch]))
+            return batch
+
+        kept: list[Delivery] = []
+        for delivery, result in zip(
+            deliveries, await answer_each(deliveries, upsert, reason="latest_rejected"), strict=True
+        ):
+            if isinstance(result, Refusal):
+                dead.append(delivery.record.dead(self.shard_id, result.reason, result.detail))
+            else:
+                kept.append(delivery)
+        metrics.STAGE_SECONDS.labels("latest").observe(time.perf_counter() - t0)
+        return kept
 
     async def _checkpoint(self) -> None:
         position = self._tracker.to_checkpoint()

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError
 
 from consumer import metrics
+from core.batch import MAX_OUTPUT_BYTES
 from core.errors import InfraError
 from core.leases import backoff_delay
 from infra.aws import map_client_error
@@ -40,7 +41,7 @@ log = get_logger(__name__)
 
 MAX_BATCH_RECORDS = 500
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-MAX_RECORD_BYTES = 1000 * 1024
+MAX_RECORD_BYTES = MAX_OUTPUT_BYTES  # core.batch holds output records to it (one definition)
 
 T = TypeVar("T")
 
@@ -64,7 +65,7 @@ def batches(items: Sequence[tuple[T, bytes]]) -> list[list[tuple[T, bytes]]]:
 
 
 class FirehoseSink:
-    """Delivers newline-terminated records to one Firehose delivery stream."""
+    """Delivers newline-terminated records to one Firehose delivery stream (``consumer.ports.RecordSink``)."""
 
     def __init__(
         self,

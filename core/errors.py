@@ -7,7 +7,8 @@
     │   ├── ConfigError              a bad or missing setting / flag / URL
     │   ├── SourceSchemaError        the source database lacks a table or column
     │   ├── NotFoundError            an id, version or object that does not exist
-    │   └── ArtifactError            an artifact that fails verification or is not trusted
+    │   ├── ArtifactError            an artifact that fails verification or is not trusted
+    │   └── DataRejected             a dependency refused a request's data: the request is at fault
     ├── BadRecord                    an input record that can never be processed: dead-lettered
     ├── InfraError                   a dependency failed (retriable unless said otherwise)
     │   ├── DatabaseUnavailable      PostgreSQL / the source database cannot be reached
@@ -26,6 +27,7 @@ __all__ = [
     "AwsError",
     "BadRecord",
     "ConfigError",
+    "DataRejected",
     "DatabaseUnavailable",
     "InfraError",
     "LeaseLost",
@@ -62,6 +64,14 @@ class NotFoundError(UserError):
 
 class ArtifactError(UserError):
     """An artifact failed verification (checksum, shape) or would need an explicit trust decision."""
+
+
+class DataRejected(UserError):
+    """A dependency refused the *data* of a request, not the request's delivery: text PostgreSQL
+    cannot store (NUL, lone surrogates), a value out of a column's range, a non-finite vector, bytes an
+    encoder refuses. Retrying the same request changes nothing, so it is never retried as is: a
+    caller holding a batch isolates the request (the consumer dead-letters that record), the API
+    answers 4xx. Raised by adapters for SQLSTATE class 22 (data exception) and encoder refusals."""
 
 
 class BadRecord(RecsysError):

@@ -16,7 +16,10 @@ from typing import Any
 from core.errors import BadRecord
 
 __all__ = [
+    "CREDIT_LIMIT_MAX",
+    "CUSTOMER_NUMBER_MAX",
     "MAX_BROWSE_ITEMS",
+    "MAX_QUANTITY",
     "BrowseItem",
     "BrowsingEvent",
     "UserFeatures",
@@ -26,6 +29,9 @@ __all__ = [
 MAX_BROWSE_ITEMS = 1000
 MAX_PRODUCT_CODE_LEN = 64
 MAX_TEXT_LEN = 200
+MAX_QUANTITY = 1_000_000
+CUSTOMER_NUMBER_MAX = 2**31 - 1  # PostgreSQL's integer: the key of every customer-keyed table
+CREDIT_LIMIT_MAX = 1e12  # |credit_limit| above this is no shop's and would overflow the user tower
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,15 @@ class BrowsingEvent:
     raw: dict[str, Any]
 
 
+def _is_unicode(text: str) -> bool:
+    """False for text holding lone surrogates (JSON allows ``"\\ud800"``; UTF-8 cannot carry it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(obj: dict[str, Any], key: str) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -64,6 +79,8 @@ def _text(obj: dict[str, Any], key: str) -> str | None:
         raise BadRecord("bad_field_type", f"{key} must be a string, got {type(value).__name__}")
     if len(value) > MAX_TEXT_LEN:
         raise BadRecord("bad_field_value", f"{key} is longer than {MAX_TEXT_LEN} characters")
+    if not _is_unicode(value):
+        raise BadRecord("bad_field_value", f"{key} holds a lone surrogate (not Unicode text)")
     return value
 
 
@@ -74,7 +91,7 @@ def _quantity(value: Any, index: int) -> int:
         qty = value
     elif isinstance(value, str):
         try:
-            qty = int(value.strip())
+            qty = int(value.strip()) if len(value) <= 20 else -1
         except ValueError:
             raise BadRecord(
                 "bad_browse_history", f"browse_history[{index}].quantity {value!r} is not an integer"
@@ -83,8 +100,10 @@ def _quantity(value: Any, index: int) -> int:
         qty = int(value)
     else:
         raise BadRecord("bad_browse_history", f"browse_history[{index}].quantity must be an integer")
-    if qty < 0:
-        raise BadRecord("bad_browse_history", f"browse_history[{index}].quantity is negative")
+    if not 0 <= qty <= MAX_QUANTITY:
+        raise BadRecord(
+            "bad_browse_history", f"browse_history[{index}].quantity is outside 0..{MAX_QUANTITY}"
+        )
     return qty
 
 
@@ -92,7 +111,14 @@ def _browse_item(item: Any, index: int) -> BrowseItem:
     if not isinstance(item, dict):
         raise BadRecord("bad_browse_history", f"browse_history[{index}] is not an object")
     code = item.get("product_code")
-    if not isinstance(code, str) or not code.strip() or len(code) > MAX_PRODUCT_CODE_LEN:
+    # product codes reach SQL and the latest table: printable text only (no NUL or other control
+    # characters, no lone surrogates), so PostgreSQL never refuses one
+    if (
+        not isinstance(code, str)
+        or not code.strip()
+        or len(code) > MAX_PRODUCT_CODE_LEN
+        or not code.isprintable()
+    ):
         raise BadRecord("bad_browse_history", f"browse_history[{index}].product_code is missing or invalid")
     in_cart = item.get("in_shopping_cart", False)
     if not isinstance(in_cart, bool):
@@ -107,11 +133,49 @@ def _event_time(value: Any) -> datetime | None:
         raise BadRecord("bad_event_time", "event_time must be an ISO-8601 string")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
     except ValueError:
         raise BadRecord("bad_event_time", f"event_time {value[:40]!r} is not ISO-8601") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+        raise BadRecord("bad_event_time", f"event_time {value[:40]!r} is out of range") from None
+
+
+def _customer_number(value: Any) -> int:
+    if value is None:
+        raise BadRecord("missing_customer_number")
+    customer = value
+    if isinstance(value, bool) or not isinstance(value, int):
+        text = value.strip() if isinstance(value, str) else ""
+        # ASCII digits only: str.isdigit() also accepts "²" and "١٢", which int() refuses
+        if not (0 < len(text) <= 20 and text.isascii() and text.isdigit()):
+            shown = repr(value[:40]) if isinstance(value, str) else type(value).__name__
+            raise BadRecord("bad_customer_number", f"customer_number must be an integer, got {shown}")
+        customer = int(text)
+    if not 0 <= customer <= CUSTOMER_NUMBER_MAX:
+        raise BadRecord("bad_customer_number", f"customer_number {customer} is out of range"[:200])
+    return int(customer)
+
+
+def _credit_limit(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BadRecord("bad_field_type", "credit_limit must be a number")
+    if isinstance(value, str) and len(value) > 64:
+        raise BadRecord("bad_field_type", "credit_limit must be a number")
+    try:
+        credit = float(value)
+    except ValueError:
+        raise BadRecord("bad_field_type", "credit_limit must be a number") from None
+    except OverflowError:  # an integer beyond float's range
+        raise BadRecord("bad_field_value", "credit_limit is out of range") from None
+    if not math.isfinite(credit):
+        raise BadRecord("bad_field_value", "credit_limit must be finite")
+    if abs(credit) > CREDIT_LIMIT_MAX:
+        raise BadRecord("bad_field_value", f"credit_limit is outside +-{CREDIT_LIMIT_MAX:g}")
+    return credit
 
 
 def parse_event(data: bytes) -> BrowsingEvent:
@@ -120,21 +184,12 @@ def parse_event(data: bytes) -> BrowsingEvent:
         obj = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRecord("not_json", str(exc)[:200]) from None
+    except RecursionError:
+        raise BadRecord("not_json", "nested too deeply") from None
     if not isinstance(obj, dict):
         raise BadRecord("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
 
-    customer = obj.get("customer_number")
-    if customer is None:
-        raise BadRecord("missing_customer_number")
-    if isinstance(customer, bool) or not isinstance(customer, int):
-        if isinstance(customer, str) and customer.strip().isdigit():
-            customer = int(customer.strip())
-        else:
-            raise BadRecord(
-                "bad_customer_number", f"customer_number must be an integer, got {customer!r}"[:200]
-            )
-    if not 0 <= customer <= 2**31 - 1:
-        raise BadRecord("bad_customer_number", f"customer_number {customer} is out of range")
+    customer = _customer_number(obj.get("customer_number"))
 
     history = obj.get("browse_history")
     if not isinstance(history, list) or not history:
@@ -143,16 +198,7 @@ def parse_event(data: bytes) -> BrowsingEvent:
         raise BadRecord("bad_browse_history", f"browse_history has more than {MAX_BROWSE_ITEMS} items")
     items = tuple(_browse_item(item, i) for i, item in enumerate(history))
 
-    credit = obj.get("credit_limit")
-    if credit is not None:
-        if isinstance(credit, bool) or not isinstance(credit, int | float | str):
-            raise BadRecord("bad_field_type", "credit_limit must be a number")
-        try:
-            credit = float(credit)
-        except ValueError:
-            raise BadRecord("bad_field_type", "credit_limit must be a number") from None
-        if not math.isfinite(credit):
-            raise BadRecord("bad_field_value", "credit_limit must be finite")
+    credit = _credit_limit(obj.get("credit_limit"))
 
     session = obj.get("session_id")
     if session is not None and not isinstance(session, str | int):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from core.events import BrowseItem, UserFeatures
 
 __all__ = [
+    "LatestRow",
     "RecommendRequest",
     "Recommendation",
     "ScoredItem",
@@ -77,6 +79,18 @@ class Recommendation:
             "similar_items": self.similar_items.to_json(),
             "model_version": self.model_version,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class LatestRow:
+    """A customer's latest streamed answer (``core.ports.LatestStore``): written by the consumer,
+    read by the API. Newer means a greater (``event_time``, ``event_id``)."""
+
+    customer_number: int
+    recommendation: Recommendation
+    event_id: str
+    event_time: datetime
+    computed_at: datetime
 
 
 def browse_order(history: Sequence[BrowseItem]) -> list[str]:

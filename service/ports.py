@@ -29,10 +29,6 @@ class LabRecommender(Recommender, Protocol):
         """
         ...
 
-    async def refresh(self) -> bool:
-        """Switch to a newer active model version if there is one; True when it switched."""
-        ...
-
     async def close(self) -> None:
         """Release what the recommender holds (executors); the pool is not its to close."""
         ...

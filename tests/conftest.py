@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded stack (real PostgreSQL + pgvector, a moto server) for the session.
+"""Shared fixtures: the embedded stack (real PostgreSQL + pgvector, a moto server) for the session,
+and the record-path fuzzers' hostile records.
 
 ``RECSYS_TEST_DATABASE_URL`` runs the suite against an external PostgreSQL with pgvector instead;
 the MariaDB source is ``RECSYS_TEST_MYSQL_URL`` (default: the machine's 127.0.0.1:3306, root).
@@ -6,6 +7,7 @@ the MariaDB source is ``RECSYS_TEST_MYSQL_URL`` (default: the machine's 127.0.0.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,9 +16,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import strategies as st
+from hypothesis.strategies import SearchStrategy
 
+from consumer.kpl import pack
 from infra.pg import migrate
 from recsys.stack import LocalStack, StackInfo
+from recsys.testing import POISON
 
 MYSQL_URL = os.environ.get("RECSYS_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
@@ -94,3 +100,80 @@ def classicmodels_sql() -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+# ---------------------------------------------------------------- the record-path fuzzers' input
+def _hostile_records() -> SearchStrategy[bytes]:
+    """Hostile records: arbitrary bytes, KPL aggregates of anything, and JSON events whose every
+    field may be the wrong type, deeply nested, a huge number, or text with NUL, control characters
+    and lone surrogates; plus mutations of a valid event. Imports hypothesis (a test dependency)."""
+
+    nasty_text = st.one_of(
+        st.text(max_size=20),
+        st.text(alphabet=st.characters(codec=None, categories=["Cc", "Cs", "Co", "Zl"]), max_size=8),
+        st.sampled_from(["\u0000", "\ud800", "S10\udfff", "\u2028", "", " ", "x" * 300, "S10_1678"]),
+    )
+    numbers = st.one_of(
+        st.integers(),
+        st.integers(min_value=2**63 - 2, max_value=2**80),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([0, -1, 2**31 - 1, 2**31, 10**30, 1e308, -1e308, 5e-324, 1.5]),
+    )
+    scalars = st.one_of(st.none(), st.booleans(), numbers, nasty_text)
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(nasty_text, inner, max_size=4),
+        max_leaves=12,
+    )
+    item = st.fixed_dictionaries(
+        {},
+        optional={
+            "product_code": st.one_of(nasty_text, values),
+            "quantity": st.one_of(numbers, nasty_text, values),
+            "in_shopping_cart": st.one_of(st.booleans(), values),
+        },
+    )
+    event = st.fixed_dictionaries(
+        {"customer_number": st.one_of(st.integers(0, 2**31 - 1), numbers, nasty_text, values)},
+        optional={
+            "session_id": st.one_of(nasty_text, numbers, values),
+            "city": st.one_of(nasty_text, values),
+            "country": st.one_of(nasty_text, values),
+            "credit_limit": st.one_of(numbers, nasty_text, values),
+            "event_time": st.one_of(
+                st.sampled_from(
+                    ["2026-01-01T00:00:00Z", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]
+                ),
+                nasty_text,
+                values,
+            ),
+            "browse_history": st.one_of(st.lists(item, min_size=1, max_size=4), values),
+            "extra": values,
+        },
+    )
+
+    def encode(obj: dict[str, Any]) -> bytes:
+        # json.dumps writes lone surrogates as \\udXXX escapes and huge ints in full: what a hostile
+        # producer can send; ensure_ascii=False sometimes, so raw control characters travel too
+        return json.dumps(obj, ensure_ascii=len(obj) % 2 == 0, allow_nan=True).encode(
+            "utf-8", "surrogatepass"
+        )
+
+    json_events = event.map(encode)
+    deep = st.integers(min_value=500, max_value=200_000).map(
+        lambda n: b'{"customer_number": 7, "browse_history": ' + b"[" * n + b"]" * n + b"}"
+    )
+    plain = st.one_of(json_events, json_events, deep, st.binary(max_size=200))
+    aggregates = st.lists(st.tuples(st.text(max_size=5), plain), min_size=1, max_size=3).map(
+        lambda records: pack([(key, data, None) for key, data in records])
+    )
+    corrupted = st.tuples(aggregates, st.integers(min_value=0, max_value=400), st.integers(0, 255)).map(
+        lambda a: a[0][: a[1]] + bytes([a[2]]) + a[0][a[1] + 1 :]
+    )
+    return st.one_of(plain, aggregates, corrupted, st.sampled_from([data for data, _ in POISON.values()]))
+
+
+@pytest.fixture(scope="session")
+def hostile_record() -> SearchStrategy[bytes]:
+    """One hostile Kinesis record's bytes (draw it with ``data.draw`` in a ``@given(st.data())`` test)."""
+    return _hostile_records()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
-from collections.abc import Coroutine
+import signal
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 from recsys.settings import Settings, build_settings
 
-__all__ = ["SETTINGS_FLAGS", "add_command", "flag", "run_async", "settings_from"]
+__all__ = ["SETTINGS_FLAGS", "add_command", "flag", "run_async", "settings_from", "stop_on_signals"]
 
 T = TypeVar("T")
 
@@ -61,6 +63,25 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop`` (a second SIGINT interrupts at once)."""
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def add_command(

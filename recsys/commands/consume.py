@@ -72,14 +72,14 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     parse_initial_position(settings.initial_position)  # a bad value is reported before connecting
-    url = bootstrap.database_url(settings)
+    settings = bootstrap.with_database(settings)
     if bootstrap.prepare_aws(settings):
         from consumer.setup import ensure_delivery_stream
 
         ensure_delivery_stream(settings.delivery_stream, args.output or DEFAULT_EMULATOR_OUTPUT)
         if settings.dead_letters:
             bootstrap.prepare_aws(settings, settings.dead_letters)  # creates the bucket on the emulator
-    stats = run_async(_consume(settings, url))
+    stats = run_async(_consume(settings))
     print(
         f"consumer stopped: {stats.records_in} records in, {stats.delivered} delivered, "
         f"{stats.dead_lettered} dead-lettered"
@@ -87,16 +87,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _consume(settings: Settings, url: str) -> ConsumerStats:
-    from consumer import metrics
-    from consumer.app import Consumer
-    from infra.latest import PgLatestStore
-    from infra.pg import migrate, pool
-    from infra.suppression import SuppressionList
-    from model_store.recommender import ModelRecommender
-    from recsys.commands.serve import freeze_heap
+async def _consume(settings: Settings) -> ConsumerStats:
+    from recsys import runtime
 
-    await migrate(url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -104,22 +97,9 @@ async def _consume(settings: Settings, url: str) -> ConsumerStats:
             loop.add_signal_handler(sig, stop.set)
     exporter = _metrics_server(settings.metrics_port)
     try:
-        async with pool(url, min_size=2, max_size=10) as pg:
-            recommender = await ModelRecommender.open(
-                pg,
-                ef_search=settings.ef_search,
-                cache_keys=settings.consumer.cache_keys,
-                observe=metrics.observe_cache,
-            )
-            suppression = await SuppressionList.load(pg)
-            freeze_heap()  # start-up's long-lived objects out of the GC's way (bench: ~1.5x recommend_batch)
-            try:
-                consumer = Consumer(
-                    settings.for_consumer(), pg, recommender, PgLatestStore(pg), suppression=suppression
-                )
-                await consumer.run(stop)
-            finally:
-                await asyncio.shield(recommender.close())
+        async with runtime.consumer(settings) as consumer:
+            runtime.freeze_heap()  # start-up's objects out of the GC's way (bench: ~1.5x recommend_batch)
+            await consumer.run(stop)
     finally:
         if exporter is not None:
             await asyncio.shield(asyncio.to_thread(_close_metrics_server, exporter))

@@ -19,20 +19,20 @@ import json
 import random
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
 from core.errors import InfraError, NotFoundError
 from recsys import bootstrap
-from recsys.commands._common import add_command, flag, run_async, settings_from
-from recsys.commands.run import Running, running
-from recsys.commands.serve import stop_on_signals
+from recsys.commands._common import add_command, flag, run_async, settings_from, stop_on_signals
 from recsys.settings import Settings
+from recsys.visibility import Sent, Tracker, percentile, watch_api
 
-__all__ = ["Watched", "register", "watch_api"]
+if TYPE_CHECKING:
+    from recsys.runtime import Running
+
+__all__ = ["register"]
 
 LAKE = "s3://recsys-lake/lake"
 ARTIFACTS = "s3://recsys-artifacts/ml-artifacts"
@@ -180,45 +180,10 @@ def _port_free(host: str, port: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- live part
-@dataclass
-class _Sent:
-    event_id: str
-    customer: int
-    put_at: float  # time.time() when PutRecords acknowledged it
-
-
-@dataclass
-class _Tracker:
-    """Events put, and when the API first showed each (or a newer event of the same customer)."""
-
-    sent: list[_Sent] = field(default_factory=list)
-    pending: dict[int, list[_Sent]] = field(default_factory=dict)
-    latency_s: dict[str, float] = field(default_factory=dict)
-
-    def add(self, items: Sequence[_Sent]) -> None:
-        self.sent.extend(items)
-        for item in items:
-            self.pending.setdefault(item.customer, []).append(item)
-
-    def seen(self, customer: int, event_id: str | None, at: float) -> None:
-        waiting = self.pending.get(customer)
-        if not waiting or event_id is None:
-            return
-        ids = [s.event_id for s in waiting]
-        if event_id not in ids:
-            return
-        upto = ids.index(event_id) + 1
-        for item in waiting[:upto]:
-            self.latency_s[item.event_id] = at - item.put_at
-        del waiting[:upto]
-        if not waiting:
-            del self.pending[customer]
-
-
 async def _produce(
     settings: Settings,
     source: str,
-    tracker: _Tracker,
+    tracker: Tracker,
     *,
     count: int | None,
     rate: float,
@@ -246,7 +211,7 @@ async def _produce(
         summary.sent += n
         tracker.add(
             [
-                _Sent(f"{shard}:{seq}", int(e["customer_number"]), at)
+                Sent(f"{shard}:{seq}", int(e["customer_number"]), at)
                 for e, (shard, seq) in zip(events, placed, strict=True)
             ]
         )
@@ -254,45 +219,6 @@ async def _produce(
         if ahead > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), ahead)
-
-
-class Watched(Protocol):
-    """What :func:`watch_api` reports to: customers with events not yet visible, and a callback."""
-
-    @property
-    def pending(self) -> Mapping[int, object]: ...
-
-    def seen(self, customer: int, event_id: str | None, at: float) -> None: ...
-
-
-async def watch_api(
-    url: str,
-    tracker: Watched,
-    stop: asyncio.Event,
-    *,
-    clock: Callable[[], float] = time.time,
-    idle_s: float = 0.02,
-) -> None:
-    """Poll ``GET /recommendations/{id}`` for customers with events not yet visible (a few requests at
-    a time), reporting each answer's ``event_id`` with ``clock()``; used by the demo and bench/latency."""
-    import httpx
-
-    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
-        sem = asyncio.Semaphore(4)
-
-        async def check(customer: int) -> None:
-            async with sem:
-                resp = await client.get(f"/recommendations/{customer}")
-            if resp.status_code == 200:
-                tracker.seen(customer, resp.json().get("event_id"), clock())
-
-        while not stop.is_set():
-            customers = list(tracker.pending)
-            if customers:
-                await asyncio.gather(*(check(c) for c in customers))
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), idle_s)
 
 
 def _delivered_ids(seen_keys: set[str], ids: dict[str, int]) -> int:
@@ -317,13 +243,8 @@ def _delivered_ids(seen_keys: set[str], ids: dict[str, int]) -> int:
     return bad
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 async def _events_run(settings: Settings, source: str, up: Running, count: int, rate: float) -> int:
-    tracker = _Tracker()
+    tracker = Tracker()
     done = asyncio.Event()
     watcher = asyncio.create_task(watch_api(up.url, tracker, done), name="demo-watch")
     say("produce", f"putting {count} events at {rate:g}/s onto {settings.stream}")
@@ -376,7 +297,7 @@ async def _events_run(settings: Settings, source: str, up: Running, count: int, 
         "customers_answered": answered,
         "visible_in_api": len(lat),
         "latency_p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
-        "latency_p99_ms": round(1000 * _percentile(lat, 0.99), 1) if lat else None,
+        "latency_p99_ms": round(1000 * percentile(lat, 0.99), 1) if lat else None,
         "delivery": f"{DELIVERY}/",
         "api": up.url,
         "event_ids": sorted(wanted),
@@ -413,7 +334,7 @@ async def _events_run(settings: Settings, source: str, up: Running, count: int, 
 
 
 async def _forever(settings: Settings, source: str, up: Running, rate: float) -> None:
-    tracker = _Tracker()
+    tracker = Tracker()
     producer = asyncio.create_task(
         _produce(settings, source, tracker, count=None, rate=rate, stop=up.stop), name="demo-produce"
     )
@@ -463,10 +384,12 @@ def _run(args: argparse.Namespace) -> int:
     ready, source = _prepare(settings)
 
     async def live() -> int:
+        from recsys import runtime
+
         stop = asyncio.Event()
         code = 0
         with stop_on_signals(stop):
-            async with running(ready, stop) as up:
+            async with runtime.running(ready, stop) as up:
                 say("run", "consumer and API started")
                 _banner(up)
                 if count is not None:

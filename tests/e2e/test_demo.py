@@ -55,14 +55,14 @@ def _delivered(endpoint: str) -> dict[str, list[dict[str, Any]]]:
 
 async def _api_answers(database_url: str, customers: list[int]) -> dict[int, dict[str, Any]]:
     from infra.pg import create_pool
+    from recsys.runtime import api_app
     from recsys.settings import Settings
-    from service.app import create_app
     from service.model import open_recommender
 
     pool = await create_pool(database_url, min_size=1, max_size=2)
     try:
         recommender = await open_recommender(pool)
-        app = create_app(Settings(database_url=database_url).for_api(), pool=pool, recommender=recommender)
+        app = api_app(Settings(database_url=database_url), pool=pool, recommender=recommender)
         answers: dict[int, dict[str, Any]] = {}
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

@@ -20,7 +20,6 @@ import asyncpg
 import orjson
 import pytest
 
-from consumer.app import Consumer
 from consumer.producer import produce
 from consumer.setup import ensure_delivery_stream, ensure_stream
 from etl.pipeline import run_etl
@@ -28,12 +27,11 @@ from etl.seed import seed
 from etl.source import load_catalog
 from infra.aws import sync_client
 from infra.lake import latest_run
-from infra.latest import PgLatestStore
 from infra.objectstore import open_store
 from infra.pg import create_pool, new_database
 from model_store.loader import load_vectors
-from model_store.recommender import ModelRecommender
 from model_store.training import train
+from recsys import runtime
 from recsys.settings import ConsumerSettings, Settings, TrainSettings
 from recsys.stack import StackInfo
 
@@ -59,11 +57,13 @@ async def _own_database(database_url: str) -> str:
 
 
 def _bad_records(target: int, other: int) -> list[tuple[str, bytes]]:
-    """Two dead letters per customer: JSON that fails validation, and bytes that are not JSON."""
+    """Three dead letters per customer: JSON that fails validation, bytes that are not JSON, and
+    a record naming the customer inside an array, under a partition key that is not theirs."""
     out: list[tuple[str, bytes]] = []
     for customer in (target, other):
         out.append((str(customer), orjson.dumps({"customer_number": customer, "browse_history": []})))
         out.append(("garbled", b'{"customer_number": ' + str(customer).encode() + b', "browse_hist'))
+        out.append(("array", orjson.dumps({"customer_number": [customer], "browse_history": [{"x": 1}]})))
     return out
 
 
@@ -74,9 +74,8 @@ async def _stream(world: World, settings: Settings, pool: asyncpg.Pool[Any], sho
     kinesis = sync_client("kinesis")
     bad = _bad_records(world.target, world.others[0])
     kinesis.put_records(StreamName=settings.stream, Records=[{"PartitionKey": k, "Data": d} for k, d in bad])
-    recommender = await ModelRecommender.open(pool)
-    try:
-        consumer = Consumer(settings.for_consumer(), pool, recommender, PgLatestStore(pool))
+    # the consumer as `recsys consume` wires it (the real model, the suppression list), on this pool
+    async with runtime.consumer(settings, pool=pool) as consumer:
         stop = asyncio.Event()
         task = asyncio.create_task(consumer.run(stop))
         loop = asyncio.get_running_loop()
@@ -87,8 +86,6 @@ async def _stream(world: World, settings: Settings, pool: asyncpg.Pool[Any], sho
             await asyncio.sleep(0.1)
         stop.set()
         await task
-    finally:
-        await recommender.close()
     world.delivered = consumer.stats.delivered
     world.dead_lettered = consumer.stats.dead_lettered
 

@@ -1,5 +1,6 @@
-"""Fixtures of the consumer's integration tests: streams on the moto server, a fake recommender,
-helpers to read what Firehose delivered and to wait on a condition with a deadline (no fixed sleeps).
+"""Fixtures of the consumer's integration tests: streams on the moto server, the consumer as
+``recsys.runtime`` wires it (with a fake recommender from ``recsys.testing``), helpers to read what
+Firehose delivered and to wait on a condition with a deadline (no fixed sleeps).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,41 +26,12 @@ import pytest
 
 from consumer.app import Consumer
 from consumer.setup import ensure_delivery_stream, ensure_stream
-from core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
 from infra.aws import sync_client
-from infra.latest import PgLatestStore
 from infra.pg import create_pool
+from recsys import runtime
 from recsys.settings import ConsumerSettings, Settings
 from recsys.stack import StackInfo
-
-
-class FakeRecommender:
-    """Deterministic answers derived from the request; records every batch it was asked."""
-
-    model_version = "fake-1"
-
-    def __init__(self) -> None:
-        self.batches: list[int] = []
-
-    async def recommend_batch(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
-        self.batches.append(len(requests))
-        out = []
-        for r in requests:
-            first = r.browse_history[0].product_code if r.browse_history else None
-            out.append(
-                Recommendation(
-                    recommended_items=(ScoredItem(f"P{(r.customer_number or 0) % 97}", 0.9),),
-                    similar_items=SimilarItems(first, (ScoredItem(f"near-{first}", 0.5),)),
-                    model_version=self.model_version,
-                )
-            )
-        return out
-
-    async def similar_items(self, product_code: str, k: int) -> list[ScoredItem]:
-        return [ScoredItem(f"near-{product_code}", 0.5)][:k]
-
-    async def popular_items(self, k: int) -> list[ScoredItem]:
-        return [ScoredItem("P0", 1.0)][:k]
+from recsys.testing import FakeRecommender
 
 
 @dataclass
@@ -167,7 +140,8 @@ class Helpers:
     FakeRecommender = FakeRecommender
 
     @staticmethod
-    def consumer(env: Env, pool: asyncpg.Pool[Any], **kwargs: Any) -> Consumer:
+    def consumer(env: Env, pool: asyncpg.Pool[Any], **kwargs: Any) -> AbstractAsyncContextManager[Consumer]:
+        """``async with h.consumer(env, pool) as consumer``: the runtime's consumer on ``env``."""
         return new_consumer(env, pool, **kwargs)
 
     @staticmethod
@@ -186,6 +160,24 @@ def h() -> type[Helpers]:
     return Helpers
 
 
+@pytest.fixture(scope="session")
+async def model_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database of its own with a small trained model loaded (60 customers, 50 products)."""
+    from infra.pg import new_database
+    from model_store.artifacts import export_trained
+    from model_store.loader import load_vectors
+    from model_store.testing import synthetic_ratings
+    from model_store.training import fit
+    from recsys.settings import TrainSettings
+
+    root = tmp_path_factory.mktemp("consumer-artifacts")
+    table = synthetic_ratings(n_customers=60, n_products=50, ratings_per_customer=20, seed=5)
+    version = await asyncio.to_thread(export_trained, str(root), fit(table, TrainSettings(seed=1, epochs=4)))
+    url = await new_database(database_url, "consumer_model")
+    await load_vectors(url, str(root), version)
+    return url
+
+
 @pytest.fixture
 async def pool(database_url: str) -> Any:
     p = await create_pool(database_url, min_size=1, max_size=8)
@@ -195,8 +187,12 @@ async def pool(database_url: str) -> Any:
         await p.close()
 
 
-def new_consumer(env: Env, pool: asyncpg.Pool[Any], **kwargs: Any) -> Consumer:
-    return Consumer(env.settings.for_consumer(), pool, env.recommender, PgLatestStore(pool), **kwargs)
+def new_consumer(env: Env, pool: asyncpg.Pool[Any], **kwargs: Any) -> AbstractAsyncContextManager[Consumer]:
+    """The consumer ``recsys consume`` runs, on the test's pool, with ``env``'s fake recommender and
+    no suppression list unless given; ``kwargs`` replace adapters (``recsys.runtime.consumer``)."""
+    kwargs.setdefault("recommender", env.recommender)
+    kwargs.setdefault("suppression", None)
+    return runtime.consumer(env.settings, pool=pool, **kwargs)
 
 
 async def wait_for(

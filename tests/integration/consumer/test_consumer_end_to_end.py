@@ -13,12 +13,14 @@ async def test_n_events_in_exactly_n_event_ids_out(make_env: Any, pool: asyncpg.
     env = make_env(shards=2)
     events = [h.event(100 + i % 37, i) for i in range(300)]
     ids = env.put([json.dumps(e).encode() for e in events], key=lambda i: str(events[i]["customer_number"]))
-    consumer = h.consumer(env, pool)
     stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    await h.wait_for(lambda: {o["event_id"] for o in env.outputs()} >= set(ids), 60, "all events delivered")
-    stop.set()
-    await task
+    async with h.consumer(env, pool) as consumer:
+        task = asyncio.create_task(consumer.run(stop))
+        await h.wait_for(
+            lambda: {o["event_id"] for o in env.outputs()} >= set(ids), 60, "all events delivered"
+        )
+        stop.set()
+        await task
     out = env.outputs()
     by_id = {o["event_id"]: o for o in out}
     assert set(by_id) == set(ids)

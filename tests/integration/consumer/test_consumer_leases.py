@@ -4,6 +4,7 @@ after a clean stop, after SIGTERM, and after kill -9 (expiry driven by an inject
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -15,18 +16,9 @@ from typing import Any
 
 import asyncpg
 
+from recsys.testing import FakeClock
+
 PROCESS = Path(__file__).with_name("consumer_process.py")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _counts(*consumers: Any) -> list[int]:
@@ -48,8 +40,20 @@ async def test_leases_spread_over_two_and_three_workers_and_a_stopped_one_is_tak
 ) -> None:
     env = make_env(shards=4)
     stops = [asyncio.Event() for _ in range(3)]
-    workers = [h.consumer(env, pool, worker_id=f"w{i}") for i in range(3)]
     tasks = []
+    async with contextlib.AsyncExitStack() as built:
+        workers = [
+            await built.enter_async_context(h.consumer(env, pool, worker_id=f"w{i}")) for i in range(3)
+        ]
+        await _spread_then_take_over(env, h, workers, stops, tasks)
+    rows = await pool.fetch("SELECT owner, owner_switches FROM kinesis_leases WHERE stream = $1", env.stream)
+    assert all(r["owner"] is None for r in rows)
+    assert sum(r["owner_switches"] for r in rows) >= 4 + 2 + 1 + 1
+
+
+async def _spread_then_take_over(
+    env: Any, h: Any, workers: list[Any], stops: list[asyncio.Event], tasks: list[asyncio.Task[None]]
+) -> None:
     try:
         tasks.append(asyncio.create_task(workers[0].run(stops[0])))
         await h.wait_for(lambda: _counts(workers[0]) == [4], 30, "one worker holding all four")
@@ -67,9 +71,6 @@ async def test_leases_spread_over_two_and_three_workers_and_a_stopped_one_is_tak
         for stop in stops:
             stop.set()
         await asyncio.gather(*tasks)
-    rows = await pool.fetch("SELECT owner, owner_switches FROM kinesis_leases WHERE stream = $1", env.stream)
-    assert all(r["owner"] is None for r in rows)
-    assert sum(r["owner_switches"] for r in rows) >= 4 + 2 + 1 + 1
 
 
 def _spawn(env: Any, tmp: Path, **extra: str) -> subprocess.Popen[bytes]:
@@ -111,20 +112,20 @@ async def test_kill_9_at_a_random_point_then_a_successor_loses_nothing(
     before = len({o["event_id"] for o in env.outputs()})
 
     clock = FakeClock()
-    successor = h.consumer(env, pool, worker_id="successor", clock=clock)
     stop = asyncio.Event()
-    task = asyncio.create_task(successor.run(stop))
-    try:
-        await h.wait_for(lambda: successor.rounds >= 3, 30, "the successor's first rounds")
-        # the dead worker still looks alive on the successor's clock: one lease may be stolen for
-        # balance (2 vs 0), the other stays with it until it expires
-        assert len(successor.held) <= 1
-        clock.advance(3.0)
-        await h.wait_for(lambda: len(successor.held) == 2, 30, "the take-over after one lease duration")
-        await h.wait_for(lambda: {o["event_id"] for o in env.outputs()} >= set(ids), 90, "every event")
-    finally:
-        stop.set()
-        await task
+    async with h.consumer(env, pool, worker_id="successor", clock=clock) as successor:
+        task = asyncio.create_task(successor.run(stop))
+        try:
+            await h.wait_for(lambda: successor.rounds >= 3, 30, "the successor's first rounds")
+            # the dead worker still looks alive on the successor's clock: one lease may be stolen for
+            # balance (2 vs 0), the other stays with it until it expires
+            assert len(successor.held) <= 1
+            clock.advance(3.0)
+            await h.wait_for(lambda: len(successor.held) == 2, 30, "the take-over after one lease duration")
+            await h.wait_for(lambda: {o["event_id"] for o in env.outputs()} >= set(ids), 90, "every event")
+        finally:
+            stop.set()
+            await task
     out = env.outputs()
     assert {o["event_id"] for o in out} == set(ids)
     assert before < len(ids)
@@ -161,13 +162,15 @@ async def test_sigterm_drains_releases_and_a_successor_resumes_at_once(
             assert any(eid.endswith(":" + r["checkpoint_seq"]) for eid in delivered)
 
     clock = FakeClock()  # never advanced: only released leases can be taken
-    successor = h.consumer(env, pool, worker_id="successor", clock=clock)
     stop = asyncio.Event()
-    task = asyncio.create_task(successor.run(stop))
-    try:
-        await h.wait_for(lambda: len(successor.held) == 2, 30, "the successor taking both released leases")
-        await h.wait_for(lambda: {o["event_id"] for o in env.outputs()} >= set(ids), 60, "every event")
-    finally:
-        stop.set()
-        await task
+    async with h.consumer(env, pool, worker_id="successor", clock=clock) as successor:
+        task = asyncio.create_task(successor.run(stop))
+        try:
+            await h.wait_for(
+                lambda: len(successor.held) == 2, 30, "the successor taking both released leases"
+            )
+            await h.wait_for(lambda: {o["event_id"] for o in env.outputs()} >= set(ids), 60, "every event")
+        finally:
+            stop.set()
+            await task
     assert {o["event_id"] for o in env.outputs()} == set(ids)

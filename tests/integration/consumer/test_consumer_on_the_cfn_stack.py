@@ -26,9 +26,8 @@ import pytest
 from botocore.exceptions import ClientError
 from cfnlint.decode import decode
 
-from consumer.app import Consumer
 from infra.aws import sync_client
-from infra.latest import PgLatestStore
+from recsys import runtime
 from recsys.settings import Settings
 from recsys.stack import StackInfo
 
@@ -268,25 +267,29 @@ async def test_the_consumer_runs_against_the_stream_and_buckets_of_the_stack(
         return out
 
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    stop = asyncio.Event()
-    consumer = Consumer(settings.for_consumer(), pool, FakeRecommender(), PgLatestStore(pool))
-    running = asyncio.create_task(consumer.run(stop))
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while loop.time() < deadline:
-            if running.done():
-                running.result()
-            records = await asyncio.to_thread(delivered)
-            letters = await asyncio.to_thread(dead_letters)
-            if records and letters:
-                break
-            await asyncio.sleep(0.2)
-        else:
-            raise AssertionError("nothing delivered through the stack's resources within 60 s")
+        async with runtime.consumer(
+            settings, pool=pool, recommender=FakeRecommender(), suppression=None
+        ) as consumer:
+            stop = asyncio.Event()
+            running = asyncio.create_task(consumer.run(stop))
+            try:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 60
+                while loop.time() < deadline:
+                    if running.done():
+                        running.result()
+                    records = await asyncio.to_thread(delivered)
+                    letters = await asyncio.to_thread(dead_letters)
+                    if records and letters:
+                        break
+                    await asyncio.sleep(0.2)
+                else:
+                    raise AssertionError("nothing delivered through the stack's resources within 60 s")
+            finally:
+                stop.set()
+                await running
     finally:
-        stop.set()
-        await running
         await pool.close()
         with contextlib.suppress(ClientError):
             firehose.delete_delivery_stream(DeliveryStreamName=delivery, AllowForceDelete=True)

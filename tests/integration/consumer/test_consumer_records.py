@@ -16,14 +16,14 @@ from consumer.sink import FirehoseSink
 
 
 async def _run_until(h: Any, env: Any, pool: Any, condition: Any, **kwargs: Any) -> Any:
-    consumer = h.consumer(env, pool, **kwargs)
     stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        await h.wait_for(condition, 60, "the expected output")
-    finally:
-        stop.set()
-        await task
+    async with h.consumer(env, pool, **kwargs) as consumer:
+        task = asyncio.create_task(consumer.run(stop))
+        try:
+            await h.wait_for(condition, 60, "the expected output")
+        finally:
+            stop.set()
+            await task
     return consumer
 
 
@@ -138,26 +138,32 @@ async def test_only_rejected_records_are_resent_and_the_checkpoint_waits_for_the
     FlakySink.resending = asyncio.Event()
     env = make_env(shards=1)
     ids = env.put([json.dumps(h.event(300 + i, i)).encode() for i in range(20)])
-    consumer = h.consumer(env, pool, sink_class=FlakySink)
     stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        await h.wait_for(FlakySink.resending.is_set, 60, "the resend of rejected records")
-        first, resend = FlakySink.attempts
-        assert len(first) == 20
-        assert resend == first[1::2]  # only the rejected ones, in order
-        row = await pool.fetchrow("SELECT checkpoint_seq FROM kinesis_leases WHERE stream = $1", env.stream)
-        assert row["checkpoint_seq"] is None  # half the batch is acknowledged: no checkpoint yet
-        assert {o["event_id"] for o in env.outputs()} == set(ids[0::2])
-        FlakySink.release.set()
-        await h.wait_for(lambda: {o["event_id"] for o in env.outputs()} == set(ids), 60, "the resent records")
-        await h.wait_for(
-            lambda: _checkpoint(pool, env.stream, ids[-1].split(":")[1]), 30, "the checkpoint past the batch"
-        )
-    finally:
-        FlakySink.release.set()
-        stop.set()
-        await task
+    async with h.consumer(env, pool, make_sink=FlakySink) as consumer:
+        task = asyncio.create_task(consumer.run(stop))
+        try:
+            await h.wait_for(FlakySink.resending.is_set, 60, "the resend of rejected records")
+            first, resend = FlakySink.attempts
+            assert len(first) == 20
+            assert resend == first[1::2]  # only the rejected ones, in order
+            row = await pool.fetchrow(
+                "SELECT checkpoint_seq FROM kinesis_leases WHERE stream = $1", env.stream
+            )
+            assert row["checkpoint_seq"] is None  # half the batch is acknowledged: no checkpoint yet
+            assert {o["event_id"] for o in env.outputs()} == set(ids[0::2])
+            FlakySink.release.set()
+            await h.wait_for(
+                lambda: {o["event_id"] for o in env.outputs()} == set(ids), 60, "the resent records"
+            )
+            await h.wait_for(
+                lambda: _checkpoint(pool, env.stream, ids[-1].split(":")[1]),
+                30,
+                "the checkpoint past the batch",
+            )
+        finally:
+            FlakySink.release.set()
+            stop.set()
+            await task
     assert len(FlakySink.attempts) == 2
 
 

@@ -29,35 +29,39 @@ async def test_split_and_merge_mid_stream(
         )
 
     ids = put_round(200)
-    consumer = h.consumer(env, pool)
     stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        await h.wait_for(lambda: len(env.outputs()) >= 50, 60, "the first deliveries")
-        parent = kinesis.list_shards(StreamName=env.stream)["Shards"][0]
-        low, high = (
-            int(parent["HashKeyRange"]["StartingHashKey"]),
-            int(parent["HashKeyRange"]["EndingHashKey"]),
-        )
-        kinesis.split_shard(
-            StreamName=env.stream, ShardToSplit=parent["ShardId"], NewStartingHashKey=str((low + high) // 2)
-        )
-        await asyncio.to_thread(wait_stream_active, kinesis, env.stream)
-        ids += put_round(200)
-        children = [s for s in kinesis.list_shards(StreamName=env.stream)["Shards"] if s.get("ParentShardId")]
-        assert len(children) == 2
-        await h.wait_for(lambda: len(env.outputs()) >= 300, 60, "deliveries after the split")
-        kinesis.merge_shards(
-            StreamName=env.stream,
-            ShardToMerge=children[0]["ShardId"],
-            AdjacentShardToMerge=children[1]["ShardId"],
-        )
-        await asyncio.to_thread(wait_stream_active, kinesis, env.stream)
-        ids += put_round(200)
-        await h.wait_for(lambda: {o["event_id"] for o in env.outputs()} >= set(ids), 90, "every event")
-    finally:
-        stop.set()
-        await task
+    async with h.consumer(env, pool) as consumer:
+        task = asyncio.create_task(consumer.run(stop))
+        try:
+            await h.wait_for(lambda: len(env.outputs()) >= 50, 60, "the first deliveries")
+            parent = kinesis.list_shards(StreamName=env.stream)["Shards"][0]
+            low, high = (
+                int(parent["HashKeyRange"]["StartingHashKey"]),
+                int(parent["HashKeyRange"]["EndingHashKey"]),
+            )
+            kinesis.split_shard(
+                StreamName=env.stream,
+                ShardToSplit=parent["ShardId"],
+                NewStartingHashKey=str((low + high) // 2),
+            )
+            await asyncio.to_thread(wait_stream_active, kinesis, env.stream)
+            ids += put_round(200)
+            children = [
+                s for s in kinesis.list_shards(StreamName=env.stream)["Shards"] if s.get("ParentShardId")
+            ]
+            assert len(children) == 2
+            await h.wait_for(lambda: len(env.outputs()) >= 300, 60, "deliveries after the split")
+            kinesis.merge_shards(
+                StreamName=env.stream,
+                ShardToMerge=children[0]["ShardId"],
+                AdjacentShardToMerge=children[1]["ShardId"],
+            )
+            await asyncio.to_thread(wait_stream_active, kinesis, env.stream)
+            ids += put_round(200)
+            await h.wait_for(lambda: {o["event_id"] for o in env.outputs()} >= set(ids), 90, "every event")
+        finally:
+            stop.set()
+            await task
 
     out = env.outputs()
     assert {o["event_id"] for o in out} == set(ids)

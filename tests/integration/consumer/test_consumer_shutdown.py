@@ -29,12 +29,12 @@ async def test_a_hung_delivery_is_cut_at_the_shutdown_deadline_without_a_checkpo
     StuckSink.entered = asyncio.Event()
     env = make_env(shards=1, shutdown_deadline_s=1.0)
     env.put([json.dumps(h.event(800 + i, i)).encode() for i in range(10)])
-    consumer = h.consumer(env, pool, sink_class=StuckSink)
     stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    await h.wait_for(StuckSink.entered.is_set, 60, "the delivery to start")
-    stop.set()
-    await asyncio.wait_for(task, 30)  # returns: the drain gave up at its deadline
+    async with h.consumer(env, pool, make_sink=StuckSink) as consumer:
+        task = asyncio.create_task(consumer.run(stop))
+        await h.wait_for(StuckSink.entered.is_set, 60, "the delivery to start")
+        stop.set()
+        await asyncio.wait_for(task, 30)  # returns: the drain gave up at its deadline
     row = await pool.fetchrow(
         "SELECT owner, checkpoint_seq FROM kinesis_leases WHERE stream = $1", env.stream
     )
@@ -48,17 +48,17 @@ async def test_latest_skips_what_was_there_before_the_first_start(
 ) -> None:
     env = make_env(shards=1, initial_position="LATEST")
     old = env.put([json.dumps(h.event(900 + i, i)).encode() for i in range(5)])
-    consumer = h.consumer(env, pool)
     stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        await h.wait_for(lambda: len(consumer.held) == 1, 30, "the lease")
-        await h.wait_for(lambda: _polled(consumer), 30, "the first poll")
-        new = env.put([json.dumps(h.event(950 + i, i)).encode() for i in range(5)])
-        await h.wait_for(lambda: {o["event_id"] for o in env.outputs()} >= set(new), 60, "the new events")
-    finally:
-        stop.set()
-        await task
+    async with h.consumer(env, pool) as consumer:
+        task = asyncio.create_task(consumer.run(stop))
+        try:
+            await h.wait_for(lambda: len(consumer.held) == 1, 30, "the lease")
+            await h.wait_for(lambda: _polled(consumer), 30, "the first poll")
+            new = env.put([json.dumps(h.event(950 + i, i)).encode() for i in range(5)])
+            await h.wait_for(lambda: {o["event_id"] for o in env.outputs()} >= set(new), 60, "the new events")
+        finally:
+            stop.set()
+            await task
     delivered = {o["event_id"] for o in env.outputs()}
     assert delivered == set(new)
     assert not delivered & set(old)

@@ -24,24 +24,24 @@ async def test_suppressed_customers_are_checkpointed_past_and_never_delivered(
     try:
         ids = env.put([json.dumps(h.event(c, i)).encode() for i, c in enumerate([kept, suppressed, kept])])
         suppression = await SuppressionList.load(pool)
-        consumer = h.consumer(env, pool, suppression=suppression)
         stop = asyncio.Event()
-        task = asyncio.create_task(consumer.run(stop))
+        async with h.consumer(env, pool, suppression=suppression) as consumer:
+            task = asyncio.create_task(consumer.run(stop))
 
-        async def checkpointed_past_all() -> bool:
-            seq = await pool.fetchval(
-                "SELECT checkpoint_seq FROM kinesis_leases WHERE stream = $1", env.stream
-            )
-            return seq == ids[-1].split(":")[1]
+            async def checkpointed_past_all() -> bool:
+                seq = await pool.fetchval(
+                    "SELECT checkpoint_seq FROM kinesis_leases WHERE stream = $1", env.stream
+                )
+                return seq == ids[-1].split(":")[1]
 
-        try:
-            await h.wait_for(checkpointed_past_all, 60, "a checkpoint past the last record")
-        finally:
-            stop.set()
-            await task
-        outputs = env.outputs()
-        assert {o["event_id"] for o in outputs} == {ids[0], ids[2]}
-        assert all(o["customer_number"] == kept for o in outputs)
+            try:
+                await h.wait_for(checkpointed_past_all, 60, "a checkpoint past the last record")
+            finally:
+                stop.set()
+                await task
+            outputs = env.outputs()
+            assert {o["event_id"] for o in outputs} == {ids[0], ids[2]}
+            assert all(o["customer_number"] == kept for o in outputs)
         assert consumer.stats.suppressed == 1
         assert (
             await pool.fetchval(

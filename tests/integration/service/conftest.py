@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -14,24 +12,32 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from core.errors import NotFoundError, UserError
-from core.events import UserFeatures
-from core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
 from infra.pg import create_pool, new_database
+from recsys.runtime import api_app
 from recsys.settings import Settings, TrainSettings
-from service.app import create_app
+from recsys.testing import (
+    KNOWN_CUSTOMER,
+    KNOWN_CUSTOMERS,
+    SERVING_DIM,
+    SERVING_ITEMS,
+    UNKNOWN_CUSTOMER,
+    BadServingVector,
+)
+from recsys.testing import FakeServingRecommender as FakeRecommender
 
-DIM = 32
-ITEMS = tuple(f"S10_{1000 + i}" for i in range(40))
-# far from the shop's customer numbers: other parts' tests store streamed answers for those in the
-# shared session database, and a stored answer takes precedence over the model path
-KNOWN_CUSTOMER = 2_000_000_103
-UNKNOWN_CUSTOMER = 2_000_000_999
-KNOWN_CUSTOMERS = frozenset({KNOWN_CUSTOMER, 2_000_000_112, 2_000_000_114})
-
-
-class BadVector(UserError):
-    pass
+# the API tests' fake model and its catalog live with every other double, in recsys.testing
+__all__ = [
+    "DIM",
+    "ITEMS",
+    "KNOWN_CUSTOMER",
+    "KNOWN_CUSTOMERS",
+    "UNKNOWN_CUSTOMER",
+    "BadVector",
+    "FakeRecommender",
+]
+DIM = SERVING_DIM
+ITEMS = SERVING_ITEMS
+BadVector = BadServingVector
 
 
 def run_settings(database_url: str, stream: str, delivery: str, tmp_path: Path, **consumer: Any) -> Settings:
@@ -45,70 +51,6 @@ def run_settings(database_url: str, stream: str, delivery: str, tmp_path: Path, 
         port=0,
         consumer={"lease_take_interval_s": 0.2, "poll_interval_s": 0.2, **consumer},
     )
-
-
-def _vector(seed: str) -> list[float]:
-    digest = hashlib.sha256(seed.encode()).digest()
-    raw = [(b - 127.5) / 127.5 for b in digest[:DIM]]
-    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
-    return [x / norm for x in raw]
-
-
-def _ranked(seed: str, k: int, banned: frozenset[str] = frozenset()) -> list[ScoredItem]:
-    order = sorted(ITEMS, key=lambda code: hashlib.sha256(f"{seed}/{code}".encode()).hexdigest())
-    picked = [code for code in order if code not in banned][:k]
-    return [ScoredItem(code, round(0.99 - 0.01 * i, 6)) for i, code in enumerate(picked)]
-
-
-class FakeRecommender:
-    """Deterministic answers from hashes; records what it was asked (state, not call counts)."""
-
-    def __init__(self, version: str = "fake-v1") -> None:
-        self._version = version
-        self.asked_customers: list[int] = []
-        self.closed = False
-
-    @property
-    def model_version(self) -> str:
-        return self._version
-
-    async def recommend_batch(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
-        return [
-            Recommendation(tuple(_ranked(str(r.features), r.k)), SimilarItems(None, ()), self._version)
-            for r in requests
-        ]
-
-    async def recommend_customer(self, customer_number: int, k: int) -> Recommendation | None:
-        self.asked_customers.append(customer_number)
-        if customer_number not in KNOWN_CUSTOMERS:
-            return None
-        return Recommendation(
-            tuple(_ranked(f"customer/{customer_number}", k)), SimilarItems(None, ()), self._version
-        )
-
-    async def similar_items(self, product_code: str, k: int) -> list[ScoredItem]:
-        if product_code not in ITEMS:
-            raise NotFoundError(f"unknown item {product_code!r}")
-        return _ranked(f"item/{product_code}", k, frozenset({product_code}))
-
-    async def popular_items(self, k: int) -> list[ScoredItem]:
-        return [ScoredItem(code, round(1.0 / (i + 1), 6)) for i, code in enumerate(ITEMS[:k])]
-
-    async def user_embeddings(self, features: Sequence[UserFeatures]) -> list[list[float]]:
-        return [_vector(f"{f.city}|{f.country}|{f.credit_limit}") for f in features]
-
-    async def items_from_vector(self, vector: Sequence[float], k: int) -> list[ScoredItem]:
-        if len(vector) != DIM:
-            raise BadVector(f"the vector has {len(vector)} values; the model's dimension is {DIM}")
-        if not all(math.isfinite(x) for x in vector):
-            raise BadVector("the vector has non-finite values")
-        return _ranked(f"vector/{[round(x, 3) for x in vector]}", k)
-
-    async def refresh(self) -> bool:
-        return False
-
-    async def close(self) -> None:
-        self.closed = True
 
 
 @pytest.fixture(scope="session")
@@ -138,8 +80,8 @@ def api_client(api_pool: asyncpg.Pool[Any], database_url: str) -> AppClient:
     ) -> AsyncIterator[httpx.AsyncClient]:
         settings = Settings(database_url=database_url, api_token=token, api=api or {})
         model = FakeRecommender() if recommender == "fake" else recommender
-        app: FastAPI = create_app(
-            settings.for_api(),
+        app: FastAPI = api_app(
+            settings,
             pool=api_pool if shared_pool else None,
             recommender=model,
             open_model=open_model,

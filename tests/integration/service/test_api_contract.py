@@ -301,13 +301,13 @@ async def test_readiness_reports_an_unreachable_database(database_url: str, api_
     import asyncpg as apg
 
     from infra.pg import create_pool
+    from recsys.runtime import api_app
     from recsys.settings import Settings
-    from service.app import create_app
 
     pool = await create_pool(database_url, min_size=0, max_size=1)
     await pool.close()  # a closed pool fails every acquire, like a database that went away
     settings = Settings(database_url=database_url)
-    app = create_app(settings.for_api(), pool=pool, recommender=FakeRecommender())
+    app = api_app(settings, pool=pool, recommender=FakeRecommender())
     import httpx
 
     async with app.router.lifespan_context(app):

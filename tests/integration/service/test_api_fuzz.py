@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recsys.runtime import api_app
 from recsys.settings import Settings
-from service.app import create_app
 from service.server import ApiServer, bind_socket
 
 from .conftest import ITEMS, KNOWN_CUSTOMERS, FakeRecommender
@@ -47,7 +47,7 @@ def live_api(database_url: str) -> Iterator[str]:
     failure: list[BaseException] = []
 
     async def main() -> None:
-        app = create_app(Settings(database_url=database_url).for_api(), recommender=FakeRecommender())
+        app = api_app(Settings(database_url=database_url), recommender=FakeRecommender())
         server = ApiServer(app, bind_socket("127.0.0.1", 0))
         url.append(server.url)
         task = asyncio.create_task(server.run(stop))

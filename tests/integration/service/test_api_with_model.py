@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 
 from infra.pg import create_pool
+from recsys.runtime import api_app
 from recsys.settings import Settings
-from service.app import create_app
 
 
 @asynccontextmanager
@@ -21,7 +21,7 @@ async def served(url: str, *, own_model: bool) -> AsyncIterator[tuple[httpx.Asyn
 
     pool = await create_pool(url, min_size=1, max_size=4)
     recommender = None if own_model else await open_recommender(pool)
-    app = create_app(Settings(database_url=url).for_api(), pool=pool, recommender=recommender)
+    app = api_app(Settings(database_url=url), pool=pool, recommender=recommender)
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

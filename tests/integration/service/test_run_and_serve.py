@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from infra.aws import sync_client
-from recsys.commands.run import ApiLoop, running
+from recsys.runtime import ApiLoop, running
 
 from .conftest import run_settings
 

@@ -240,7 +240,7 @@ async def test_metrics_without_the_consumer_process_still_serve_the_api(api_clie
 
 
 async def test_running_context_manager_in_process_mode(model_db: str, tmp_path: Path) -> None:
-    from recsys.commands.run import running
+    from recsys.runtime import running
 
     stream, delivery, _ = await asyncio.to_thread(_stream, uuid.uuid4().hex[:8])
     settings = run_settings(model_db, stream, delivery, tmp_path)
@@ -262,7 +262,7 @@ async def test_running_context_manager_in_process_mode(model_db: str, tmp_path: 
 
 def test_restart_delay_backs_off_then_gives_up() -> None:
     from core.errors import InfraError
-    from recsys.commands.run import restart_delay
+    from recsys.runtime import restart_delay
 
     restarts: list[float] = []
     delays = []

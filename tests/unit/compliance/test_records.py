@@ -95,3 +95,19 @@ def test_filter_embeddings_csv() -> None:
     result = filter_embeddings_csv(body, 103)
     assert result.removed == 1 and result.body == b"id,embedding\n1103,[0.3,0.4]\n112,[0.5,0.6]\n"
     assert filter_embeddings_csv(result.body, 103).body is None
+
+
+def test_dead_letters_naming_the_customer_anywhere_the_rule_says_are_removed() -> None:
+    """The defect found from outside: the number inside an array, or in a truncated record, under a
+    partition key that is not the customer's, was missed."""
+    lines = [
+        _letter(b'{"customer_number": [103], "browse_history": []}'),
+        _letter(b'{"session_id": "s", "customer_number": [103'),  # truncated inside the array
+        _letter(b'{"customerNumber": "103"}'),
+        _letter(b"garbage", key="x")[:-1] + b', "customer_numbers": [103]}',  # tagged when written
+        _letter(b'{"customer_number": [1103], "browse_history": []}'),
+        _letter(b'{"customer_number": [112, 1030]}'),
+    ]
+    result = filter_dead_letters(b"\n".join(lines) + b"\n", 103)
+    assert result.removed == 4 and result.kept == 2
+    assert result.body == lines[4] + b"\n" + lines[5] + b"\n"

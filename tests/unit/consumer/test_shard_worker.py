@@ -5,29 +5,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from consumer.deadletters import DeadLetter
 from consumer.kinesis import IteratorExpired, KinesisRecord, RecordsPage, ShardInfo, StartAt
 from consumer.kpl import pack
-from consumer.leases import HeldLease
 from consumer.shard import ConsumerStats, ShardOutcome, ShardWorker, event_id
-from consumer.sink import FirehoseSink
 from core.checkpointing import Position
-from core.errors import DatabaseUnavailable, LeaseLost, Throttled
-from core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems
+from core.errors import LeaseLost, Throttled
 from recsys.settings import ConsumerSettings
+from recsys.testing import (
+    POISON,
+    FakeLeaseTable,
+    FakeReader,
+    FakeRecommender,
+    MemoryLatestStore,
+    RecordingDeadLetters,
+    RecordingSink,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def ev(customer: int) -> bytes:
+def ev(customer: int, code: str = "S1") -> bytes:
     return json.dumps(
-        {"customer_number": customer, "browse_history": [{"product_code": "S1", "quantity": 1}]}
+        {"customer_number": customer, "browse_history": [{"product_code": code, "quantity": 1}]}
     ).encode()
 
 
@@ -35,105 +39,24 @@ def rec(seq: int, data: bytes) -> KinesisRecord:
     return KinesisRecord(str(seq), "pk", data, NOW)
 
 
-class FakeReader:
-    def __init__(self, pages: list[RecordsPage | Exception]) -> None:
-        self.pages = pages
-        self.starts: list[StartAt] = []
-
-    async def iterator(self, shard_id: str, start: StartAt) -> str:
-        self.starts.append(start)
-        return f"it-{len(self.starts)}"
-
-    async def get_records(self, iterator: str, limit: int) -> RecordsPage:
-        if not self.pages:
-            return RecordsPage([], iterator, 0, [])
-        page = self.pages.pop(0)
-        if isinstance(page, Exception):
-            raise page
-        return page
-
-
-class FakeTable:
-    def __init__(self, lose_on_checkpoint: bool = False) -> None:
-        self.checkpoints: list[tuple[Position | None, bool]] = []
-        self.lose = lose_on_checkpoint
-        self.checkpointed = asyncio.Event()
-
-    async def checkpoint(
-        self, lease: HeldLease, position: Position | None, *, shard_end: bool = False
-    ) -> None:
-        if self.lose:
-            raise LeaseLost("taken")
-        self.checkpoints.append((position, shard_end))
-        self.checkpointed.set()
-
-
-class RecordingSink(FirehoseSink):
-    def __init__(self) -> None:
-        super().__init__(None, "d", backoff_base_s=0.0)
-        self.delivered: list[dict[str, Any]] = []
-
-    async def put_batch(self, payloads: Sequence[bytes]) -> list[str | None]:
-        assert all(p.endswith(b"\n") for p in payloads)
-        self.delivered.extend(json.loads(p) for p in payloads)
-        return [None] * len(payloads)
-
-
-class FakeDeadLetters:
-    def __init__(self) -> None:
-        self.letters: list[DeadLetter] = []
-
-    async def put(self, letters: Sequence[DeadLetter]) -> None:
-        self.letters.extend(letters)
-
-
-class FlakyRecommender:
-    model_version = "v1"
-
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
-        self.calls: list[int] = []
-
-    async def recommend_batch(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
-        if self.failures:
-            self.failures -= 1
-            raise DatabaseUnavailable("vector store down")
-        self.calls.append(len(requests))
-        return [
-            Recommendation((ScoredItem("X", 1.0),), SimilarItems("S1", ()), self.model_version)
-            for _ in requests
-        ]
-
-
-class FakeLatest:
-    def __init__(self) -> None:
-        self.rows: list[Any] = []
-
-    async def upsert_many(self, rows: Sequence[Any]) -> None:
-        self.rows.extend(rows)
-
-    async def get(self, customer_number: int) -> Any:
-        return None
-
-
 def worker(
     pages: list[RecordsPage | Exception],
     *,
     checkpoint: tuple[str, int] | None = None,
-    table: FakeTable | None = None,
-    recommender: FlakyRecommender | None = None,
+    table: FakeLeaseTable | None = None,
+    recommender: FakeRecommender | None = None,
+    latest: MemoryLatestStore | None = None,
     **cfg: Any,
 ) -> tuple[ShardWorker, dict[str, Any]]:
-    lease = HeldLease(
-        "shardId-1", 1, checkpoint[0] if checkpoint else None, checkpoint[1] if checkpoint else 0
-    )
+    table = table or FakeLeaseTable()
+    lease = table.held("shardId-1", Position(*checkpoint) if checkpoint else None)
     parts: dict[str, Any] = {
         "reader": FakeReader(pages),
-        "table": table or FakeTable(),
+        "table": table,
         "sink": RecordingSink(),
-        "dead": FakeDeadLetters(),
-        "rec": recommender or FlakyRecommender(),
-        "latest": FakeLatest(),
+        "dead": RecordingDeadLetters(),
+        "rec": recommender or FakeRecommender(),
+        "latest": latest or MemoryLatestStore(),
         "children": [],
         "draining": asyncio.Event(),
     }
@@ -170,15 +93,16 @@ async def test_resumes_inside_an_aggregate_after_the_checkpointed_sub_record() -
     assert [o["customer_number"] for o in parts["sink"].delivered] == [3, 4]
     assert parts["table"].checkpoints == [(Position("6", 0), False), (None, True)]  # then SHARD_END
     assert [c.shard_id for c in parts["children"]] == ["shardId-2"]
-    assert [r.event_id for r in parts["latest"].rows] == ids
-    assert all(r.event_time == NOW for r in parts["latest"].rows)  # no event_time: the arrival time
+    rows = sorted(parts["latest"].rows.values(), key=lambda r: r.event_id)
+    assert [r.event_id for r in rows] == ids
+    assert all(r.event_time == NOW for r in rows)  # no event_time: the arrival time
 
 
 async def test_a_failing_recommender_is_retried_and_nothing_is_skipped() -> None:
     pages: list[RecordsPage | Exception] = [RecordsPage([rec(1, ev(1)), rec(2, b"nope")], None, 0, [])]
-    w, parts = worker(pages, recommender=FlakyRecommender(failures=2))
+    w, parts = worker(pages, recommender=FakeRecommender(failures=2))
     await w.run()
-    assert parts["rec"].calls == [1]
+    assert parts["rec"].batches == [1]
     assert [o["event_id"] for o in parts["sink"].delivered] == ["shardId-1:1"]
     assert [(x.reason, x.position) for x in parts["dead"].letters] == [("not_json", Position("2", 0))]
     assert parts["table"].checkpoints[0] == (Position("2", 0), False)
@@ -186,10 +110,13 @@ async def test_a_failing_recommender_is_retried_and_nothing_is_skipped() -> None
 
 async def test_a_lost_lease_stops_the_shard_and_nothing_is_checkpointed() -> None:
     pages: list[RecordsPage | Exception] = [RecordsPage([rec(1, ev(1))], "it", 100, [])]
-    w, parts = worker(pages, table=FakeTable(lose_on_checkpoint=True))
+    table = FakeLeaseTable()
+    w, parts = worker(pages, table=table)
+    table.steal("shardId-1")  # another worker took the lease: our next write finds out
     with pytest.raises(LeaseLost):
         await w.run()
     assert parts["table"].checkpoints == []
+    assert table.rows["shardId-1"].owner == "worker-b"
 
 
 async def test_an_expired_iterator_is_reacquired_after_the_last_handled_record() -> None:
@@ -230,3 +157,36 @@ async def test_throttled_reads_back_off_and_lose_nothing() -> None:
     assert parts["reader"].pages == []
     assert [o["event_id"] for o in parts["sink"].delivered] == ["shardId-1:1"]
     assert len(parts["reader"].starts) == 1  # the same iterator was retried
+
+
+async def test_every_kind_of_poison_is_dead_lettered_with_its_reason_and_the_shard_goes_on() -> None:
+    kinds = list(POISON.items())
+    records = [rec(1, ev(1)), *(rec(2 + i, data) for i, (_, (data, _)) in enumerate(kinds)), rec(99, ev(2))]
+    w, parts = worker([RecordsPage(records, None, 0, [])])
+    assert await w.run() is ShardOutcome.ENDED
+    assert [o["event_id"] for o in parts["sink"].delivered] == ["shardId-1:1", "shardId-1:99"]
+    got = {letter.position.sequence: letter.reason for letter in parts["dead"].letters}
+    assert got == {str(2 + i): reason for i, (_, (_, reason)) in enumerate(kinds)}
+    assert parts["table"].checkpoints[0] == (Position("99", 0), False)
+
+
+async def test_a_request_the_recommender_refuses_is_isolated_and_the_rest_answered() -> None:
+    records = [rec(i, ev(i, "BAD" if i == 5 else "S1")) for i in range(1, 9)]
+    refusing = FakeRecommender(refuse=lambda r: r.browse_history[0].product_code == "BAD")
+    w, parts = worker([RecordsPage(records, None, 0, [])], recommender=refusing)
+    await w.run()
+    delivered = [o["event_id"] for o in parts["sink"].delivered]
+    assert delivered == [f"shardId-1:{i}" for i in range(1, 9) if i != 5]
+    assert [(x.reason, x.position) for x in parts["dead"].letters] == [("recommend_failed", Position("5", 0))]
+    assert parts["table"].checkpoints[0] == (Position("8", 0), False)
+
+
+async def test_a_row_the_latest_store_refuses_dead_letters_its_record_instead_of_delivering_it() -> None:
+    records = [rec(i, ev(i)) for i in range(1, 5)]
+    latest = MemoryLatestStore(refuse=lambda row: row.customer_number == 3)
+    w, parts = worker([RecordsPage(records, None, 0, [])], latest=latest)
+    await w.run()
+    assert [o["customer_number"] for o in parts["sink"].delivered] == [1, 2, 4]
+    assert sorted(latest.rows) == [1, 2, 4]
+    assert [(x.reason, x.position) for x in parts["dead"].letters] == [("latest_rejected", Position("3", 0))]
+    assert parts["table"].checkpoints[0] == (Position("4", 0), False)

@@ -220,10 +220,10 @@ async def test_healthcheck_probes_the_api_liveness_route(
 
     import httpx
 
+    from recsys.runtime import api_app
     from recsys.settings import Settings
-    from service.app import create_app
 
-    app = create_app(Settings().for_api())
+    app = api_app(Settings())
     assert "/readyz" in app.openapi()["paths"]  # the load balancer's target group health check
     # liveness answers without a database or a model (no lifespan runs here)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://task") as client:

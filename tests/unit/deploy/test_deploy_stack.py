@@ -301,9 +301,9 @@ def test_jobs_environment_is_read_by_the_settings(stack: Stack, monkeypatch: pyt
 
 
 def test_health_checks_probe_real_routes(stack: Stack) -> None:
-    from service.app import create_app
+    from recsys.runtime import api_app
 
-    paths = set(create_app(Settings().for_api()).openapi()["paths"])
+    paths = set(api_app(Settings()).openapi()["paths"])
     assert stack.props("TargetGroup")["HealthCheckPath"] == "/readyz" in paths
     api = containers(stack)["api"]
     assert "/healthz'" in api["HealthCheck"]["Command"][-1] and "/healthz" in paths

@@ -1,73 +1,24 @@
-"""The decision of GET /recommendations (stream -> model -> popular), with fakes that record state."""
+"""The decision of GET /recommendations (stream -> model -> popular), with fakes that record state
+(``recsys.testing``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
 
 from core.errors import ModelNotReady
-from core.events import UserFeatures
-from core.recommendations import Recommendation, RecommendRequest, ScoredItem, SimilarItems, Source
+from core.recommendations import Recommendation, ScoredItem, SimilarItems, Source
 from infra.latest import LatestRow
+from recsys.testing import FakeServingRecommender, MemoryLatestStore
 from service.answers import answer_for
 from service.state import ModelSlot
 
 NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
 
 
-class MemoryLatest:
-    def __init__(self, rows: dict[int, LatestRow] | None = None) -> None:
-        self.rows = rows or {}
-        self.reads: list[int] = []
-
-    async def upsert_many(self, rows: Sequence[LatestRow]) -> None:
-        for row in rows:
-            self.rows[row.customer_number] = row
-
-    async def get(self, customer_number: int) -> LatestRow | None:
-        self.reads.append(customer_number)
-        return self.rows.get(customer_number)
-
-
 def _items(prefix: str, n: int) -> tuple[ScoredItem, ...]:
     return tuple(ScoredItem(f"{prefix}{i}", 1 - i / 100) for i in range(n))
-
-
-class Model:
-    def __init__(self, known: dict[int, Recommendation]) -> None:
-        self.known = known
-        self.popular_asked: list[int] = []
-
-    @property
-    def model_version(self) -> str:
-        return "v9"
-
-    async def recommend_customer(self, customer_number: int, k: int) -> Recommendation | None:
-        return self.known.get(customer_number)
-
-    async def popular_items(self, k: int) -> list[ScoredItem]:
-        self.popular_asked.append(k)
-        return list(_items("P", 50))
-
-    async def recommend_batch(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
-        raise AssertionError("not used by the API")
-
-    async def similar_items(self, product_code: str, k: int) -> list[ScoredItem]:
-        raise AssertionError("not used here")
-
-    async def user_embeddings(self, features: Sequence[UserFeatures]) -> list[list[float]]:
-        raise AssertionError("not used here")
-
-    async def items_from_vector(self, vector: Sequence[float], k: int) -> list[ScoredItem]:
-        raise AssertionError("not used here")
-
-    async def refresh(self) -> bool:
-        return False
-
-    async def close(self) -> None:
-        return None
 
 
 def _row(customer: int) -> LatestRow:
@@ -76,7 +27,7 @@ def _row(customer: int) -> LatestRow:
 
 
 async def test_stream_first_truncated_to_the_limit_without_touching_the_model() -> None:
-    latest = MemoryLatest({7: _row(7)})
+    latest = MemoryLatestStore({7: _row(7)})
     answer = await answer_for(7, 3, latest, ModelSlot(None))  # no model: the stream path needs none
     assert answer.source is Source.STREAM
     assert [i.id for i in answer.recommended_items] == ["R0", "R1", "R2"]
@@ -87,8 +38,8 @@ async def test_stream_first_truncated_to_the_limit_without_touching_the_model() 
 
 async def test_model_answer_for_a_known_customer() -> None:
     rec = Recommendation(_items("M", 8), SimilarItems(None, ()), "v9", Source.MODEL)
-    model = Model({8: rec})
-    answer = await answer_for(8, 5, MemoryLatest(), ModelSlot(model), now=lambda: NOW)
+    model = FakeServingRecommender("v9", known={8: rec}, popular=_items("P", 50))
+    answer = await answer_for(8, 5, MemoryLatestStore(), ModelSlot(model), now=lambda: NOW)
     assert answer.source is Source.MODEL
     assert len(answer.recommended_items) == 5
     assert answer.computed_at == NOW
@@ -97,9 +48,9 @@ async def test_model_answer_for_a_known_customer() -> None:
 
 async def test_popular_for_an_unknown_customer_or_a_fallback_answer() -> None:
     fallback = Recommendation(_items("F", 5), SimilarItems(None, ()), "v9", Source.MODEL, fallback=True)
-    model = Model({9: fallback})
-    unknown = await answer_for(1, 4, MemoryLatest(), ModelSlot(model), now=lambda: NOW)
-    flagged = await answer_for(9, 4, MemoryLatest(), ModelSlot(model), now=lambda: NOW)
+    model = FakeServingRecommender("v9", known={9: fallback}, popular=_items("P", 50))
+    unknown = await answer_for(1, 4, MemoryLatestStore(), ModelSlot(model), now=lambda: NOW)
+    flagged = await answer_for(9, 4, MemoryLatestStore(), ModelSlot(model), now=lambda: NOW)
     for answer in (unknown, flagged):
         assert answer.source is Source.POPULAR
         assert [i.id for i in answer.recommended_items] == ["P0", "P1", "P2", "P3"]
@@ -109,13 +60,13 @@ async def test_popular_for_an_unknown_customer_or_a_fallback_answer() -> None:
 
 async def test_no_stream_answer_and_no_model_is_model_not_ready() -> None:
     with pytest.raises(ModelNotReady, match="load-vectors"):
-        await answer_for(1, 4, MemoryLatest(), ModelSlot(None, reason="run `recsys load-vectors`"))
+        await answer_for(1, 4, MemoryLatestStore(), ModelSlot(None, reason="run `recsys load-vectors`"))
 
 
 def test_answer_json_is_the_documented_shape() -> None:
     import asyncio
 
-    answer = asyncio.run(answer_for(7, 2, MemoryLatest({7: _row(7)}), ModelSlot(None)))
+    answer = asyncio.run(answer_for(7, 2, MemoryLatestStore({7: _row(7)}), ModelSlot(None)))
     body = answer.to_json()
     assert set(body) == {
         "customer_number", "source", "model_version", "computed_at", "event_id",

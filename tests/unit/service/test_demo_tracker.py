@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from recsys.commands.demo import _percentile, _Sent, _Tracker
+from recsys.visibility import Sent, Tracker, percentile
 
 
 def test_an_event_is_visible_when_it_or_a_newer_event_of_its_customer_is_served() -> None:
-    tracker = _Tracker()
-    tracker.add([_Sent("s:1", 7, 10.0), _Sent("s:2", 8, 10.0), _Sent("s:3", 7, 11.0)])
+    tracker = Tracker()
+    tracker.add([Sent("s:1", 7, 10.0), Sent("s:2", 8, 10.0), Sent("s:3", 7, 11.0)])
     tracker.seen(7, "s:9", 12.0)  # not one of ours: nothing changes
     tracker.seen(7, None, 12.0)
     assert tracker.latency_s == {}
@@ -22,8 +22,8 @@ def test_an_event_is_visible_when_it_or_a_newer_event_of_its_customer_is_served(
 
 
 def test_only_the_events_up_to_the_one_served_are_visible() -> None:
-    tracker = _Tracker()
-    tracker.add([_Sent("a", 1, 0.0), _Sent("b", 1, 1.0), _Sent("c", 1, 2.0)])
+    tracker = Tracker()
+    tracker.add([Sent("a", 1, 0.0), Sent("b", 1, 1.0), Sent("c", 1, 2.0)])
     tracker.seen(1, "b", 3.0)
     assert set(tracker.latency_s) == {"a", "b"}
     assert [s.event_id for s in tracker.pending[1]] == ["c"]
@@ -31,6 +31,6 @@ def test_only_the_events_up_to_the_one_served_are_visible() -> None:
 
 def test_percentile_is_nearest_rank_on_sorted_values() -> None:
     values = [float(v) for v in range(1, 101)]
-    assert _percentile(values, 0.5) == 51.0  # index round(49.5) = 50
-    assert _percentile(values, 0.99) == 99.0
-    assert _percentile([3.0], 0.99) == 3.0
+    assert percentile(values, 0.5) == 51.0  # index round(49.5) = 50
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([3.0], 0.99) == 3.0
