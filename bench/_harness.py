@@ -313,8 +313,9 @@ def prepared_model(
     scale: float = 1.0, *, train_model: bool = True, load: bool = True, log: Callable[[str], None] = print
 ) -> Prepared:
     """The project's own seed -> ETL -> train -> load-vectors on the bench stack, each stage reused
-    when already done for this ``scale`` (the shop of scale 1 is the stack's ``shop`` database, other
-    scales get ``shop_s<scale>``; lake and artifacts are local folders under the state directory)."""
+    when already done for this ``scale`` and generator version (database ``shop_s<scale>_g<version>``
+    on the stack's server; lake and artifacts are local folders under the state directory)."""
+    from etl.generator import GENERATOR_VERSION
     from etl.pipeline import run_etl
     from etl.seed import seed
     from infra.lake import latest_run
@@ -322,20 +323,21 @@ def prepared_model(
     from infra.pg import migrate
     from model_store.artifacts import load_bundle, resolve_version
     from model_store.loader import load_vectors
+    from model_store.model import KINDS
     from model_store.training import train
     from recsys.settings import TrainSettings
 
     info = bench_stack()
     database_url = info.database_url
     run_async(migrate(database_url))
-    tag = f"s{scale:g}".replace(".", "_")
+    # keyed by the generator's and the model's versions: a state folder from older code is not reused
+    tag = f"s{scale:g}".replace(".", "_") + f"_g{GENERATOR_VERSION}"
     source = info.source_url
-    if scale != 1.0:
-        db = f"shop_{tag}"
-        run_async(create_database(database_url, db))
-        source = source.rsplit("/", 1)[0] + "/" + db
+    db = f"shop_{tag}"
+    run_async(create_database(database_url, db))
+    source = source.rsplit("/", 1)[0] + "/" + db
     lake = str(STATE_DIR / f"lake-{tag}")
-    artifacts = str(STATE_DIR / f"artifacts-{tag}")
+    artifacts = str(STATE_DIR / f"artifacts-{tag}-{KINDS[-1]}")
     try:
         run = latest_run(open_store(lake))
         log(f"  reusing lake run {run.run_id} ({run.row_count} rows, scale {scale:g})")

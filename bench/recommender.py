@@ -12,6 +12,13 @@ scans: the path itself). Also printed: where the batch path's time goes (feature
 ranking), HNSW recall@10 against an exact top-10 at this scale, the load time, and the model-size
 sweep behind the default tower shape (docs/model.md).
 
+The recommendation stage, before/after (issues 12 and 18): the same events through
+``recommend_batch`` on three recommenders, each cache off, interleaved: a features version through
+the NumPy copy of the user tower (the path before; kept here, in :class:`NumpyUserTower`, only as
+the reference), the same version through the trained torch tower, and the hybrid version (every
+event's customer known: their own vector from the user table, their 20 bought items filtered in
+the scan). The main figures above run on the hybrid version.
+
 The candidate cache, before/after: ``recommend_batch`` with the cache on (the default size) against
 off, each run on a fresh recommender (empty caches) over the same events, interleaved, at two key
 repetitions: events from all 100k users (a key rarely comes back: the cache's overhead) and from
@@ -24,10 +31,13 @@ that server for the run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import itertools
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -37,9 +47,11 @@ from bench._harness import Figure, Report, bench_stack, drop_database, prepared_
 from core.events import BrowseItem, UserFeatures
 from core.recommendations import RecommendRequest
 from infra.pg import connect, create_pool, new_database
-from model_store.artifacts import ArtifactBundle
+from model_store.artifacts import ArtifactBundle, new_version
+from model_store.features import SparseRows
 from model_store.loader import load_bundle_into
-from model_store.recommender import ModelRecommender
+from model_store.model import ServingTower, load_state_dict, save_state_dict
+from model_store.recommender import FeatureKey, ModelRecommender, ModelState
 from model_store.testing import catalog_bundle, synthetic_ratings
 from model_store.training import fit, prepare
 from recsys.settings import TrainSettings
@@ -47,15 +59,97 @@ from recsys.settings import TrainSettings
 BATCH = 500
 
 
+class NumpyUserTower:
+    """The serving forward before issue 12, verbatim: the user tower's Linear layers as float64 numpy
+    arrays, the first layer a gather over the one-hot positions. The benchmark's reference only."""
+
+    def __init__(self, weights: bytes) -> None:
+        state = load_state_dict(weights)
+        names = sorted(
+            (k for k in state if k.startswith("user_tower.layers.") and k.endswith(".weight")),
+            key=lambda name: tuple(int(part) for part in name.split(".") if part.isdigit()),
+        )
+        self.weights = [state[n].to(dtype=state[n].dtype).double().numpy() for n in names]
+        self.biases = [state[n[: -len("weight")] + "bias"].double().numpy() for n in names]
+        for prev, nxt in itertools.pairwise(self.weights):
+            assert nxt.shape[1] == prev.shape[0]
+
+    def embed(self, rows: SparseRows, numeric_offset: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        n = rows.indices.shape[0]
+        first_t = self.weights[0].T
+        h = np.tile(self.biases[0], (n, 1))
+        for j in range(rows.indices.shape[1]):
+            col = rows.indices[:, j]
+            hit = col >= 0
+            h[hit] += first_t[col[hit]]
+        for j in range(rows.numeric.shape[1]):
+            h += rows.numeric[:, j : j + 1] * first_t[numeric_offset + j]
+        for w, b in zip(self.weights[1:], self.biases[1:], strict=True):
+            np.maximum(h, 0.0, out=h)
+            h = h @ w.T + b
+        norm = np.sqrt((h * h).sum(axis=1, keepdims=True))
+        out: np.ndarray[Any, np.dtype[np.float32]] = (h / np.maximum(norm, 1e-12)).astype(np.float32)
+        return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NumpyState(ModelState):
+    """A version's state whose user tower is :class:`NumpyUserTower` (the path before issue 12)."""
+
+    numpy_tower: NumpyUserTower | None = None
+
+    def embed_known(
+        self, keys: Sequence[FeatureKey]
+    ) -> tuple[np.ndarray[Any, np.dtype[np.float32]], list[bool], float, float]:
+        assert self.numpy_tower is not None
+        started = time.perf_counter()
+        rows = self.user_transform.sparse_rows(self._rows(keys))
+        any_category: list[bool] = np.any(rows.indices >= 0, axis=1).tolist()
+        known = [hit or key[2] is not None for hit, key in zip(any_category, keys, strict=True)]
+        encoded = time.perf_counter()
+        vectors = self.numpy_tower.embed(rows, self.user_transform.numeric_offset)
+        return vectors, known, encoded - started, time.perf_counter() - encoded
+
+
+async def numpy_recommender(pool: asyncpg.Pool[Any], weights: bytes, **kwargs: Any) -> ModelRecommender:
+    """A recommender of the active version that runs :class:`NumpyUserTower` instead of the torch
+    tower: the benchmark's "before" path (it swaps the version's state, which only a benchmark may)."""
+    rec = await ModelRecommender.open(pool, **kwargs)
+    state = rec._state  # the reference path of a before/after figure
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(ModelState)}
+    rec._state = NumpyState(**fields, numpy_tower=NumpyUserTower(weights))
+    return rec
+
+
 async def _fresh_database(server_url: str) -> str:
     return await new_database(server_url, "bench_recommender")
 
 
-def _bundle(n_items: int, n_users: int) -> tuple[ArtifactBundle, Any]:
+BOUGHT = 20  # items each customer of the hybrid version has bought (the filter's lists)
+
+
+def _bundle(n_items: int, n_users: int) -> tuple[ArtifactBundle, ArtifactBundle, Any]:
+    """The hybrid version (every customer known, ``BOUGHT`` items each) and a features version of the
+    same towers (today's kind before issue 18: no customer lookup, no filter), and the catalog."""
     trained = fit(synthetic_ratings(seed=1), TrainSettings())
     big = prepare(synthetic_ratings(n_customers=n_users, n_products=n_items, ratings_per_customer=1, seed=2))
-    bundle = catalog_bundle(trained, big)
-    return bundle, big
+    rng = np.random.default_rng(5)
+    rated = len(big.item_ids)  # the products somebody rated
+    bought = [[big.item_ids[int(j)] for j in rng.choice(rated, BOUGHT, replace=False)] for _ in big.user_ids]
+    hybrid = catalog_bundle(trained, big, bought=bought)
+    # the features version: the towers' feature layers only (what NumpyUserTower computes, exactly)
+    plain = {k: v for k, v in trained.export_state_dict().items() if ".layers." in k}
+    weights = save_state_dict(plain)
+    user_tower = ServingTower.from_state_dict(plain, "user_tower")
+    features = dataclasses.replace(
+        hybrid,
+        version=new_version(weights),
+        config=dataclasses.replace(hybrid.config, kind="features"),
+        weights=weights,
+        user_vectors=user_tower.embed(trained.user_transform.dense(big.user_columns)),
+        user_bought=None,
+    )
+    return hybrid, features, big
 
 
 def _events(big: Any, n: int, seed: int, users: int | None = None) -> list[RecommendRequest]:
@@ -79,16 +173,19 @@ async def _recommender_report(quick: bool, server_url: str) -> Report:
     n_batch_events, n_one_events, runs = (2_000, 200, 3) if quick else (10_000, 500, 5)
     report = Report("recommender", scale={"items": n_items, "users": n_users, "batch": BATCH, "k": 10})
     url = await _fresh_database(server_url)
-    bundle, big = await asyncio.to_thread(_bundle, n_items, n_users)
+    bundle, features_bundle, big = await asyncio.to_thread(_bundle, n_items, n_users)
 
+    pool = await create_pool(url, min_size=1, max_size=4)
     conn = await connect(url)
+    await load_bundle_into(conn, features_bundle)  # the reference paths open on this version
+    today = await numpy_recommender(pool, features_bundle.weights, cache_keys=0)
+    torch_features = await ModelRecommender.open(pool, cache_keys=0)
     started = time.perf_counter()
-    await load_bundle_into(conn, bundle)
+    await load_bundle_into(conn, bundle)  # the hybrid version: active from here on
     load_s = time.perf_counter() - started
     await conn.close()
     report.add(Figure("load-vectors (COPY + HNSW + neighbours)", "s", [load_s], note="one run"))
 
-    pool = await create_pool(url, min_size=1, max_size=4)
     position = {code: i for i, code in enumerate(bundle.item_ids)}
     for ef in (40, 100, 200):  # recall of the HNSW top-10 against an exact top-10 at this scale
         probe = await ModelRecommender.open(pool, ef_search=ef)
@@ -150,12 +247,65 @@ async def _recommender_report(quick: bool, server_url: str) -> Report:
         # the identity the tests assert, checked at this scale too
         same = await rec.recommend_batch(events[:50]) == [await rec.recommend_one(e) for e in events[:50]]
         report.add(Figure("batch == one-by-one (50 events)", "bool", [float(same)]))
+        await _stage_figures(
+            report, today=today, torch_features=torch_features, hybrid=rec, events=events, runs=runs
+        )
         await _cache_figures(report, pool, big, n_batch_events, runs)
     finally:
         await rec.close()
+        await today.close()
+        await torch_features.close()
         await pool.close()
         await drop_database(server_url, url)
     return report
+
+
+async def _stage_figures(
+    report: Report,
+    *,
+    today: ModelRecommender,
+    torch_features: ModelRecommender,
+    hybrid: ModelRecommender,
+    events: list[RecommendRequest],
+    runs: int,
+) -> None:
+    """The recommendation stage per event, cache off, the same events, interleaved:
+
+    - ``today``: a features version through the NumPy copy of the tower (the path before issue 12);
+    - ``torch_features``: the same version through the torch tower (issue 12);
+    - ``hybrid``: the hybrid version through the torch tower, every event's customer known (their
+      own vector from the user table) and their ``BOUGHT`` items filtered in the scan (issue 18)."""
+    a = await torch_features.recommend_batch(events[:BATCH])
+    b = await today.recommend_batch(events[:BATCH])
+    # the same items in the same order (scores may differ in the last float32 digit: the two
+    # forwards sum in another order)
+    same = [[i.id for i in r.recommended_items] for r in a] == [
+        [i.id for i in r.recommended_items] for r in b
+    ]
+    report.add(Figure("torch tower == NumPy tower, items (500 events)", "bool", [float(same)]))
+    recs = {"numpy": today, "torch": torch_features, "hybrid": hybrid}
+    per_event: dict[str, list[float]] = {name: [] for name in recs}
+    model_us: dict[str, list[float]] = {name: [] for name in recs}
+    for _ in range(runs):
+        for name, rec in recs.items():
+            shares: dict[str, float] = {}
+            start = time.perf_counter()
+            for i in range(0, len(events), BATCH):
+                await rec.recommend_batch(events[i : i + BATCH], timings=shares)
+            per_event[name].append(1e6 * (time.perf_counter() - start) / len(events))
+            model_us[name].append(1e6 * shares.get("model", 0.0) / len(events))
+    before = report.add(
+        Figure("stage per event, features version, NumPy tower (before)", "us", per_event["numpy"])
+    )
+    after = report.add(Figure("stage per event, features version, torch tower", "us", per_event["torch"]))
+    hybrid_fig = report.add(
+        Figure("stage per event, hybrid version (known customers, bought filter)", "us", per_event["hybrid"])
+    )
+    report.ratio("stage per event, torch / NumPy tower", after, before, note="issue 12 goal: <= 1.10")
+    report.ratio("stage per event, hybrid / before", hybrid_fig, before, note="issue 18 goal: <= 1.2")
+    m_before = report.add(Figure("model step per event, NumPy tower", "us", model_us["numpy"]))
+    m_after = report.add(Figure("model step per event, torch tower", "us", model_us["torch"]))
+    report.ratio("model step per event, torch / NumPy", m_after, m_before)
 
 
 async def _cache_figures(report: Report, pool: asyncpg.Pool[Any], big: Any, n_events: int, runs: int) -> None:

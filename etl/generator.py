@@ -11,13 +11,20 @@ database. The generative story (also in docs/etl.md):
   rate expensive models higher and modest ones cheaper models.
 * Each product has a **quality** ``q ~ N(0, 0.35)`` (what a popularity baseline can learn) and an
   **exposure** ``e ~ N(0, 0.5)`` (how often it gets rated at all).
+* **Co-purchase sets**: the products of each line fall into sets of about six (a collector's series),
+  and every customer follows ``SETS_PER_CUSTOMER`` = 3 sets, drawn with weights ``exp(1.5 A)`` over
+  the sets' lines (the Gumbel top-k trick again): what people buy together, which only the purchase
+  history shows (no feature names the set), so a model with ID embeddings learns it and a
+  content-only model cannot.
 * A customer rates ``k ~ Poisson(28 * sqrt(scale))`` products, drawn without replacement with
-  weights ``exp(0.6 * (A + B zc zp) + 0.5 q + e)`` (the Gumbel top-k trick): people rate what they
-  like more often. A purchased pair (from ``orderdetails``) is always rated, with a +0.4 bonus.
+  weights ``exp(0.6 * (A + B zc zp) + 0.5 q + e + 3 * [in a followed set])`` (Gumbel top-k):
+  people rate what they like and what completes their series more often. A purchased pair (from
+  ``orderdetails``) is always rated, with a +0.4 bonus.
 * The rating is ``s = 0.3 + A + B zc zp + q + N(0, 0.5)`` cut at -1.2, -0.4, 0.4, 1.2 into 1..5.
 
-Features (country, credit limit, product line, price) explain most of the variance, so a two-tower
-content model beats a popularity baseline that only sees ``q``.
+Features (country, credit limit, product line, price) explain most of the variance of the ratings,
+so a two-tower content model beats a popularity baseline that only sees ``q``; which products a
+customer rates also follows their sets, which the hybrid model's ID embeddings learn.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import numpy.typing as npt
 
 __all__ = [
     "COUNTRIES",
+    "GENERATOR_VERSION",
     "PRODUCT_LINES",
     "RatingModel",
     "ShopSize",
@@ -52,7 +60,11 @@ EXPOSURE_SD = 0.5
 NOISE_SD = 0.5
 PURCHASE_BONUS = 0.4
 RATING_CUTS = np.array([-1.2, -0.4, 0.4, 1.2])
+GENERATOR_VERSION = 2  # bumped when the same (scale, seed) gives other rows (2: co-purchase sets)
 BASE_RATINGS_PER_CUSTOMER = 28.0
+SET_SIZE = 6  # products per co-purchase set, within a line
+SETS_PER_CUSTOMER = 3
+SET_PULL = 3.0  # added to the draw weight of the products of a customer's sets
 BLOCK = 256  # customers per generation block: the unit of determinism and of memory
 
 # (country, weight, [(city, state, postal code prefix)]) — the sample's countries and cities.
@@ -328,11 +340,31 @@ class RatingModel:
         item_rng = np.random.default_rng([seed, 12])
         self.quality = QUALITY_SD * item_rng.standard_normal(len(products))
         self.exposure = EXPOSURE_SD * item_rng.standard_normal(len(products))
+        # co-purchase sets: each line's products (in code order, shuffled) cut into sets of SET_SIZE
+        set_rng = np.random.default_rng([seed, 14])
+        self.product_set = np.zeros(len(products), dtype=np.int64)
+        set_lines: list[int] = []
+        for line in range(len(lines)):
+            members = set_rng.permutation(np.flatnonzero(self.line_index == line))
+            for start in range(0, len(members), SET_SIZE):
+                self.product_set[members[start : start + SET_SIZE]] = len(set_lines)
+                set_lines.append(line)
+        self.set_line = np.array(set_lines, dtype=np.int64)
 
     def preference(self, customer_idx: IntArray) -> FloatArray:
         """Affinity plus price fit for each (customer in ``customer_idx``, product): shape (n, products)."""
         affinity = self.affinity[self.country_index[customer_idx]][:, self.line_index]
         return affinity + PRICE_FIT * np.outer(self.zc[customer_idx], self.zp)
+
+    def _followed_sets(self, customer_idx: IntArray, rng: np.random.Generator) -> FloatArray:
+        """1.0 where the product is in one of the customer's followed sets: (n, products)."""
+        n_sets = len(self.set_line)
+        line_affinity = self.affinity[self.country_index[customer_idx]][:, self.set_line]  # (n, sets)
+        draw = 1.5 * line_affinity + rng.gumbel(size=(len(customer_idx), n_sets))
+        followed = np.argsort(-draw, axis=1)[:, : min(SETS_PER_CUSTOMER, n_sets)]
+        in_set = np.zeros((len(customer_idx), n_sets), dtype=np.float64)
+        np.put_along_axis(in_set, followed, 1.0, axis=1)
+        return in_set[:, self.product_set]
 
     def blocks(
         self, ratings_per_customer: float, purchased: Mapping[int, set[str]] | None = None
@@ -353,6 +385,7 @@ class RatingModel:
             noise = NOISE_SD * rng.standard_normal(pref.shape)
             gumbel = rng.gumbel(size=pref.shape)
             weights = 0.6 * pref + 0.5 * self.quality + self.exposure + gumbel
+            weights += SET_PULL * self._followed_sets(idx, rng)
             counts = np.clip(rng.poisson(ratings_per_customer, size=len(idx)), 1, max(1, n_products // 2))
             rows: list[tuple[int, str, int]] = []
             for row, i in enumerate(idx):

@@ -4,9 +4,10 @@ Layout under the artifacts URI (``s3://bucket/prefix`` or a local folder)::
 
     <version>/model/best_model.pth              state_dict (torch.save; read with weights_only=True)
     <version>/scalers/user_features.json        fitted one-hot categories + standardisation (plain JSON)
-    <version>/scalers/item_features.json
+    <version>/scalers/item_features.json        (hybrid: also ``ids``, the item ID embedding's rows)
     <version>/embeddings/item_embeddings.csv    header ``id,embedding``, pgvector text ``[0.1,...]``
-    <version>/embeddings/user_embeddings.csv
+    <version>/embeddings/user_embeddings.csv    (hybrid: a third column ``bought``, the customer's
+                                                training items as a JSON list: the already-bought filter)
     <version>/stats/popular_items.csv           ``id,score,count``: the fallback, most popular first
     <version>/manifest.json                     version, feature spec, dimension, metrics, sha256 of
                                                 every file above; written LAST
@@ -15,6 +16,11 @@ Layout under the artifacts URI (``s3://bucket/prefix`` or a local folder)::
 A version exists once its manifest does (the manifest is written after every file it lists), so a
 crashed export is invisible. Version ids sort by creation time: ``20261126T061502123Z-1a2b3c4d``
 (UTC, milliseconds, then the first 8 hex digits of the weights' sha256).
+
+The manifest's ``kind`` says which model a version holds: ``hybrid`` (``recsys train``: ID embeddings
+plus features; the customers' ID embeddings are not in the weights, a known customer's vector is
+their row of ``user_embeddings.csv``, which ``recsys forget`` edits) or ``features`` (the lab's models,
+``recsys import-lab-artifacts``: towers over the features only).
 
 Loading checks the sha256 of every listed file and refuses a mismatch (:class:`ArtifactError`).
 Nothing here unpickles: the weights go through ``torch.load(weights_only=True)`` and the scalers are
@@ -40,7 +46,7 @@ from core.errors import ArtifactError, NotFoundError
 from infra.logs import get_logger
 from infra.objectstore import ObjectStore, open_store
 from model_store.features import ITEM_SPEC, USER_SPEC, FeatureTransform
-from model_store.model import ModelConfig, NumpyTower, load_state_dict
+from model_store.model import ModelConfig, ServingTower, load_state_dict
 from model_store.training import PopularItem, TrainedModel
 
 __all__ = [
@@ -54,6 +60,7 @@ __all__ = [
     "load_bundle",
     "new_version",
     "parse_vector",
+    "read_bought_csv",
     "read_embeddings_csv",
     "resolve_version",
 ]
@@ -94,22 +101,30 @@ class ArtifactBundle:
     user_ids: list[int]
     user_vectors: npt.NDArray[np.float32]
     popular: list[PopularItem]
+    user_bought: list[list[str]] | None = None  # hybrid: each user's training items (the filter)
     metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     source: str = "recsys train"
     stored_manifest: dict[str, Any] = field(default_factory=dict)  # as read by load_bundle
 
-    def towers(self) -> tuple[NumpyTower, NumpyTower]:
+    def towers(self) -> tuple[ServingTower, ServingTower]:
         state = load_state_dict(self.weights)
-        return NumpyTower.from_state_dict(state, "user_tower"), NumpyTower.from_state_dict(
+        return ServingTower.from_state_dict(state, "user_tower"), ServingTower.from_state_dict(
             state, "item_tower"
         )
 
     def manifest(self, files: Mapping[str, bytes]) -> dict[str, Any]:
+        label = (
+            "implicit: every rated (customer, product) pair is a positive; score = dot(user, item); "
+            "rating: an auxiliary head maps the dot product to (rating - 3) / 2"
+            if self.config.hybrid
+            else "(rating - 3) / 2, in [-1, 1]; predicted = dot(user, item)"
+        )
         return {
             "format": FORMAT,
             "version": self.version,
+            "kind": self.config.kind,
             "created_at": self.created_at,
             "source": self.source,
             "embedding_dim": self.config.embedding_dim,
@@ -119,7 +134,9 @@ class ArtifactBundle:
                 "item": {"categorical": list(ITEM_SPEC.categorical), "numeric": list(ITEM_SPEC.numeric)},
                 "categorical": "lower-cased and stripped, one-hot; unknown or missing -> all zeros",
                 "numeric": "standardised (x - mean) / std; missing -> the mean (0)",
-                "label": "(rating - 3) / 2, in [-1, 1]; predicted = dot(user, item)",
+                "fitted_with": "scikit-learn ColumnTransformer(OneHotEncoder(handle_unknown='ignore'), "
+                "StandardScaler), stored as its fitted parameters",
+                "label": label,
             },
             "counts": {"items": len(self.item_ids), "users": len(self.user_ids)},
             "metrics": self.metrics,
@@ -144,13 +161,40 @@ def parse_vector(text: str) -> npt.NDArray[np.float32]:
     return np.array([float(v) for v in body[1:-1].split(",")], dtype=np.float32)
 
 
-def _embeddings_csv(ids: list[Any], vectors: npt.NDArray[np.float32]) -> bytes:
+def _embeddings_csv(
+    ids: list[Any], vectors: npt.NDArray[np.float32], bought: list[list[str]] | None = None
+) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["id", "embedding"])
-    for ident, vec in zip(ids, vectors, strict=True):
-        writer.writerow([ident, format_vector(vec)])
+    if bought is None:
+        writer.writerow(["id", "embedding"])
+        for ident, vec in zip(ids, vectors, strict=True):
+            writer.writerow([ident, format_vector(vec)])
+    else:
+        writer.writerow(["id", "embedding", "bought"])
+        for ident, vec, items in zip(ids, vectors, bought, strict=True):
+            writer.writerow([ident, format_vector(vec), json.dumps(items, separators=(",", ":"))])
     return out.getvalue().encode()
+
+
+def read_bought_csv(data: bytes, name: str) -> list[list[str]] | None:
+    """The ``bought`` column of a user embeddings CSV (one list per row), or None without one."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8")))
+    header = next(reader, None)
+    if header is None or len(header) < 3 or header[2].strip() != "bought":
+        return None
+    out: list[list[str]] = []
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        try:
+            items = json.loads(row[2])
+        except (IndexError, ValueError) as exc:
+            raise ArtifactError(f"{name}: line {line} has no JSON list of bought items: {exc}") from exc
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ArtifactError(f"{name}: line {line}: bought must be a JSON list of product codes")
+        out.append(items)
+    return out
 
 
 def read_embeddings_csv(data: bytes, name: str) -> tuple[list[str], npt.NDArray[np.float32]]:
@@ -206,12 +250,15 @@ def export_bundle(store: ObjectStore, bundle: ArtifactBundle) -> str:
     """Write every file of the version, then its manifest, then the ``latest`` pointer."""
     if store.exists(f"{bundle.version}/{MANIFEST}"):
         raise ArtifactError(f"version {bundle.version} already exists under {store.uri}")
+    item_features = bundle.item_transform.to_json()
+    if bundle.config.hybrid:
+        item_features["ids"] = list(bundle.item_ids)  # row i of item_tower.ids is ids[i]
     files = {
         FILES["model"]: bundle.weights,
         FILES["user_features"]: _json(bundle.user_transform.to_json()),
-        FILES["item_features"]: _json(bundle.item_transform.to_json()),
+        FILES["item_features"]: _json(item_features),
         FILES["item_embeddings"]: _embeddings_csv(bundle.item_ids, bundle.item_vectors),
-        FILES["user_embeddings"]: _embeddings_csv(bundle.user_ids, bundle.user_vectors),
+        FILES["user_embeddings"]: _embeddings_csv(bundle.user_ids, bundle.user_vectors, bundle.user_bought),
         FILES["popular_items"]: _popular_csv(bundle.popular),
     }
     for key, data in files.items():
@@ -227,7 +274,7 @@ def export_bundle(store: ObjectStore, bundle: ArtifactBundle) -> str:
 def export_trained(artifacts_uri: str, trained: TrainedModel, now: datetime | None = None) -> str:
     from model_store.model import save_state_dict
 
-    weights = save_state_dict(trained.state_dict)
+    weights = save_state_dict(trained.export_state_dict())
     when = (now or datetime.now(UTC)).astimezone(UTC)
     bundle = ArtifactBundle(
         version=new_version(weights, when),
@@ -240,6 +287,7 @@ def export_trained(artifacts_uri: str, trained: TrainedModel, now: datetime | No
         user_ids=list(trained.data.user_ids),
         user_vectors=trained.user_embeddings(),
         popular=trained.popular,
+        user_bought=trained.data.bought() if trained.config.hybrid else None,
         metrics=trained.metrics,
         training={**trained.training, "history": trained.history},
         created_at=when.isoformat(timespec="milliseconds"),
@@ -305,6 +353,9 @@ def load_bundle(store: ObjectStore, version: str | None = None) -> ArtifactBundl
         user_ids = [int(u) for u in user_keys]
     except ValueError as exc:
         raise ArtifactError(f"user_embeddings.csv: user ids must be integers: {exc}") from exc
+    bought = read_bought_csv(data[FILES["user_embeddings"]], "user_embeddings.csv")
+    if bought is not None and len(bought) != len(user_ids):
+        raise ArtifactError("user_embeddings.csv: the bought column does not cover every row")
     for name, matrix in (("item", item_vectors), ("user", user_vectors)):
         if matrix.size and matrix.shape[1] != config.embedding_dim:
             raise ArtifactError(
@@ -322,6 +373,7 @@ def load_bundle(store: ObjectStore, version: str | None = None) -> ArtifactBundl
         user_ids=user_ids,
         user_vectors=user_vectors,
         popular=_read_popular(data[FILES["popular_items"]]),
+        user_bought=bought,
         metrics=dict(manifest.get("metrics") or {}),
         training=dict(manifest.get("training") or {}),
         created_at=str(manifest.get("created_at", "")),

@@ -1,17 +1,19 @@
 """Feature spec and fitted feature parameters, as plain data.
 
 The towers read two kinds of columns: categorical ones, one-hot encoded after lower-casing and
-stripping (an unknown or missing category encodes as all zeros, like scikit-learn's
-``OneHotEncoder(handle_unknown="ignore")``), and numeric ones, standardised with the training mean
-and population standard deviation (``StandardScaler``); a missing numeric value becomes the mean,
+stripping (an unknown or missing category encodes as all zeros), and numeric ones, standardised
+with the training mean and population standard deviation; a missing numeric value becomes the mean,
 i.e. 0 after scaling.
 
-A :class:`FeatureTransform` is fitted once at training time, stored as JSON (never pickle) in the
-artifacts and in PostgreSQL, and applied with numpy: a dictionary lookup per category and one
-vector operation per numeric column, a few microseconds per row instead of a per-row
-scikit-learn call. Two encodings are offered: :meth:`FeatureTransform.dense` (the matrix training
-uses) and :meth:`FeatureTransform.sparse` (category indices + scaled numbers, which the serving
-forward pass turns into a gather instead of a matrix product over a mostly-zero one-hot input).
+Fitting is scikit-learn's: :func:`fit_column_transformer` fits a ``ColumnTransformer`` of
+``OneHotEncoder(handle_unknown="ignore")`` and ``StandardScaler`` on the training rows, and
+:meth:`FeatureTransform.from_column_transformer` reads its fitted parameters (the encoder's
+``categories_``, the scaler's ``mean_`` and ``scale_``) into a :class:`FeatureTransform`: plain data,
+stored as JSON (never pickle) in the artifacts and in PostgreSQL. Applying it is numpy (a dictionary
+lookup per category, one vector operation per numeric column), a few microseconds per row instead of
+a scikit-learn call per row (~600 us); the unit tests prove it equals the fitted
+``ColumnTransformer``'s output on held-out rows. A missing category is not a category: the fit
+ignores it (scikit-learn would give it a column of its own) and it encodes as all zeros.
 """
 
 from __future__ import annotations
@@ -28,16 +30,20 @@ from core.errors import ArtifactError
 
 __all__ = [
     "ITEM_SPEC",
+    "MISSING",
     "USER_SPEC",
     "CategoricalParams",
     "FeatureSpec",
     "FeatureTransform",
     "NumericParams",
     "SparseRows",
+    "fit_column_transformer",
     "normalise_category",
+    "sklearn_rows",
 ]
 
 FloatArray = npt.NDArray[np.float32]
+MISSING = math.nan  # how a missing category or number reaches scikit-learn
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,40 @@ class SparseRows:
     numeric: npt.NDArray[np.float64]
 
 
+def sklearn_rows(spec: FeatureSpec, columns: Mapping[str, Sequence[Any]]) -> npt.NDArray[Any]:
+    """Columns as scikit-learn reads them: an object matrix in spec order (categoricals first),
+    categories normalised, missing values (and non-numbers) as NaN."""
+    cats = [[normalise_category(v) or MISSING for v in columns[name]] for name in spec.categorical]
+    nums = [[_number(v) for v in columns[name]] for name in spec.numeric]
+    n = len(next(iter(columns.values()), []))
+    out = np.empty((n, len(cats) + len(nums)), dtype=object)
+    for j, values in enumerate([*cats, *nums]):
+        out[:, j] = values
+    return out
+
+
+def fit_column_transformer(spec: FeatureSpec, columns: Mapping[str, Sequence[Any]]) -> Any:
+    """A ``ColumnTransformer`` (one-hot encoding of the categoricals with unknown categories
+    ignored, standardisation of the numbers) fitted on ``columns``; its output layout is
+    :class:`FeatureTransform`'s dense layout, plus a column per categorical that had missing values
+    (which :meth:`FeatureTransform.from_column_transformer` leaves out)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    n_cat = len(spec.categorical)
+    parts: list[tuple[str, Any, list[int]]] = []
+    if spec.categorical:
+        parts.append(
+            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False), list(range(n_cat)))
+        )
+    if spec.numeric:
+        parts.append(("scale", StandardScaler(), list(range(n_cat, n_cat + len(spec.numeric)))))
+    rows = sklearn_rows(spec, columns)
+    if spec.numeric:  # StandardScaler wants numbers; NaN is ignored by its fit
+        rows[:, n_cat:] = rows[:, n_cat:].astype(np.float64)
+    return ColumnTransformer(parts).fit(rows)
+
+
 @dataclass(frozen=True, slots=True)
 class FeatureTransform:
     """Fitted parameters of one tower's features. Dense layout: one-hots in column order, then numerics."""
@@ -113,19 +153,25 @@ class FeatureTransform:
     # --- fitting --------------------------------------------------------------------------------
     @classmethod
     def fit(cls, spec: FeatureSpec, columns: Mapping[str, Sequence[Any]]) -> FeatureTransform:
-        """Fit on training columns (name -> values). Missing values are ignored by the fit."""
-        cats = []
-        for name in spec.categorical:
-            seen = {normalise_category(v) for v in columns[name]}
-            seen.discard(None)
-            cats.append(CategoricalParams(name, tuple(sorted(s for s in seen if s is not None))))
-        nums = []
-        for name in spec.numeric:
-            values = np.array([_number(v) for v in columns[name]], dtype=np.float64)
-            values = values[~np.isnan(values)]
-            mean = float(values.mean()) if values.size else 0.0
-            std = float(values.std()) if values.size else 0.0
-            nums.append(NumericParams(name, mean, std if std > 1e-12 else 1.0))
+        """Fit scikit-learn's encoder and scaler on training columns (name -> values) and keep their
+        parameters. Missing values are ignored by the fit."""
+        return cls.from_column_transformer(spec, fit_column_transformer(spec, columns))
+
+    @classmethod
+    def from_column_transformer(cls, spec: FeatureSpec, fitted: Any) -> FeatureTransform:
+        """The parameters of a ``ColumnTransformer`` fitted by :func:`fit_column_transformer`."""
+        cats: list[CategoricalParams] = []
+        if spec.categorical:
+            encoder = fitted.named_transformers_["onehot"]
+            for name, values in zip(spec.categorical, encoder.categories_, strict=True):
+                known = sorted(str(v) for v in values if isinstance(v, str))  # drops the missing marker
+                cats.append(CategoricalParams(name, tuple(known)))
+        nums: list[NumericParams] = []
+        if spec.numeric:
+            scaler = fitted.named_transformers_["scale"]
+            for name, mean, scale in zip(spec.numeric, scaler.mean_, scaler.scale_, strict=True):
+                ok = math.isfinite(float(mean)) and math.isfinite(float(scale))  # all missing: nan
+                nums.append(NumericParams(name, float(mean) if ok else 0.0, float(scale) if ok else 1.0))
         return cls(spec, tuple(cats), tuple(nums))
 
     # --- shape ----------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from model_store.features import (
     NumericParams,
     normalise_category,
 )
-from model_store.model import ModelConfig, NumpyTower, load_state_dict, save_state_dict
+from model_store.model import ModelConfig, ServingTower, linear_layers, load_state_dict, save_state_dict
 from model_store.training import PopularItem, rank_popular
 
 __all__ = ["REFUSAL", "import_lab_artifacts", "popular_from_lake"]
@@ -165,17 +165,18 @@ def _towers(state: dict[str, torch.Tensor], user_dim: int, item_dim: int) -> dic
     groups: dict[str, list[str]] = {}
     for key in state:
         groups.setdefault(key.split(".", 1)[0], []).append(key)
-    towers: dict[str, NumpyTower] = {}
+    towers: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for prefix, keys in groups.items():
         odd = [k for k in keys if not k.endswith((".weight", ".bias"))]
         if odd:
             raise ArtifactError(f"the lab's model has layers our towers cannot reproduce: {odd[:3]}")
-        tower = NumpyTower.from_state_dict(state, prefix)
-        if 2 * len(tower.weights) != len(keys) and len(tower.weights) != len(keys):
+        layers = linear_layers(state, prefix)
+        if 2 * len(layers) != len(keys) and len(layers) != len(keys):
             raise ArtifactError(f"the lab's {prefix!r} holds more than Linear layers: {sorted(keys)[:6]}")
-        towers[prefix] = tower
-    by_dim = {"user": [p for p, t in towers.items() if t.in_dim == user_dim]}
-    by_dim["item"] = [p for p, t in towers.items() if t.in_dim == item_dim]
+        towers[prefix] = layers
+    in_dims = {p: int(layers[0][0].shape[1]) for p, layers in towers.items()}
+    by_dim = {"user": [p for p, d in in_dims.items() if d == user_dim]}
+    by_dim["item"] = [p for p, d in in_dims.items() if d == item_dim]
     chosen: dict[str, str] = {}
     for role in ("user", "item"):
         candidates = by_dim[role]
@@ -184,17 +185,16 @@ def _towers(state: dict[str, torch.Tensor], user_dim: int, item_dim: int) -> dic
         if not candidates:
             raise ArtifactError(
                 f"no tower of the lab's model reads {user_dim if role == 'user' else item_dim} "
-                f"{role} features (towers: { {p: t.in_dim for p, t in towers.items()} })"
+                f"{role} features (towers: {in_dims})"
             )
         chosen[role] = candidates[0]
     if chosen["user"] == chosen["item"]:
         raise ArtifactError("the lab's model has a single tower; two are needed")
     out: dict[str, torch.Tensor] = {}
     for role, prefix in chosen.items():
-        tower = towers[prefix]
-        for i, (w, b) in enumerate(zip(tower.weights, tower.biases, strict=True)):
-            out[f"{role}_tower.layers.{2 * i}.weight"] = torch.from_numpy(w.astype(np.float32))
-            out[f"{role}_tower.layers.{2 * i}.bias"] = torch.from_numpy(b.astype(np.float32))
+        for i, (w, b) in enumerate(towers[prefix]):
+            out[f"{role}_tower.layers.{2 * i}.weight"] = w.to(torch.float32).contiguous()
+            out[f"{role}_tower.layers.{2 * i}.bias"] = b.to(torch.float32).contiguous()
     return out
 
 
@@ -204,7 +204,7 @@ def _find(keys: list[str], suffix: str) -> str | None:
 
 
 def popular_from_lake(lake_uri: str, item_ids: Sequence[str]) -> tuple[list[PopularItem], str]:
-    """The catalog ranked as ``recsys train`` ranks it (damped mean rating, then count) from the
+    """The catalog ranked as ``recsys train`` ranks it (purchase count, then damped mean rating) from the
     ratings of the lake's latest run; returns the ranking and the run's id. Ratings of products
     outside the catalog are ignored; a lake that rates none of them is an error."""
     store = open_store(lake_uri)
@@ -253,8 +253,8 @@ def import_lab_artifacts(
     item_tf = _transform(ITEM_SPEC, parts.get(("item", "onehot")), parts.get(("item", "scaler")))
     state = _towers(load_state_dict(source.get_bytes(model_key)), user_tf.dim, item_tf.dim)
     weights = save_state_dict(state)
-    user_tower = NumpyTower.from_state_dict(state, "user_tower")
-    item_tower = NumpyTower.from_state_dict(state, "item_tower")
+    user_tower = ServingTower.from_state_dict(state, "user_tower")
+    item_tower = ServingTower.from_state_dict(state, "item_tower")
     if user_tower.out_dim != item_tower.out_dim:
         raise ArtifactError(f"the towers' outputs differ: {user_tower.out_dim} vs {item_tower.out_dim}")
 
@@ -279,8 +279,7 @@ def import_lab_artifacts(
         popular, lake_run = popular_from_lake(lake_uri, item_ids)
         training["popular_from_lake_run"] = lake_run
     when = (now or datetime.now(UTC)).astimezone(UTC)
-    hidden = tuple(int(w.shape[0]) for w in user_tower.weights[:-1])
-    item_hidden = tuple(int(w.shape[0]) for w in item_tower.weights[:-1])
+    hidden, item_hidden = user_tower.hidden, item_tower.hidden
     bundle = ArtifactBundle(
         version=new_version(weights, when),
         config=ModelConfig(user_tf.dim, item_tf.dim, hidden, user_tower.out_dim, item_hidden),

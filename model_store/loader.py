@@ -1,8 +1,10 @@
 """``load_vectors``: a verified artifact version -> PostgreSQL + pgvector, switched on atomically.
 
 Per version: ``item_emb__<tag>`` and ``user_emb__<tag>`` tables (binary COPY through the pgvector
-codec), an HNSW index on the items, the exact item-to-item neighbours (top ``NEIGHBOURS``), the
-popular items, and a ``model_versions`` row holding the weights and feature parameters. Everything
+codec; a hybrid version's user rows also hold the customer's training items, ``bought``, which the
+recommender leaves out of their answers; the lab's ``user_emb`` view shows ``id, embedding`` only),
+an HNSW index on the items, the exact item-to-item neighbours (top ``NEIGHBOURS``), the popular
+items, and a ``model_versions`` row holding the weights and feature parameters. Everything
 is written in ONE transaction that ends by making the version the active one and re-pointing the
 lab's ``item_emb`` / ``user_emb`` views: a reader sees the old version or the new one, never a mix,
 and a crashed load leaves nothing behind. Loads are serialised by an advisory lock.
@@ -180,7 +182,7 @@ async def _load_tables(conn: asyncpg.Connection[Any], bundle: ArtifactBundle, ha
         DROP TABLE IF EXISTS {item_table};
         DROP TABLE IF EXISTS {user_table};
         CREATE TABLE {item_table} (id varchar PRIMARY KEY, embedding vector({dim}) NOT NULL);
-        CREATE TABLE {user_table} (id integer PRIMARY KEY, embedding vector({dim}) NOT NULL);
+        CREATE TABLE {user_table} (id integer PRIMARY KEY, embedding vector({dim}) NOT NULL, bought text[]);
         """
     )
     await conn.copy_records_to_table(
@@ -188,10 +190,13 @@ async def _load_tables(conn: asyncpg.Connection[Any], bundle: ArtifactBundle, ha
         records=list(zip(bundle.item_ids, bundle.item_vectors, strict=True)),
         columns=["id", "embedding"],
     )
+    bought: list[list[str] | None] = (
+        list(bundle.user_bought) if bundle.user_bought is not None else [None] * len(bundle.user_ids)
+    )
     await conn.copy_records_to_table(
         user_table,
-        records=list(zip(bundle.user_ids, bundle.user_vectors, strict=True)),
-        columns=["id", "embedding"],
+        records=list(zip(bundle.user_ids, bundle.user_vectors, bought, strict=True)),
+        columns=["id", "embedding", "bought"],
     )
     await conn.execute(
         f"CREATE INDEX ON {item_table} USING hnsw (embedding vector_ip_ops) "

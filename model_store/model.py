@@ -1,15 +1,14 @@
 """The two-tower model: a user tower and an item tower, each an MLP ending in an L2-normalised
 embedding; the predicted (scaled) rating is their dot product, in [-1, 1] like the label.
 
-Training uses the torch module (:class:`TwoTower`). Serving uses :class:`NumpyTower`, built from the
-same state_dict: its first layer is a gather over the one-hot positions (the input is mostly zeros)
-and every row is computed independently of the others, so a user's embedding is the same whether it
-is computed alone or in a batch of 500 -- which is what makes the batch path give exactly the
-one-by-one path's answer. It is also ~10x cheaper than a dense forward over a wide one-hot input.
+Training uses the torch modules (:class:`TwoTower`); serving runs the same trained :class:`Tower`,
+rebuilt from the state_dict, through :class:`ServingTower` (eval mode, inference mode, one forward per
+batch, float64 so that a row's embedding does not depend on its batch).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import re
@@ -24,34 +23,48 @@ from torch import nn
 from torch.nn import functional
 
 from core.errors import ArtifactError
-from model_store.features import SparseRows
 
 __all__ = [
+    "KINDS",
     "ModelConfig",
-    "NumpyTower",
+    "ServingTower",
     "Tower",
     "TwoTower",
+    "linear_layers",
     "load_state_dict",
     "save_state_dict",
 ]
 
 
+KINDS = ("features", "hybrid")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    """Shape of both towers (plain data, stored in the manifest)."""
+    """Shape of both towers (plain data, stored in the manifest).
+
+    ``kind``: ``features`` (towers over the features only: the lab's models) or ``hybrid`` (each tower
+    adds an ID embedding, and a learned "unknown" vector when the ID is not known, to its feature
+    MLP's output; see :class:`Tower`)."""
 
     user_dim: int
     item_dim: int
     hidden: tuple[int, ...] = (64,)
     embedding_dim: int = 32
     item_hidden: tuple[int, ...] | None = None  # when the item tower differs (imported models)
+    kind: str = "features"
 
     @property
     def item_layers(self) -> tuple[int, ...]:
         return self.hidden if self.item_hidden is None else self.item_hidden
 
+    @property
+    def hybrid(self) -> bool:
+        return self.kind == "hybrid"
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
+            "kind": self.kind,
             "user_dim": self.user_dim,
             "item_dim": self.item_dim,
             "hidden": list(self.hidden),
@@ -64,21 +77,33 @@ class ModelConfig:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelConfig:
         try:
-            return cls(
+            config = cls(
                 int(data["user_dim"]),
                 int(data["item_dim"]),
                 tuple(int(h) for h in data["hidden"]),
                 int(data["embedding_dim"]),
                 tuple(int(h) for h in data["item_hidden"]) if data.get("item_hidden") is not None else None,
+                str(data.get("kind", "features")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"model configuration is malformed: {exc!r}") from exc
+        if config.kind not in KINDS:
+            raise ArtifactError(f"model kind {config.kind!r} is not one of {KINDS}")
+        return config
 
 
 class Tower(nn.Module):
-    """Linear -> ReLU (per hidden size) -> Linear -> L2 normalisation."""
+    """Linear -> ReLU (per hidden size) -> Linear [+ ID part] -> L2 normalisation.
 
-    def __init__(self, in_dim: int, hidden: tuple[int, ...], out_dim: int) -> None:
+    A hybrid tower (``hybrid=True``) adds, before the normalisation, the row of its ID embedding
+    (``ids``, ``n_ids`` rows) for a known ID, and the learned ``unknown`` vector otherwise: a new
+    customer or product gets its vector from its features and ``unknown``. Training replaces a
+    random share of the IDs by ``unknown`` (feature dropout), so that this cold-start path is
+    trained on every batch, not only for the IDs that are missing."""
+
+    def __init__(
+        self, in_dim: int, hidden: tuple[int, ...], out_dim: int, *, hybrid: bool = False, n_ids: int = 0
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_dim
@@ -87,18 +112,71 @@ class Tower(nn.Module):
             width = size
         layers.append(nn.Linear(width, out_dim))
         self.layers = nn.Sequential(*layers)
+        self.hybrid = hybrid
+        self.unknown: nn.Parameter | None = nn.Parameter(torch.zeros(out_dim)) if hybrid else None
+        self.ids: nn.Embedding | None = None
+        if hybrid and n_ids > 0:
+            self.ids = nn.Embedding(n_ids, out_dim)
+            nn.init.normal_(self.ids.weight, 0.0, 0.1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = functional.normalize(self.layers(x), dim=-1)
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor], prefix: str) -> Tower:
+        """The tower stored under ``prefix`` (``layers.N`` weights, and ``unknown`` / ``ids.weight``
+        when hybrid), its shape read from the weights."""
+        found = linear_layers(state, f"{prefix}.layers")
+        ids = state.get(f"{prefix}.ids.weight")
+        tower = cls(
+            int(found[0][0].shape[1]),
+            tuple(int(w.shape[0]) for w, _ in found[:-1]),
+            int(found[-1][0].shape[0]),
+            hybrid=f"{prefix}.unknown" in state,
+            n_ids=0 if ids is None else int(ids.shape[0]),
+        )
+        mine = {f"{prefix}.{k}": v for k, v in tower.state_dict().items()}
+        missing = sorted(set(mine) - set(state))
+        if missing:
+            raise ArtifactError(
+                f"the tower under {prefix!r} is not Linear/ReLU layers: {missing[:3]} are missing"
+            )
+        for key, value in mine.items():
+            if tuple(state[key].shape) != tuple(value.shape):
+                raise ArtifactError(
+                    f"{key} has the shape {tuple(state[key].shape)}, expected {tuple(value.shape)}"
+                )
+        tower.load_state_dict({k[len(prefix) + 1 :]: state[k].detach().to(v.dtype) for k, v in mine.items()})
+        return tower
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of feature rows ``x``; ``ids`` (hybrid towers) holds each row's ID index, -1
+        for an unknown ID (then ``unknown`` stands in). Without ``ids`` every row is unknown."""
+        h = self.layers(x)
+        if self.unknown is not None:
+            part = self.unknown.expand_as(h)
+            if ids is not None and self.ids is not None:
+                known = ids >= 0
+                part = torch.where(known[:, None], self.ids(ids.clamp(min=0)), part)
+            h = h + part
+        out: torch.Tensor = functional.normalize(h, dim=-1)
         return out
 
 
 class TwoTower(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """The training module: both towers, and (hybrid) a rating head, ``rating_head(dot)`` -> the
+    scaled rating, trained as an auxiliary task beside the retrieval loss."""
+
+    def __init__(self, config: ModelConfig, n_users: int = 0, n_items: int = 0) -> None:
         super().__init__()
         self.config = config
-        self.user_tower = Tower(config.user_dim, config.hidden, config.embedding_dim)
-        self.item_tower = Tower(config.item_dim, config.item_layers, config.embedding_dim)
+        self.user_tower = Tower(
+            config.user_dim, config.hidden, config.embedding_dim, hybrid=config.hybrid, n_ids=n_users
+        )
+        self.item_tower = Tower(
+            config.item_dim, config.item_layers, config.embedding_dim, hybrid=config.hybrid, n_ids=n_items
+        )
+        self.rating_head = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.rating_head.weight.fill_(1.0)
+            self.rating_head.bias.zero_()
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         user: torch.Tensor = self.user_tower(users)
@@ -130,61 +208,65 @@ def _layer_key(name: str) -> tuple[int, ...]:
     return tuple(int(n) for n in _INDEX.findall(name))
 
 
-@dataclass(frozen=True, slots=True)
-class NumpyTower:
-    """A tower's layers as float64 arrays; ``embed`` is row-independent (see the module docstring)."""
+def linear_layers(state: Mapping[str, torch.Tensor], prefix: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (weight, bias) of every Linear layer under ``prefix`` (e.g. ``user_tower``), in index
+    order, checked to chain; a missing bias is zeros."""
+    names = sorted((k for k in state if k.startswith(prefix + ".") and k.endswith(".weight")), key=_layer_key)
+    if not names:
+        raise ArtifactError(f"the state_dict has no layers under {prefix!r}")
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for name in names:
+        w = state[name].detach()
+        b_name = name[: -len("weight")] + "bias"
+        b = state[b_name].detach() if b_name in state else torch.zeros(w.shape[0], dtype=w.dtype)
+        if w.ndim != 2 or tuple(b.shape) != (w.shape[0],):
+            raise ArtifactError(f"layer {name} has an unexpected shape {tuple(w.shape)}")
+        layers.append((w, b))
+    for (prev, _), (nxt, _) in itertools.pairwise(layers):
+        if nxt.shape[1] != prev.shape[0]:
+            raise ArtifactError(
+                f"layers under {prefix!r} do not chain: {tuple(prev.shape)} -> {tuple(nxt.shape)}"
+            )
+    return layers
 
-    weights: tuple[npt.NDArray[np.float64], ...]  # each (out, in)
-    biases: tuple[npt.NDArray[np.float64], ...]
+
+class ServingTower:
+    """The trained torch tower, as serving runs it: in eval mode, under ``torch.inference_mode``, one
+    forward per batch of feature rows.
+
+    It computes in float64 and rounds the embeddings to float32: a row's result then does not depend
+    on the other rows of its batch (a float32 matrix product may sum in another order for another
+    batch size), so a request gets the same vector alone or in a batch of 500 -- what makes the batch
+    path give exactly the one-by-one path's answer. Threads: whatever ``torch.set_num_threads`` the
+    process set (the recommender sets 1; a forward of 500 rows takes well under a millisecond).
+    """
+
+    def __init__(self, tower: Tower) -> None:
+        self._tower = copy.deepcopy(tower).to(torch.float64).eval()
+        linear = [m for m in self._tower.modules() if isinstance(m, nn.Linear)]
+        self.in_dim = int(linear[0].in_features)
+        self.out_dim = int(linear[-1].out_features)
+        self.hidden = tuple(int(m.out_features) for m in linear[:-1])
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor], prefix: str) -> NumpyTower:
-        """The Linear layers under ``prefix`` (e.g. ``user_tower``), in index order."""
-        names = sorted(
-            (k for k in state if k.startswith(prefix + ".") and k.endswith(".weight")), key=_layer_key
-        )
-        if not names:
-            raise ArtifactError(f"the state_dict has no layers under {prefix!r}")
-        weights, biases = [], []
-        for name in names:
-            w = state[name].detach().to(torch.float64).numpy()
-            b_name = name[: -len("weight")] + "bias"
-            b = (
-                state[b_name].detach().to(torch.float64).numpy()
-                if b_name in state
-                else np.zeros(w.shape[0], dtype=np.float64)
-            )
-            if w.ndim != 2 or b.shape != (w.shape[0],):
-                raise ArtifactError(f"layer {name} has an unexpected shape {tuple(w.shape)}")
-            weights.append(w)
-            biases.append(b)
-        for prev, nxt in itertools.pairwise(weights):
-            if nxt.shape[1] != prev.shape[0]:
-                raise ArtifactError(f"layers under {prefix!r} do not chain: {prev.shape} -> {nxt.shape}")
-        return cls(tuple(weights), tuple(biases))
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor], prefix: str) -> ServingTower:
+        """The tower stored under ``prefix`` (``user_tower``/``item_tower``), its shape read from the
+        weights themselves."""
+        return cls(Tower.from_state_dict(state, prefix))
 
     @property
-    def in_dim(self) -> int:
-        return int(self.weights[0].shape[1])
+    def hybrid(self) -> bool:
+        return self._tower.hybrid
 
-    @property
-    def out_dim(self) -> int:
-        return int(self.weights[-1].shape[0])
-
-    def embed(self, rows: SparseRows, numeric_offset: int) -> npt.NDArray[np.float32]:
-        """L2-normalised float32 embeddings of encoded rows."""
-        n = rows.indices.shape[0]
-        first_t = self.weights[0].T  # (in, hidden): row j is the contribution of input j
-        h = np.tile(self.biases[0], (n, 1))
-        for j in range(rows.indices.shape[1]):
-            col = rows.indices[:, j]
-            hit = col >= 0
-            h[hit] += first_t[col[hit]]
-        for j in range(rows.numeric.shape[1]):
-            h += rows.numeric[:, j : j + 1] * first_t[numeric_offset + j]
-        for w, b in zip(self.weights[1:], self.biases[1:], strict=True):
-            np.maximum(h, 0.0, out=h)
-            h = h @ w.T + b
-        norm = np.sqrt((h * h).sum(axis=1, keepdims=True))
-        out: npt.NDArray[np.float32] = (h / np.maximum(norm, 1e-12)).astype(np.float32)
-        return out
+    def embed(
+        self, rows: npt.NDArray[np.floating[Any]], ids: npt.NDArray[np.int64] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """L2-normalised float32 embeddings of dense feature rows (n, in_dim); a hybrid tower with
+        its ID table (the item tower) takes each row's ID index in ``ids`` (-1: unknown)."""
+        if rows.ndim != 2 or rows.shape[1] != self.in_dim:
+            raise ValueError(f"the tower reads (n, {self.in_dim}) rows, got {rows.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64))
+        with torch.inference_mode():
+            out = self._tower(x, None if ids is None else torch.from_numpy(np.asarray(ids, dtype=np.int64)))
+        result: npt.NDArray[np.float32] = out.numpy().astype(np.float32)
+        return result

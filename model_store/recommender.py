@@ -3,14 +3,16 @@
 One ``recommend_batch`` call does:
 
 1. features: the distinct (city, country, credit limit) tuples of the batch, normalised and encoded
-   with the fitted parameters (numpy, no scikit-learn); unknown categories encode as zeros, and a
+   with the fitted parameters (numpy, once per batch, no scikit-learn call per row); unknown
+   categories encode as zeros, and a
    user the model knows nothing of (no known category, no credit limit) gets the popular items;
    the version's candidate cache answers the tuples (and browsed codes) it has seen before, so
    steps 2 and 3 run only for the rest (``core.prefix_cache``: a list fetched for depth
    ``d`` answers every depth up to ``d``; bounded, least recently used out, one per version);
-2. model: one forward pass of the user tower over those tuples, in a thread executor so the event
-   loop stays free; the forward is row-independent (``NumpyTower``), so a request gets bit-identical
-   vectors alone or in any batch;
+2. model: one forward pass of the trained torch user tower over those tuples (eval mode,
+   ``torch.inference_mode``), in a one-thread executor so the event loop stays free; the forward is
+   row-independent (``ServingTower`` computes in float64), so a request gets bit-identical vectors
+   alone or in any batch;
 3. database: ONE statement -- ``unnest`` of the query vectors with a ``LATERAL`` HNSW top-k per
    vector, ``UNION ALL`` the precomputed neighbours of every browsed code of the batch;
 4. ranking (pure, ``core.recommendations``): browsed and cart items are excluded from the
@@ -37,7 +39,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -67,7 +69,7 @@ from core.recommendations import (
 )
 from infra.logs import get_logger
 from model_store.features import FeatureTransform, normalise_category
-from model_store.model import NumpyTower, load_state_dict
+from model_store.model import ServingTower, load_state_dict
 
 __all__ = ["CACHE_KEYS", "BadVector", "CacheObserver", "ModelRecommender", "ModelState"]
 
@@ -87,6 +89,8 @@ class BadVector(UserError):
 
 
 FeatureKey = tuple[str | None, str | None, float | None]
+CacheKey = FeatureKey | int
+"""A request's candidate list depends on its feature tuple, or (hybrid versions) on the customer."""
 CacheObserver = Callable[[str, int, int], None]
 """Called once per batch with a cache's name (``candidates``, ``neighbours``), its hits and misses."""
 _KEY_POSITION = {"city": 0, "country": 1, "creditLimit": 2}
@@ -113,11 +117,20 @@ class ModelState:
     user_table: str
     dimension: int
     user_transform: FeatureTransform
-    user_tower: NumpyTower
+    user_tower: ServingTower
     popular: tuple[ScoredItem, ...]
     # this version's answers, reused while it is active (its tables never change once loaded)
-    candidates: PrefixCache[FeatureKey, ScoredItem]
+    candidates: PrefixCache[CacheKey, ScoredItem]
     neighbours: PrefixCache[str, ScoredItem]
+    kind: str = "features"
+    known_customers: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def knows(self, customer_number: int | None) -> bool:
+        """Whether this (hybrid) version has the customer's own vector (sorted ``known_customers``)."""
+        if customer_number is None or not self.known_customers.size:
+            return False
+        at = int(np.searchsorted(self.known_customers, customer_number))
+        return at < self.known_customers.size and int(self.known_customers[at]) == customer_number
 
     def _rows(self, keys: Sequence[FeatureKey]) -> list[tuple[Any, ...]]:
         """Keys (city, country, credit limit) in the column order of the fitted parameters."""
@@ -127,7 +140,7 @@ class ModelState:
 
     def embed(self, keys: Sequence[FeatureKey]) -> npt.NDArray[np.float32]:
         rows = self.user_transform.sparse_rows(self._rows(keys))
-        return self.user_tower.embed(rows, self.user_transform.numeric_offset)
+        return self.user_tower.embed(self.user_transform.densify(rows))
 
     def embed_known(
         self, keys: Sequence[FeatureKey]
@@ -139,8 +152,9 @@ class ModelState:
         rows = self.user_transform.sparse_rows(self._rows(keys))
         any_category: list[bool] = np.any(rows.indices >= 0, axis=1).tolist()
         known = [hit or key[2] is not None for hit, key in zip(any_category, keys, strict=True)]
+        dense = self.user_transform.densify(rows)
         encoded = time.perf_counter()
-        vectors = self.user_tower.embed(rows, self.user_transform.numeric_offset)
+        vectors = self.user_tower.embed(dense)
         return vectors, known, encoded - started, time.perf_counter() - encoded
 
 
@@ -154,7 +168,9 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
-def _build_state(row: asyncpg.Record, popular: list[asyncpg.Record], cache_keys: int) -> ModelState:
+def _build_state(
+    row: asyncpg.Record, popular: list[asyncpg.Record], cache_keys: int, known: list[int]
+) -> ModelState:
     """CPU part of loading a version (torch.load of the weights): runs in the executor."""
     transform = FeatureTransform.from_json(_json(row["user_features"]))
     unknown = {*transform.spec.categorical, *transform.spec.numeric} - set(_KEY_POSITION)
@@ -162,7 +178,7 @@ def _build_state(row: asyncpg.Record, popular: list[asyncpg.Record], cache_keys:
         raise DatabaseUnavailable(
             f"version {row['version']}: the user features {sorted(unknown)} are unknown"
         )
-    tower = NumpyTower.from_state_dict(load_state_dict(bytes(row["weights"])), "user_tower")
+    tower = ServingTower.from_state_dict(load_state_dict(bytes(row["weights"])), "user_tower")
     if tower.in_dim != transform.dim:
         raise ArtifactError(
             f"version {row['version']}: the user tower reads {tower.in_dim} inputs, "
@@ -178,29 +194,37 @@ def _build_state(row: asyncpg.Record, popular: list[asyncpg.Record], cache_keys:
         popular=tuple(ScoredItem(str(p["id"]), float(p["score"])) for p in popular),
         candidates=PrefixCache(cache_keys, CACHE_MAX_DEPTH),
         neighbours=PrefixCache(cache_keys, CACHE_MAX_DEPTH),
+        kind=str(row["kind"] or "features"),
+        known_customers=np.unique(np.asarray(known, dtype=np.int64)),
     )
 
 
-def _batch_sql(item_table: str) -> str:
+def _batch_sql(item_table: str, user_table: str) -> str:
+    """Per query: the customer's stored vector when ``cust`` names a row of the version's user
+    table (a hybrid version's known customer), the given vector otherwise; with ``$9`` the
+    customer's ``bought`` items are filtered inside the scan (strict order keeps it exact)."""
     return f"""
 WITH cfg AS MATERIALIZED (
     SELECT set_config('hnsw.ef_search', $4::text, true) AS ef,
            set_config('hnsw.iterative_scan', 'strict_order', true) AS scan
 )
-SELECT 0 AS kind, q.ord, NULL::text AS code, t.ids, t.scores
-FROM cfg, unnest($1::int[], $2::vector[], $3::int[]) AS q(ord, vec, lim)
+SELECT 0 AS kind, q.ord, NULL::text AS code, t.ids, t.scores, u.id IS NOT NULL AS known
+FROM cfg, unnest($1::int[], $2::vector[], $3::int[], $8::int[]) AS q(ord, vec, lim, cust)
+LEFT JOIN {user_table} u ON u.id = q.cust
 CROSS JOIN LATERAL (
     SELECT array_agg(s.id ORDER BY s.dist, s.id) AS ids, array_agg(-s.dist ORDER BY s.dist, s.id) AS scores
     FROM (
-        SELECT e.id, e.embedding <#> q.vec AS dist
+        SELECT e.id, e.embedding <#> COALESCE(u.embedding, q.vec) AS dist
         FROM {item_table} e
         WHERE cfg.ef IS NOT NULL AND cfg.scan IS NOT NULL
-        ORDER BY e.embedding <#> q.vec
+          AND COALESCE(u.embedding, q.vec) IS NOT NULL
+          AND NOT ($9::bool AND u.bought IS NOT NULL AND e.id = ANY(u.bought))
+        ORDER BY e.embedding <#> COALESCE(u.embedding, q.vec)
         LIMIT q.lim
     ) s
 ) t
 UNION ALL
-SELECT 1, NULL, n.id, n.neighbour_ids[1:$7], n.scores[1:$7]
+SELECT 1, NULL, n.id, n.neighbour_ids[1:$7], n.scores[1:$7], NULL
 FROM item_neighbours n
 WHERE n.version = $5 AND n.id = ANY($6::text[])
 """
@@ -218,11 +242,13 @@ class ModelRecommender:
         *,
         cache_keys: int = CACHE_KEYS,
         observe: CacheObserver | None = None,
+        exclude_bought: bool = True,
     ) -> None:
         self._pool = pool
         self._state = state
         self._executor = executor
         self._ef_search = ef_search
+        self._exclude_bought = exclude_bought
         self._cache_keys = cache_keys
         self._observe = observe
         self._refresh_lock = asyncio.Lock()
@@ -237,12 +263,15 @@ class ModelRecommender:
         torch_threads: int | None = 1,
         cache_keys: int = CACHE_KEYS,
         observe: CacheObserver | None = None,
+        exclude_bought: bool = True,
     ) -> ModelRecommender:
         """The recommender of the active version. Raises ``ModelNotReady`` when none is active.
 
-        ``cache_keys``: how many user-feature keys (and, separately, product codes) keep their
-        candidate (neighbour) lists per version, least recently used first out; 0 = no cache.
-        ``observe`` hears each batch's cache hits and misses (the consumer's metrics)."""
+        ``cache_keys``: how many user-feature keys or known customers (and, separately, product
+        codes) keep their candidate (neighbour) lists per version, least recently used first out;
+        0 = no cache. ``observe`` hears each batch's cache hits and misses (the consumer's metrics).
+        ``exclude_bought``: leave the items a hybrid version knows a customer bought out of that
+        customer's model answers (the default; cart and browsed items are always left out)."""
         if cache_keys < 0:
             raise ValueError("cache_keys must be >= 0")
         if torch_threads is not None:
@@ -260,7 +289,9 @@ class ModelRecommender:
             raise ModelNotReady("no model version is active; run `recsys train` and `recsys load-vectors`")
         log.info("model version %s ready (%s)", state.version, state.item_table)
         ef = max(10, min(ef_search, 1000))
-        return cls(pool, state, executor, ef, cache_keys=cache_keys, observe=observe)
+        return cls(
+            pool, state, executor, ef, cache_keys=cache_keys, observe=observe, exclude_bought=exclude_bought
+        )
 
     @staticmethod
     async def _load_active(
@@ -269,8 +300,8 @@ class ModelRecommender:
         try:
             async with pool.acquire() as conn:
                 row = await conn.fetchrow(
-                    "SELECT version, item_table, user_table, dimension, user_features, weights "
-                    "FROM model_versions WHERE active"
+                    "SELECT version, item_table, user_table, dimension, user_features, weights, "
+                    "manifest->'model'->>'kind' AS kind FROM model_versions WHERE active"
                 )
                 if row is None or row["version"] == skip:
                     return None
@@ -279,12 +310,18 @@ class ModelRecommender:
                     row["version"],
                     POPULAR_KEPT,
                 )
+                known: list[int] = []
+                if row["kind"] == "hybrid":  # the customers whose own vectors the version holds
+                    known = [
+                        int(r["id"])
+                        for r in await conn.fetch(f"SELECT id FROM {_table(str(row['user_table']))}")
+                    ]
         except asyncpg.UndefinedTableError as exc:
             raise ModelNotReady("the model tables do not exist; run `recsys migrate` first") from exc
         except _DB_ERRORS as exc:
             raise DatabaseUnavailable(f"reading the active model version failed: {exc}") from exc
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, _build_state, row, popular, cache_keys)
+        return await loop.run_in_executor(executor, _build_state, row, popular, cache_keys, known)
 
     @property
     def model_version(self) -> str:
@@ -339,12 +376,17 @@ class ModelRecommender:
         timings: dict[str, float] | None,
     ) -> list[Recommendation]:
         started = time.perf_counter()
-        keys: dict[FeatureKey, int] = {}
+        keys: dict[CacheKey, int] = {}
+        slot_features: list[FeatureKey] = []
+        slot_customer: list[int | None] = []
         limits: list[int] = []
         per_request: list[tuple[int, list[str], set[str], int]] = []
         codes: dict[str, None] = {}
         for req in requests:
-            key = feature_key(req.features)
+            features = feature_key(req.features)
+            # a customer the (hybrid) version knows is answered from their own vector
+            customer = req.customer_number
+            key: CacheKey = int(customer) if customer is not None and state.knows(customer) else features
             slot = keys.setdefault(key, len(keys))
             ordered = browse_order(req.browse_history)
             banned = set(ordered)
@@ -352,6 +394,8 @@ class ModelRecommender:
             limit = k + len(banned) if k else 0
             if slot == len(limits):
                 limits.append(limit)
+                slot_features.append(features)
+                slot_customer.append(key if isinstance(key, int) else None)
             else:
                 limits[slot] = max(limits[slot], limit)
             codes.update(dict.fromkeys(ordered))
@@ -381,17 +425,20 @@ class ModelRecommender:
         t_features = t_model = 0.0
         ords: list[int] = []
         fetch_limits: list[int] = []
+        customers: list[int | None] = []
         fetched_depth: dict[int, int] = {}
         vectors: npt.NDArray[np.float32] = np.zeros((0, state.dimension), dtype=np.float32)
         if missing:
             loop = asyncio.get_running_loop()
+            # known customers' features too: the fallback if their row has gone (recsys forget)
             vectors, known, t_features, t_model = await loop.run_in_executor(
-                self._executor, state.embed_known, [key_list[slot] for slot in missing]
+                self._executor, state.embed_known, [slot_features[slot] for slot in missing]
             )
             rows_known: list[int] = []
             fill = CACHE_FILL_DEPTH if state.candidates.enabled else 0
             for i, (slot, knows) in enumerate(zip(missing, known, strict=True)):
-                if knows:
+                if knows or slot_customer[slot] is not None:
+                    customers.append(slot_customer[slot])
                     rows_known.append(i)
                     ords.append(slot)
                     fetch_limits.append(max(limits[slot], fill))
@@ -404,7 +451,9 @@ class ModelRecommender:
         if ords or codes_missing:
             fill = CACHE_FILL_DEPTH if state.neighbours.enabled else 0
             code_depth = max(depth, fill)
-            rows = await self._fetch(state, vectors, fetch_limits, codes_missing, code_depth, ords=ords)
+            rows = await self._fetch(
+                state, vectors, fetch_limits, codes_missing, code_depth, ords=ords, customers=customers
+            )
             fetched = time.perf_counter()
             for row in rows:
                 items = tuple(
@@ -459,27 +508,32 @@ class ModelRecommender:
     async def _fetch(
         self,
         state: ModelState,
-        vectors: npt.NDArray[np.float32],
+        vectors: npt.NDArray[np.float32] | Sequence[npt.NDArray[np.float32] | None],
         limits: list[int],
         codes: list[str],
         depth: int = 0,
         *,
         ords: list[int] | None = None,
+        customers: Sequence[int | None] | None = None,
     ) -> list[asyncpg.Record]:
         """One statement: a top-``limits[i]`` per vector (rows numbered by ``ords``, default
-        0, 1, ...), and the first ``depth`` neighbours of each code. ``k + len(banned)`` neighbours
-        per list always suffice for ``merge_similar`` (each list alone holds ``k`` allowed items), so
-        any depth above that gives the same merged answer."""
+        0, 1, ...; the vector of ``customers[i]`` when the version holds one, and then without
+        the items they bought unless that filter is off), and the first ``depth`` neighbours of
+        each code. ``k + len(banned)`` neighbours per list always suffice for ``merge_similar``
+        (each list alone holds ``k`` allowed items), so any depth above that gives the same merged
+        answer."""
         try:
             rows: list[asyncpg.Record] = await self._pool.fetch(
-                _batch_sql(state.item_table),
+                _batch_sql(state.item_table, state.user_table),
                 list(range(len(limits))) if ords is None else ords,
-                [Vector(v) for v in vectors],
+                [None if v is None else Vector(v) for v in vectors],
                 limits,
                 str(self._ef_search),
                 state.version,
                 codes,
                 depth,
+                [None] * len(limits) if customers is None else list(customers),
+                self._exclude_bought,
                 timeout=30.0,
             )
         except asyncpg.UndefinedTableError:
@@ -564,28 +618,15 @@ class ModelRecommender:
         return []
 
     async def recommend_customer(self, customer_number: int, k: int) -> Recommendation | None:
-        """Model recommendations from a known customer's stored embedding (same version), or None."""
+        """Model recommendations from a known customer's stored vector (same version), without the
+        items they bought (unless that filter is off); None when the version has no vector for them."""
         state = self._state
-        try:
-            vector = await self._pool.fetchval(
-                f"SELECT embedding FROM {state.user_table} WHERE id = $1", int(customer_number)
-            )
-        except _DB_ERRORS as exc:
-            raise DatabaseUnavailable(f"reading the customer's embedding failed: {exc}") from exc
-        if vector is None:
-            return None
-        query = np.asarray(vector.to_list() if hasattr(vector, "to_list") else vector, dtype=np.float32)
         k = max(0, min(int(k), MAX_K))
-        rows = await self._fetch(state, query.reshape(1, -1), [k], [])
-        items = next(
-            (
-                tuple(
-                    ScoredItem(str(i), float(s))
-                    for i, s in zip(r["ids"] or (), r["scores"] or (), strict=True)
-                )
-                for r in rows
-                if r["kind"] == 0
-            ),
-            (),
+        rows = await self._fetch(state, [None], [k], [], customers=[int(customer_number)])
+        row = next((r for r in rows if r["kind"] == 0), None)
+        if row is None or not row["known"]:
+            return None
+        items = tuple(
+            ScoredItem(str(i), float(s)) for i, s in zip(row["ids"] or (), row["scores"] or (), strict=True)
         )
         return Recommendation(items, SimilarItems(None, ()), state.version, Source.MODEL)

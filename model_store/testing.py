@@ -1,10 +1,15 @@
 """Test doubles shipped next to the code: a synthetic training table with a known structure.
 
-Ratings follow two affinities the towers can learn from the content features alone, plus noise and
-a per-product popularity effect (so the popularity baseline is a fair opponent):
+Which products a customer rates (buys) and how they rate them follow:
 
-- country x productLine: each country likes a few product lines and dislikes others;
-- creditLimit x price: customers with a high credit limit like expensive products, and vice versa.
+- country x productLine: each country likes a few product lines and dislikes others (the features
+  carry it: what a cold-start customer's vector can learn);
+- co-purchase sets: the products fall into small sets within their line, and each customer buys
+  mostly from two sets of lines their country likes (only the purchase history carries it: what the
+  ID embeddings learn);
+- creditLimit x price: customers with a high credit limit rate expensive products higher;
+- a per-product popularity (how often it is bought at all, and its ratings), so the popularity
+  baseline is a fair opponent.
 
 Columns and types are those of the lake's training data (DESIGN.md), so tests and benchmarks run the
 real trainer without the ETL pipeline.
@@ -75,11 +80,24 @@ def synthetic_ratings(
     affinity = rng.normal(0, 1.0, (len(countries), len(LINES)))
     credit_z = (np.log1p(credit) - np.log1p(credit).mean()) / (np.log1p(credit).std() or 1.0)
     price_z = (buy - buy.mean()) / (buy.std() or 1.0)
+    per_line = max(1, n_products // (6 * len(LINES)))  # co-purchase sets of ~6 products within a line
+    product_set = prod_line * per_line + rng.integers(per_line, size=n_products)
+    n_sets = len(LINES) * per_line
+    set_line = np.arange(n_sets) // per_line
 
     rows: dict[str, list[Any]] = {name: [] for name in TRAINING_SCHEMA.names}
     per = min(ratings_per_customer, n_products)
     for c in range(n_customers):
-        products = rng.choice(n_products, per, replace=False)
+        liked = affinity[cust_country[c]]
+        set_weight = 1.5 * liked[set_line] + rng.gumbel(size=n_sets)
+        favourite = np.argsort(-set_weight)[:2]
+        weight = (
+            0.8 * liked[prod_line]
+            + 2.5 * np.isin(product_set, favourite)
+            + popularity * 2.0
+            + rng.gumbel(size=n_products)
+        )
+        products = np.argsort(-weight)[:per]
         for p in products:
             latent = (
                 affinity[cust_country[c], prod_line[p]]
@@ -110,20 +128,25 @@ def catalog_bundle(
     *,
     users: int | None = None,
     popular: list[PopularItem] | None = None,
+    bought: list[list[str]] | None = None,
 ) -> ArtifactBundle:
     """A loadable version of ``model`` over another catalog: its towers embed ``data``'s items and
-    its first ``users`` customers (all by default); the popular items are ``data``'s ranking (at
-    most 1000) unless given. For tests and benchmarks that need a large catalog."""
+    its first ``users`` customers (all by default) from their features (the catalog's IDs are new to
+    the model); the popular items are ``data``'s ranking (at most 1000) and each customer's bought
+    items their pairs in ``data`` (a hybrid model), unless given. For tests and benchmarks that need
+    a large catalog."""
     from model_store.artifacts import ArtifactBundle, new_version
-    from model_store.model import NumpyTower, save_state_dict
+    from model_store.model import ServingTower, save_state_dict
     from model_store.training import rank_popular
 
     n = len(data.user_ids) if users is None else users
     if popular is None:
         popular = rank_popular(data.item_ids, data.item_index, data.rating)[:1000]
-    user_tower = NumpyTower.from_state_dict(model.state_dict, "user_tower")
-    item_tower = NumpyTower.from_state_dict(model.state_dict, "item_tower")
-    weights = save_state_dict(model.state_dict)
+    user_tower = ServingTower.from_state_dict(model.state_dict, "user_tower")
+    item_tower = ServingTower.from_state_dict(model.state_dict, "item_tower")
+    weights = save_state_dict(model.export_state_dict())
+    if bought is None and model.config.hybrid:
+        bought = data.bought()
     return ArtifactBundle(
         version=new_version(weights),
         config=model.config,
@@ -131,13 +154,11 @@ def catalog_bundle(
         user_transform=model.user_transform,
         item_transform=model.item_transform,
         item_ids=data.item_ids,
-        item_vectors=item_tower.embed(
-            model.item_transform.sparse(data.item_columns), model.item_transform.numeric_offset
-        ),
+        item_vectors=item_tower.embed(model.item_transform.dense(data.item_columns)),
         user_ids=data.user_ids[:n],
         user_vectors=user_tower.embed(
-            model.user_transform.sparse({c: v[:n] for c, v in data.user_columns.items()}),
-            model.user_transform.numeric_offset,
+            model.user_transform.dense({c: v[:n] for c, v in data.user_columns.items()})
         ),
         popular=popular,
+        user_bought=None if bought is None else bought[:n],
     )

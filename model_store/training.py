@@ -1,20 +1,38 @@
-"""Training and evaluation of the two-tower model.
+"""Training and evaluation of the hybrid two-tower model on implicit feedback.
 
 ``fit(table, cfg)`` is the pure part (a training table in, a :class:`TrainedModel` out);
 ``train(lake_uri, artifacts_uri, cfg)`` reads the latest complete lake run, fits, and exports a new
-artifact version. The ratings are split once, seeded: ``train`` (fits the weights and the feature
-parameters), ``validation`` (early stopping) and ``test`` (the metrics in the manifest, never seen
-by the fit). Reproducible on CPU: seeded shuffles and initialisation, deterministic algorithms, a
+artifact version.
+
+**What is learned.** Every (customer, product) pair in the ratings is a positive: the customer
+bought (and rated) it. Each tower adds an ID embedding (customer, product) to its feature MLP's
+output (:class:`model_store.model.Tower`), so a known customer gets a personal vector and a new
+one still gets a vector from its features and the learned ``unknown`` row; a share of the IDs
+(``feature_dropout``) is replaced by ``unknown`` on every batch so that this cold-start path is
+trained too. The loss is an in-batch sampled softmax over the batch's items with the logQ
+popularity correction (each logit minus the log of its item's share of the training pairs, so the
+in-batch negatives, drawn in proportion to popularity, do not push popular items down), at
+``temperature``; repeats of the same item in a batch are not negatives. The rating is an
+auxiliary head (``rating_weight``): an affine map of the dot product fitted to ``(r - 3) / 2`` with
+MSE, which gives the RMSE figure; it is a small weight because a rating says less than the
+purchase itself (on the real shop's benchmark, ratings carry no signal at all).
+
+**Evaluation** (the manifest's ``metrics``; all seeded):
+
+- ``cold_fraction`` of the customers are held out whole: the cold-start customers, ranked from
+  their features only;
+- of every other customer, ``test_fraction`` of their pairs are held out (leave-20%-out), and
+  ``val_fraction`` more for early stopping (validation NDCG@10);
+- ``ndcg_at_10``, ``hit_rate_at_10``, ``recall_at_10``, ``catalog_coverage_at_10``: the known
+  customers' held-out pairs, ranked among every item they did not buy in training; ``cold_*``: the
+  cold customers' pairs; ``popular_*`` and ``cold_popular_*``: the same candidates ranked by
+  purchase count in the training split; ``rmse`` of the rating head on the known customers'
+  held-out pairs against ``rmse_mean_baseline`` (the training mean).
+
+**The exported model** is then fitted again on every pair (``refit``), with the same settings, for
+the number of epochs early stopping chose: the figures describe the recipe, the export uses all the
+data. Reproducible on CPU: seeded split, initialisation and shuffles, deterministic algorithms, a
 fixed number of torch threads.
-
-Metrics (all on the test split):
-
-- ``rmse`` of the predicted rating (1-5) against ``rmse_mean_baseline`` (always predict the
-  training mean);
-- ``ndcg_at_10``, ``hit_rate_at_10`` and ``catalog_coverage_at_10``: for every user with a
-  relevant test rating (>= 4), all items the user did not rate in train/validation are ranked; a
-  relevant test item in the top 10 is a hit. The ``popular_*`` figures rank the same candidates by
-  popularity (damped mean rating of the training split) instead of the model.
 """
 
 from __future__ import annotations
@@ -30,14 +48,18 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import torch
+from torch.nn import functional
 
 from core.errors import UserError
 from infra.logs import get_logger
 from model_store.config import TrainSettings
 from model_store.features import ITEM_SPEC, USER_SPEC, FeatureTransform
-from model_store.model import ModelConfig, NumpyTower, TwoTower
+from model_store.model import ModelConfig, ServingTower, TwoTower
 
 __all__ = [
+    "LOSS",
+    "RATING",
+    "PairSplit",
     "PopularItem",
     "TrainSummary",
     "TrainedModel",
@@ -46,40 +68,66 @@ __all__ = [
     "popularity",
     "prepare",
     "rank_popular",
+    "ranking_metrics",
+    "split_pairs",
     "train",
 ]
 
 log = get_logger(__name__)
 
-RELEVANT = 4.0  # a rating >= this is a relevant item for the ranking metrics
 TOP_K = 10
-PRIOR_WEIGHT = 5.0  # popularity: the mean rating shrunk toward the global mean by 5 pseudo-ratings
+PRIOR_WEIGHT = 5.0  # popularity's tie-break: the mean rating shrunk toward the global mean
+LOSS = "in-batch sampled softmax with logQ popularity correction"
+RATING = (
+    "auxiliary head: affine map of the dot product -> (rating - 3) / 2, trained along with MSE, "
+    "then refitted by least squares on the validation pairs"
+)
+MAX_EVAL_USERS = 5000  # early stopping ranks at most this many validation customers per epoch
 
 
 @dataclass(frozen=True, slots=True)
 class TrainingData:
-    """The training table as indices: one row of features per user and per item."""
+    """The training table as indices: one row of features per user and per item, one entry per
+    distinct (user, item) pair (a repeated pair keeps its last rating)."""
 
     user_ids: list[int]
     user_columns: dict[str, list[Any]]  # USER_SPEC columns, one entry per user
     item_ids: list[str]
     item_columns: dict[str, list[Any]]  # ITEM_SPEC columns, one entry per item
-    user_index: npt.NDArray[np.int64]  # per rating
+    user_index: npt.NDArray[np.int64]  # per pair
     item_index: npt.NDArray[np.int64]
     rating: npt.NDArray[np.float64]
+
+    def bought(self) -> list[list[str]]:
+        """Every user's items (their training pairs), in item order."""
+        out: list[list[int]] = [[] for _ in self.user_ids]
+        for u, i in zip(self.user_index.tolist(), self.item_index.tolist(), strict=True):
+            out[u].append(i)
+        return [[self.item_ids[i] for i in sorted(items)] for items in out]
 
 
 @dataclass(frozen=True, slots=True)
 class PopularItem:
     id: str
-    score: float  # damped mean rating (1-5)
+    score: float  # purchase count in the training data
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PairSplit:
+    """Row numbers (into ``TrainingData``'s pairs) of each part, and the cold-start users."""
+
+    train: npt.NDArray[np.int64]
+    validation: npt.NDArray[np.int64]
+    test: npt.NDArray[np.int64]  # known users' held-out pairs
+    cold: npt.NDArray[np.int64]  # every pair of the cold-start users
+    cold_users: npt.NDArray[np.int64]
 
 
 @dataclass
 class TrainedModel:
     config: ModelConfig
-    state_dict: dict[str, torch.Tensor]
+    state_dict: dict[str, torch.Tensor]  # everything, the customers' ID embeddings included
     user_transform: FeatureTransform
     item_transform: FeatureTransform
     data: TrainingData
@@ -89,14 +137,20 @@ class TrainedModel:
     training: dict[str, Any] = field(default_factory=dict)
 
     def user_embeddings(self) -> npt.NDArray[np.float32]:
-        tower = NumpyTower.from_state_dict(self.state_dict, "user_tower")
-        rows = self.user_transform.sparse(self.data.user_columns)
-        return tower.embed(rows, self.user_transform.numeric_offset)
+        """Every training customer's vector: features plus their ID embedding."""
+        tower = ServingTower.from_state_dict(self.state_dict, "user_tower")
+        ids = np.arange(len(self.data.user_ids), dtype=np.int64) if tower.hybrid else None
+        return tower.embed(self.user_transform.dense(self.data.user_columns), ids)
 
     def item_embeddings(self) -> npt.NDArray[np.float32]:
-        tower = NumpyTower.from_state_dict(self.state_dict, "item_tower")
-        rows = self.item_transform.sparse(self.data.item_columns)
-        return tower.embed(rows, self.item_transform.numeric_offset)
+        tower = ServingTower.from_state_dict(self.state_dict, "item_tower")
+        ids = np.arange(len(self.data.item_ids), dtype=np.int64) if tower.hybrid else None
+        return tower.embed(self.item_transform.dense(self.data.item_columns), ids)
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights that are exported: without the customers' ID embeddings (personal data: a
+        customer's vector lives in ``user_embeddings.csv``, which ``recsys forget`` edits)."""
+        return {k: v for k, v in self.state_dict.items() if not k.startswith("user_tower.ids.")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +168,8 @@ class TrainSummary:
 
 
 def prepare(table: pa.Table) -> TrainingData:
-    """Index users and items (first occurrence wins for their features); drop unusable rows."""
+    """Index users and items (first occurrence wins for their features); drop unusable rows; one
+    entry per distinct pair (the last rating of a repeated pair)."""
     missing = {"customerNumber", "productCode", "productRating", *USER_SPEC.categorical, *ITEM_SPEC.numeric}
     missing -= set(table.column_names)
     if missing:
@@ -124,9 +179,7 @@ def prepare(table: pa.Table) -> TrainingData:
     items: dict[str, int] = {}
     user_cols: dict[str, list[Any]] = {c: [] for c in (*USER_SPEC.categorical, *USER_SPEC.numeric)}
     item_cols: dict[str, list[Any]] = {c: [] for c in (*ITEM_SPEC.categorical, *ITEM_SPEC.numeric)}
-    u_idx: list[int] = []
-    i_idx: list[int] = []
-    ratings: list[float] = []
+    pairs: dict[tuple[int, int], float] = {}
     for row in range(table.num_rows):
         customer, code, rating = (
             cols["customerNumber"][row],
@@ -145,27 +198,61 @@ def prepare(table: pa.Table) -> TrainingData:
             i = items[str(code)] = len(items)
             for c, values in item_cols.items():
                 values.append(cols[c][row])
-        u_idx.append(u)
-        i_idx.append(i)
-        ratings.append(float(rating))
-    if len(ratings) < 10:
-        raise UserError(f"the training data has {len(ratings)} usable ratings; at least 10 are needed")
+        pairs[(u, i)] = float(rating)
+    if len(pairs) < 10:
+        raise UserError(f"the training data has {len(pairs)} usable ratings; at least 10 are needed")
+    keys = list(pairs)
     return TrainingData(
         list(users),
         user_cols,
         list(items),
         item_cols,
-        np.array(u_idx, dtype=np.int64),
-        np.array(i_idx, dtype=np.int64),
-        np.array(ratings, dtype=np.float64),
+        np.array([u for u, _ in keys], dtype=np.int64),
+        np.array([i for _, i in keys], dtype=np.int64),
+        np.array(list(pairs.values()), dtype=np.float64),
     )
 
 
-def _split(n: int, seed: int, val: float, test: float) -> tuple[npt.NDArray[np.int64], ...]:
-    order = np.random.default_rng(seed).permutation(n)
-    n_test = max(1, round(n * test))
-    n_val = max(1, round(n * val))
-    return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
+def split_pairs(
+    user_index: npt.NDArray[np.int64],
+    n_users: int,
+    seed: int,
+    *,
+    test_fraction: float,
+    val_fraction: float,
+    cold_fraction: float,
+) -> PairSplit:
+    """The evaluation split (see the module docstring): ``cold_fraction`` of the users whole, then
+    per remaining user ``round(test_fraction * n)`` of their pairs as test and
+    ``round(val_fraction * n)`` as validation (a user keeps at least one training pair)."""
+    rng = np.random.default_rng([seed, 18])
+    present = np.unique(user_index)
+    n_cold = round(len(present) * cold_fraction) if len(present) >= 10 else 0
+    cold_users = np.sort(rng.permutation(present)[:n_cold])
+    is_cold = np.zeros(n_users, dtype=bool)
+    is_cold[cold_users] = True
+    order = rng.permutation(len(user_index))
+    by_user: list[list[int]] = [[] for _ in range(n_users)]
+    for row in order.tolist():
+        by_user[int(user_index[row])].append(row)
+    train: list[int] = []
+    val: list[int] = []
+    test: list[int] = []
+    cold: list[int] = []
+    for u, rows in enumerate(by_user):
+        if is_cold[u]:
+            cold += rows
+            continue
+        n_test = min(round(len(rows) * test_fraction), max(0, len(rows) - 1))
+        n_val = min(round(len(rows) * val_fraction), max(0, len(rows) - 1 - n_test))
+        test += rows[:n_test]
+        val += rows[n_test : n_test + n_val]
+        train += rows[n_test + n_val :]
+
+    def arr(rows: list[int]) -> npt.NDArray[np.int64]:
+        return np.array(sorted(rows), dtype=np.int64)
+
+    return PairSplit(arr(train), arr(val), arr(test), arr(cold), cold_users.astype(np.int64))
 
 
 def popularity(
@@ -181,40 +268,56 @@ def popularity(
 def rank_popular(
     item_ids: Sequence[str], item_index: npt.NDArray[np.int64], rating: npt.NDArray[np.float64]
 ) -> list[PopularItem]:
-    """Every item, most popular first: damped mean rating, then number of ratings."""
-    score, count = popularity(item_index, rating, len(item_ids))
-    return [PopularItem(item_ids[i], float(score[i]), int(count[i])) for i in np.lexsort((-count, -score))]
+    """Every item, most popular first: purchase count (pairs), then damped mean rating."""
+    mean, count = popularity(item_index, rating, len(item_ids))
+    return [PopularItem(item_ids[i], float(count[i]), int(count[i])) for i in np.lexsort((-mean, -count))]
 
 
 def _subset(columns: dict[str, list[Any]], rows: Sequence[int]) -> dict[str, list[Any]]:
     return {c: [v[r] for r in rows] for c, v in columns.items()}
 
 
-def _ranking(
-    scores: npt.NDArray[np.float64],
-    seen: list[set[int]],
-    relevant: list[set[int]],
-) -> tuple[float, float, float]:
-    """(NDCG@10, hit-rate@10, catalog coverage@10) over users with at least one relevant item."""
-    ndcg, hits, users = 0.0, 0, 0
+def ranking_metrics(
+    scores: npt.NDArray[np.floating[Any]],
+    seen: Sequence[set[int]],
+    relevant: Sequence[set[int]],
+    k: int = TOP_K,
+) -> dict[str, float]:
+    """NDCG@k, hit-rate@k, recall@k and catalog coverage@k over the users (rows of ``scores``)
+    with at least one relevant item; each user's ``seen`` items are left out of their ranking.
+    Binary relevance; recall is over min(k, relevant) so a perfect list scores 1."""
+    ndcg = hits = recall = 0.0
+    users = 0
     shown: set[int] = set()
-    discounts = 1.0 / np.log2(np.arange(2, TOP_K + 2))
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
     for u, rel in enumerate(relevant):
         if not rel:
             continue
-        row = scores[u].copy()
+        row = np.array(scores[u], dtype=np.float64)
         if seen[u]:
             row[list(seen[u])] = -np.inf
-        top = np.argsort(-row, kind="stable")[:TOP_K]
+        top = np.argsort(-row, kind="stable")[:k]
         gains = np.array([1.0 if int(i) in rel else 0.0 for i in top])
-        ideal = discounts[: min(len(rel), TOP_K)].sum()
-        ndcg += float((gains * discounts[: len(gains)]).sum() / ideal)
-        hits += int(gains.any())
+        ndcg += float((gains * discounts[: len(gains)]).sum() / discounts[: min(len(rel), k)].sum())
+        hits += float(gains.any())
+        recall += float(gains.sum() / min(len(rel), k))
         users += 1
         shown.update(int(i) for i in top)
     if users == 0:
-        return math.nan, math.nan, math.nan
-    return ndcg / users, hits / users, len(shown) / scores.shape[1]
+        return {
+            "ndcg": math.nan,
+            "hit_rate": math.nan,
+            "recall": math.nan,
+            "coverage": math.nan,
+            "users": 0.0,
+        }
+    return {
+        "ndcg": ndcg / users,
+        "hit_rate": hits / users,
+        "recall": recall / users,
+        "coverage": len(shown) / scores.shape[1],
+        "users": float(users),
+    }
 
 
 def fit(
@@ -222,7 +325,7 @@ def fit(
     cfg: TrainSettings,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainedModel:
-    """Fit the feature parameters and the towers; evaluate on the held-out test split.
+    """Evaluate the recipe on the held-out split, then fit the exported model on every pair.
 
     Runs with ``cfg.torch_threads`` threads, deterministic algorithms and a seeded generator, and
     restores the process's torch settings and random state afterwards.
@@ -234,158 +337,318 @@ def fit(
     torch.use_deterministic_algorithms(True)
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
             return _fit(table, cfg, on_epoch)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _fit(
-    table: pa.Table,
+@dataclass
+class _Run:
+    model: TwoTower
+    user_tf: FeatureTransform
+    item_tf: FeatureTransform
+    users_x: torch.Tensor
+    items_x: torch.Tensor
+    history: list[dict[str, float]]
+    best_epoch: int
+
+
+def _features(
+    data: TrainingData, rows: npt.NDArray[np.int64]
+) -> tuple[FeatureTransform, FeatureTransform, torch.Tensor, torch.Tensor]:
+    """Feature parameters fitted on the users and items of ``rows``; every user's and item's rows."""
+    users = sorted(set(data.user_index[rows].tolist()))
+    items = sorted(set(data.item_index[rows].tolist()))
+    user_tf = FeatureTransform.fit(USER_SPEC, _subset(data.user_columns, users))
+    item_tf = FeatureTransform.fit(ITEM_SPEC, _subset(data.item_columns, items))
+    return (
+        user_tf,
+        item_tf,
+        torch.from_numpy(user_tf.dense(data.user_columns)),
+        torch.from_numpy(item_tf.dense(data.item_columns)),
+    )
+
+
+def _train_run(
+    data: TrainingData,
+    rows: npt.NDArray[np.int64],
     cfg: TrainSettings,
+    *,
+    epochs: int,
+    validate: Callable[[TwoTower, torch.Tensor, torch.Tensor], float] | None,
     on_epoch: Callable[[dict[str, float]], None] | None,
-) -> TrainedModel:
-    started = time.perf_counter()
-    data = prepare(table)
-    train_rows, val_rows, test_rows = _split(len(data.rating), cfg.seed, cfg.val_fraction, cfg.test_fraction)
-
-    # feature parameters from the training split only (users/items seen in it)
-    train_users = sorted(set(data.user_index[train_rows].tolist()))
-    train_items = sorted(set(data.item_index[train_rows].tolist()))
-    user_tf = FeatureTransform.fit(USER_SPEC, _subset(data.user_columns, train_users))
-    item_tf = FeatureTransform.fit(ITEM_SPEC, _subset(data.item_columns, train_items))
-    users_x = torch.from_numpy(user_tf.dense(data.user_columns))
-    items_x = torch.from_numpy(item_tf.dense(data.item_columns))
-    config = ModelConfig(user_tf.dim, item_tf.dim, tuple(cfg.hidden), cfg.embedding_dim)
-    model = TwoTower(config)
+    started: float,
+    phase: str,
+    head_pairs: npt.NDArray[np.int64] | None = None,
+) -> _Run:
+    """Fit on the pairs ``rows`` for up to ``epochs`` (early stopping on ``validate`` when given)."""
+    torch.manual_seed(cfg.seed)
+    user_tf, item_tf, users_x, items_x = _features(data, rows)
+    config = ModelConfig(user_tf.dim, item_tf.dim, tuple(cfg.hidden), cfg.embedding_dim, kind="hybrid")
+    model = TwoTower(config, n_users=len(data.user_ids), n_items=len(data.item_ids))
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-
-    label = torch.from_numpy(((data.rating - 3.0) / 2.0).astype(np.float32))
-    u_all = torch.from_numpy(data.user_index)
-    i_all = torch.from_numpy(data.item_index)
-    train_t = torch.from_numpy(train_rows)
-    val_t = torch.from_numpy(val_rows)
     gen = torch.Generator().manual_seed(cfg.seed)
-
-    def predict(rows: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = model(users_x[u_all[rows]], items_x[i_all[rows]])
-        return out
-
-    best_val, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
+    u_all = torch.from_numpy(data.user_index[rows])
+    i_all = torch.from_numpy(data.item_index[rows])
+    label = torch.from_numpy(((data.rating[rows] - 3.0) / 2.0).astype(np.float32))
+    counts = torch.bincount(i_all, minlength=len(data.item_ids)).to(torch.float32)
+    log_q = torch.log(counts.clamp(min=1.0) / counts.sum())
+    best, best_epoch, best_state, stale = -math.inf, 0, copy.deepcopy(model.state_dict()), 0
     history: list[dict[str, float]] = []
-    stale = 0
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, epochs + 1):
         model.train()
-        order = train_t[torch.randperm(len(train_t), generator=gen)]
+        order = torch.randperm(len(rows), generator=gen)
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
-            rows = order[start : start + cfg.batch_size]
+            batch = order[start : start + cfg.batch_size]
+            u, i = u_all[batch], i_all[batch]
+            drop_u = torch.rand(len(batch), generator=gen) < cfg.feature_dropout
+            drop_i = torch.rand(len(batch), generator=gen) < cfg.feature_dropout
+            user = model.user_tower(users_x[u], torch.where(drop_u, -1, u))
+            item = model.item_tower(items_x[i], torch.where(drop_i, -1, i))
+            sim = user @ item.T
+            logits = sim / cfg.temperature - log_q[i][None, :]
+            repeats = (i[:, None] == i[None, :]) & ~torch.eye(len(batch), dtype=torch.bool)
+            logits = logits.masked_fill(repeats, -torch.inf)
+            loss = functional.cross_entropy(logits, torch.arange(len(batch)))
+            if cfg.rating_weight > 0:
+                predicted = model.rating_head(sim.diagonal()[:, None]).squeeze(1)
+                loss = loss + cfg.rating_weight * ((predicted - label[batch]) ** 2).mean()
             optimiser.zero_grad()
-            loss = functional_mse(predict(rows), label[rows])
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
-            total += float(loss.detach()) * len(rows)
-        model.eval()
-        with torch.no_grad():
-            val_mse = float(functional_mse(predict(val_t), label[val_t]))
-        entry = {
-            "epoch": float(epoch),
-            "train_mse": total / len(order),
-            "val_rmse": 2.0 * math.sqrt(val_mse),  # in rating units (1-5)
-            "seconds": time.perf_counter() - started,
-        }
+            total += float(loss.detach()) * len(batch)
+        entry = {"epoch": float(epoch), "loss": total / max(1, len(rows))}
+        if validate is not None:
+            model.eval()
+            entry["val_ndcg_at_10"] = validate(model, users_x, items_x)
+        entry["seconds"] = time.perf_counter() - started
         history.append(entry)
         if on_epoch is not None:
-            on_epoch(entry)
-        if val_mse < best_val - 1e-6:
-            best_val, best_epoch, stale = val_mse, epoch, 0
+            on_epoch({**entry, "phase": 0.0 if phase == "evaluation" else 1.0})
+        if validate is None:
+            best_epoch = epoch
+            continue
+        if entry["val_ndcg_at_10"] > best + 1e-6:
+            best, best_epoch, stale = entry["val_ndcg_at_10"], epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
             if stale >= cfg.patience:
                 break
-    model.load_state_dict(best_state)
+    if validate is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    metrics = _evaluate(
-        model,
-        users_x=users_x,
-        items_x=items_x,
-        data=data,
-        train_rows=train_rows,
-        val_rows=val_rows,
-        test_rows=test_rows,
+    head_rows = rows if head_pairs is None or not len(head_pairs) else head_pairs
+    _fit_rating_head(model, users_x, items_x, data, head_rows)
+    return _Run(model, user_tf, item_tf, users_x, items_x, history, best_epoch)
+
+
+def _fit_rating_head(
+    model: TwoTower,
+    users_x: torch.Tensor,
+    items_x: torch.Tensor,
+    data: TrainingData,
+    rows: npt.NDArray[np.int64],
+) -> None:
+    """The rating head's final weights: least squares of the scaled rating on the dot product over
+    the pairs ``rows`` (the validation pairs when there are some: a trained pair's dot product is
+    high whatever its rating, so the map is fitted where the pairs are new to the model, like the
+    ones it will be asked about)."""
+    users = torch.from_numpy(data.user_index[rows])
+    items = torch.from_numpy(data.item_index[rows])
+    label = torch.from_numpy((data.rating[rows] - 3.0) / 2.0)
+    users_x, items_x = users_x[users], items_x[items]
+    with torch.no_grad():
+        dots = (model.user_tower(users_x, users) * model.item_tower(items_x, items)).sum(dim=1).double()
+        target = label.double()
+        var = float(((dots - dots.mean()) ** 2).mean())
+        slope = float(((dots - dots.mean()) * (target - target.mean())).mean()) / var if var > 1e-12 else 0.0
+        model.rating_head.weight.fill_(slope)
+        model.rating_head.bias.fill_(float(target.mean()) - slope * float(dots.mean()))
+
+
+def _embeddings(
+    model: TwoTower,
+    users_x: torch.Tensor,
+    items_x: torch.Tensor,
+    known_items: npt.NDArray[np.bool_],
+    *,
+    rows: Sequence[int] | None = None,
+    known_users: bool = True,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Vectors of the users ``rows`` (default all; by ID, or from features only when not
+    ``known_users``) and of every item (by ID where ``known_items``, the unknown row otherwise)."""
+    picked = torch.arange(users_x.shape[0]) if rows is None else torch.tensor(list(rows), dtype=torch.int64)
+    with torch.no_grad():
+        user_ids = picked if known_users else torch.full_like(picked, -1)
+        users = model.user_tower(users_x[picked], user_ids).double().numpy()
+        item_ids = torch.where(torch.from_numpy(known_items), torch.arange(items_x.shape[0]), -1)
+        items = model.item_tower(items_x, item_ids).double().numpy()
+    return users, items
+
+
+def _sets(user_index: npt.NDArray[np.int64], item_index: npt.NDArray[np.int64], n: int) -> list[set[int]]:
+    out: list[set[int]] = [set() for _ in range(n)]
+    for u, i in zip(user_index.tolist(), item_index.tolist(), strict=True):
+        out[u].add(i)
+    return out
+
+
+def _fit(
+    table: pa.Table, cfg: TrainSettings, on_epoch: Callable[[dict[str, float]], None] | None
+) -> TrainedModel:
+    started = time.perf_counter()
+    data = prepare(table)
+    n_users, n_items = len(data.user_ids), len(data.item_ids)
+    split = split_pairs(
+        data.user_index,
+        n_users,
+        cfg.seed,
+        test_fraction=cfg.test_fraction,
+        val_fraction=cfg.val_fraction,
+        cold_fraction=cfg.cold_fraction,
     )
+    train_seen = _sets(data.user_index[split.train], data.item_index[split.train], n_users)
+    val_relevant = _sets(data.user_index[split.validation], data.item_index[split.validation], n_users)
+    val_users = [u for u, rel in enumerate(val_relevant) if rel][:MAX_EVAL_USERS]
+    train_items = np.zeros(n_items, dtype=bool)
+    train_items[data.item_index[split.train]] = True
+
+    def validate(model: TwoTower, users_x: torch.Tensor, items_x: torch.Tensor) -> float:
+        if not val_users:
+            return 0.0
+        users, items = _embeddings(model, users_x, items_x, train_items, rows=val_users)
+        seen = [train_seen[u] for u in val_users]
+        return ranking_metrics(users @ items.T, seen, [val_relevant[u] for u in val_users])["ndcg"]
+
+    has_validation = len(split.validation) > 0
+    run = _train_run(
+        data,
+        split.train,
+        cfg,
+        epochs=cfg.epochs,
+        validate=validate if has_validation else None,
+        on_epoch=on_epoch,
+        started=started,
+        phase="evaluation",
+        head_pairs=split.validation,
+    )
+    metrics = _evaluate(run, data, split, train_seen, train_items)
+    history = [{**h, "phase": 0.0} for h in run.history]
+    final = run
+    if cfg.refit:
+        final = _train_run(
+            data,
+            np.arange(len(data.rating), dtype=np.int64),
+            cfg,
+            epochs=max(1, run.best_epoch),
+            validate=None,
+            on_epoch=on_epoch,
+            started=started,
+            phase="refit",
+        )
+        history += [{**h, "phase": 1.0} for h in final.history]
     popular = rank_popular(data.item_ids, data.item_index, data.rating)
     return TrainedModel(
-        config=config,
-        state_dict={k: v.detach().clone() for k, v in best_state.items()},
-        user_transform=user_tf,
-        item_transform=item_tf,
+        config=final.model.config,
+        state_dict={k: v.detach().clone() for k, v in final.model.state_dict().items()},
+        user_transform=final.user_tf,
+        item_transform=final.item_tf,
         data=data,
         metrics=metrics,
         history=history,
         popular=popular,
         training={
-            "epochs_run": len(history),
-            "best_epoch": best_epoch,
-            "ratings": {"train": len(train_rows), "validation": len(val_rows), "test": len(test_rows)},
+            "kind": "hybrid",
+            "loss": LOSS,
+            "rating": RATING,
+            "temperature": cfg.temperature,
+            "feature_dropout": cfg.feature_dropout,
+            "rating_weight": cfg.rating_weight,
+            "cold_start": (
+                "an unknown customer or product gets the learned 'unknown' vector in place of its "
+                "ID embedding (trained by feature dropout), plus its features"
+            ),
+            "epochs_run": len(run.history),
+            "best_epoch": run.best_epoch,
+            "refit_on_all_pairs": cfg.refit,
+            "pairs": {
+                "train": len(split.train),
+                "validation": len(split.validation),
+                "test": len(split.test),
+                "cold_start": len(split.cold),
+                "all": len(data.rating),
+            },
+            "evaluation": (
+                f"seeded: {cfg.cold_fraction:.0%} of the customers held out whole (cold start, features "
+                f"only); of the others, {cfg.test_fraction:.0%} of each customer's pairs held out (test) "
+                f"and {cfg.val_fraction:.0%} for early stopping (validation NDCG@10); a held-out pair is "
+                "relevant, items bought in training are not ranked; popularity = purchase count in training"
+            ),
             "settings": cfg.model_dump(),
             "seconds": round(time.perf_counter() - started, 3),
         },
     )
 
 
-def functional_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    out: torch.Tensor = ((pred - target) ** 2).mean()
-    return out
-
-
 def _evaluate(
-    model: TwoTower,
-    *,
-    users_x: torch.Tensor,
-    items_x: torch.Tensor,
+    run: _Run,
     data: TrainingData,
-    train_rows: npt.NDArray[np.int64],
-    val_rows: npt.NDArray[np.int64],
-    test_rows: npt.NDArray[np.int64],
+    split: PairSplit,
+    train_seen: list[set[int]],
+    train_items: npt.NDArray[np.bool_],
 ) -> dict[str, float]:
-    with torch.no_grad():
-        u_emb = model.user_tower(users_x).double().numpy()
-        i_emb = model.item_tower(items_x).double().numpy()
     n_users, n_items = len(data.user_ids), len(data.item_ids)
-    scores = u_emb @ i_emb.T  # (users, items), scaled ratings
-    test_u, test_i, test_r = data.user_index[test_rows], data.item_index[test_rows], data.rating[test_rows]
-    pred = np.clip(3.0 + 2.0 * scores[test_u, test_i], 1.0, 5.0)
-    train_mean = float(data.rating[train_rows].mean())
-    rmse = float(np.sqrt(np.mean((pred - test_r) ** 2)))
-    rmse_base = float(np.sqrt(np.mean((train_mean - test_r) ** 2)))
+    model = run.model
+    users, items = _embeddings(model, run.users_x, run.items_x, train_items)
+    cold_users, _ = _embeddings(model, run.users_x, run.items_x, train_items, known_users=False)
+    metrics: dict[str, float] = {}
+    counts = np.bincount(data.item_index[split.train], minlength=n_items).astype(np.float64)
+    popular = np.tile(counts, (1, 1))
 
-    seen: list[set[int]] = [set() for _ in range(n_users)]
-    for rows in (train_rows, val_rows):
-        for u, i in zip(data.user_index[rows].tolist(), data.item_index[rows].tolist(), strict=True):
-            seen[u].add(i)
-    relevant: list[set[int]] = [set() for _ in range(n_users)]
-    for u, i, r in zip(test_u.tolist(), test_i.tolist(), test_r.tolist(), strict=True):
-        if r >= RELEVANT:
-            relevant[u].add(i)
-    ndcg, hit, coverage = _ranking(scores, seen, relevant)
-    pop_score, _ = popularity(data.item_index[train_rows], data.rating[train_rows], n_items)
-    pop_scores = np.tile(pop_score, (n_users, 1))
-    p_ndcg, p_hit, p_coverage = _ranking(pop_scores, seen, relevant)
-    return {
-        "rmse": rmse,
-        "rmse_mean_baseline": rmse_base,
-        "ndcg_at_10": ndcg,
-        "hit_rate_at_10": hit,
-        "catalog_coverage_at_10": coverage,
-        "popular_ndcg_at_10": p_ndcg,
-        "popular_hit_rate_at_10": p_hit,
-        "popular_catalog_coverage_at_10": p_coverage,
-        "test_ratings": float(len(test_rows)),
-        "ranked_users": float(sum(1 for r in relevant if r)),
-    }
+    test_relevant = _sets(data.user_index[split.test], data.item_index[split.test], n_users)
+    rows = [u for u, rel in enumerate(test_relevant) if rel]
+    seen = [train_seen[u] for u in rows]
+    relevant = [test_relevant[u] for u in rows]
+    for prefix, scores in (("", users[rows] @ items.T), ("popular_", np.repeat(popular, len(rows), axis=0))):
+        result = ranking_metrics(scores, seen, relevant)
+        metrics[f"{prefix}ndcg_at_10"] = result["ndcg"]
+        metrics[f"{prefix}hit_rate_at_10"] = result["hit_rate"]
+        metrics[f"{prefix}recall_at_10"] = result["recall"]
+        metrics[f"{prefix}catalog_coverage_at_10"] = result["coverage"]
+    metrics["ranked_users"] = float(len(rows))
+
+    cold_relevant = _sets(data.user_index[split.cold], data.item_index[split.cold], n_users)
+    crows = [u for u, rel in enumerate(cold_relevant) if rel]
+    cseen: list[set[int]] = [set() for _ in crows]
+    crelevant = [cold_relevant[u] for u in crows]
+    for prefix, scores in (
+        ("cold_", cold_users[crows] @ items.T),
+        ("cold_popular_", np.repeat(popular, len(crows), axis=0)),
+    ):
+        result = ranking_metrics(scores, cseen, crelevant)
+        metrics[f"{prefix}ndcg_at_10"] = result["ndcg"]
+        metrics[f"{prefix}hit_rate_at_10"] = result["hit_rate"]
+        metrics[f"{prefix}recall_at_10"] = result["recall"]
+        metrics[f"{prefix}catalog_coverage_at_10"] = result["coverage"]
+    metrics["cold_users"] = float(len(crows))
+
+    test_u, test_i = data.user_index[split.test], data.item_index[split.test]
+    test_r = data.rating[split.test]
+    train_mean = float(data.rating[split.train].mean())
+    if len(split.test):
+        with torch.no_grad():
+            dots = torch.from_numpy((users[test_u] * items[test_i]).sum(axis=1).astype(np.float32))
+            scaled = model.rating_head(dots[:, None]).squeeze(1).double().numpy()
+        predicted = np.clip(3.0 + 2.0 * scaled, 1.0, 5.0)
+        metrics["rmse"] = float(np.sqrt(np.mean((predicted - test_r) ** 2)))
+        metrics["rmse_mean_baseline"] = float(np.sqrt(np.mean((train_mean - test_r) ** 2)))
+    else:
+        metrics["rmse"] = metrics["rmse_mean_baseline"] = math.nan
+    metrics["test_pairs"] = float(len(split.test))
+    return metrics
 
 
 def train(lake_uri: str, artifacts_uri: str, cfg: TrainSettings) -> TrainSummary:
@@ -400,12 +663,14 @@ def train(lake_uri: str, artifacts_uri: str, cfg: TrainSettings) -> TrainSummary
     log.info("training on lake run %s (%d rows)", run.run_id, table.num_rows)
 
     def progress(entry: dict[str, float]) -> None:
+        phase = "refit" if entry.get("phase") else "evaluation"
+        val = f" val_ndcg@10={entry['val_ndcg_at_10']:.4f}" if "val_ndcg_at_10" in entry else ""
         log.info(
-            "epoch %d/%d train_mse=%.4f val_rmse=%.4f",
+            "%s epoch %d loss=%.4f%s",
+            phase,
             int(entry["epoch"]),
-            cfg.epochs,
-            entry["train_mse"],
-            entry["val_rmse"],
+            entry["loss"],
+            val,
             extra={"fields": {k: round(v, 4) for k, v in entry.items()}},
         )
 
@@ -426,16 +691,18 @@ def train(lake_uri: str, artifacts_uri: str, cfg: TrainSettings) -> TrainSummary
     )
     m = trained.metrics
     log.info(
-        "trained %s: rmse %.3f (mean baseline %.3f), ndcg@10 %.3f (popular %.3f), "
-        "hit@10 %.3f (popular %.3f), coverage %.2f (popular %.2f)",
+        "trained %s: ndcg@10 %.3f (popular %.3f), hit@10 %.3f (popular %.3f), recall@10 %.3f, "
+        "coverage %.2f; cold start ndcg@10 %.3f (popular %.3f); rmse %.3f (mean baseline %.3f)",
         version,
-        m["rmse"],
-        m["rmse_mean_baseline"],
         m["ndcg_at_10"],
         m["popular_ndcg_at_10"],
         m["hit_rate_at_10"],
         m["popular_hit_rate_at_10"],
+        m["recall_at_10"],
         m["catalog_coverage_at_10"],
-        m["popular_catalog_coverage_at_10"],
+        m["cold_ndcg_at_10"],
+        m["cold_popular_ndcg_at_10"],
+        m["rmse"],
+        m["rmse_mean_baseline"],
     )
     return summary

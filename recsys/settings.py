@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         description="hnsw.ef_search of the nearest-item queries (consumer and API): higher = better "
         "recall on a large catalog, slower queries (docs/performance.md, section 3)",
     )
+    exclude_bought: bool = Field(
+        True,
+        description="leave the items a customer already bought (their training pairs in the active "
+        "hybrid version) out of their model answers (consumer and API); false = keep them",
+    )
 
     etl: EtlSettings = EtlSettings()
     train: TrainSettings = TrainSettings()
@@ -105,6 +110,7 @@ class Settings(BaseSettings):
             database_url=self.database_url,
             api_token=self.api_token,
             ef_search=self.ef_search,
+            exclude_bought=self.exclude_bought,
             api=self.api,
         )
 

@@ -39,4 +39,5 @@ class ServiceConfig:
     database_url: SecretStr | None = None  # None: the app must be given a pool
     api_token: SecretStr | None = None  # None: no authentication
     ef_search: int = 100
+    exclude_bought: bool = True  # the model's answers leave out what the customer bought
     api: ApiSettings = field(default_factory=ApiSettings)

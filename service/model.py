@@ -18,6 +18,7 @@ async def open_recommender(
     ef_search: int = 100,
     cache_keys: int | None = None,
     observe: Callable[[str, int, int], None] | None = None,
+    exclude_bought: bool = True,
 ) -> ServingRecommender:
     """The active model version's recommender; raises ``ModelNotReady`` when none is active.
 
@@ -30,4 +31,5 @@ async def open_recommender(
         ef_search=ef_search,
         cache_keys=CACHE_KEYS if cache_keys is None else cache_keys,
         observe=observe,
+        exclude_bought=exclude_bought,
     )

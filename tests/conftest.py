@@ -94,9 +94,14 @@ def mysql_url() -> str:
 
 @pytest.fixture(scope="session")
 def classicmodels_sql() -> Path | None:
-    """The public classicmodels dump from ../shared/data, when it is beside the checkout."""
+    """The public classicmodels dump from ../shared/data, when it is beside the checkout (or where
+    ``RECSYS_CLASSICMODELS_SQL`` says)."""
     here = Path(__file__).resolve().parents[1]
-    for candidate in (here.parent / "shared" / "data" / "classicmodels.sql",):
+    given = os.environ.get("RECSYS_CLASSICMODELS_SQL")
+    for candidate in (
+        *([Path(given)] if given else []),
+        here.parent / "shared" / "data" / "classicmodels.sql",
+    ):
         if candidate.is_file():
             return candidate
     return None

@@ -56,10 +56,10 @@ async def api_services(
             if open_model is None:
                 from service.model import open_recommender
 
-                db, ef_search = pool, config.ef_search
+                db, ef_search, exclude_bought = pool, config.ef_search, config.exclude_bought
 
                 async def open_active() -> ServingRecommender:
-                    return await open_recommender(db, ef_search=ef_search)
+                    return await open_recommender(db, ef_search=ef_search, exclude_bought=exclude_bought)
 
                 open_model = open_active
             task = asyncio.create_task(

@@ -110,6 +110,7 @@ async def consumer(
             model = await ModelRecommender.open(
                 pool,
                 ef_search=settings.ef_search,
+                exclude_bought=settings.exclude_bought,
                 cache_keys=settings.consumer.cache_keys,
                 observe=metrics.observe_cache,
             )

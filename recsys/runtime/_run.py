@@ -343,6 +343,7 @@ async def running(
         recommender = await open_recommender(
             db,
             ef_search=settings.ef_search,
+            exclude_bought=settings.exclude_bought,
             cache_keys=settings.consumer.cache_keys,
             observe=metrics.observe_cache,
         )

@@ -30,16 +30,24 @@ async def test_load_switches_atomically_and_stores_what_serving_needs(
 ) -> None:
     v0, v1 = artifacts.versions
     first = await load_vectors(ms_database_url, artifacts.uri, v0)
-    assert (first.version, first.items, first.users, first.already_loaded) == (v0, 400, 150, False)
+    items = len(artifacts.models[0].data.item_ids)  # the products somebody rated (most of the 400)
+    assert (first.version, first.items, first.users, first.already_loaded) == (v0, items, 150, False)
+    assert items > 350
     bundle = load_bundle(LocalStore(artifacts.uri), v0)
     async with ms_pool.acquire() as conn:
         assert await conn.fetchval("SELECT version FROM model_versions WHERE active") == v0
-        assert await conn.fetchval("SELECT count(*) FROM item_emb") == 400  # the lab's name, a view
+        assert await conn.fetchval("SELECT count(*) FROM item_emb") == items  # the lab's name, a view
         assert await conn.fetchval("SELECT count(*) FROM user_emb") == 150
         stored = await conn.fetchval("SELECT embedding FROM item_emb WHERE id = $1", bundle.item_ids[7])
         np.testing.assert_array_equal(stored.to_numpy(), bundle.item_vectors[7])
         weights = await conn.fetchval("SELECT weights FROM model_versions WHERE version = $1", v0)
-        assert set(load_state_dict(bytes(weights))) == set(artifacts.models[0].state_dict)
+        # everything but the customers' ID embeddings (their vectors are the user table's rows)
+        assert set(load_state_dict(bytes(weights))) == set(artifacts.models[0].state_dict) - {
+            "user_tower.ids.weight"
+        }
+        _, user_table = table_names(v0)
+        bought = await conn.fetchval(f"SELECT bought FROM {user_table} WHERE id = $1", bundle.user_ids[4])
+        assert bought == bundle.user_bought[4] and len(bought) > 0
         item_table, _ = table_names(v0)
         index = await conn.fetchval(
             "SELECT indexdef FROM pg_indexes WHERE tablename = $1 AND indexdef LIKE '%hnsw%'", item_table
@@ -96,8 +104,12 @@ def _requests(artifacts: Artifacts, n: int, seed: int) -> list[RecommendRequest]
         features = UserFeatures(
             data.user_columns["city"][u], data.user_columns["country"][u], data.user_columns["creditLimit"][u]
         )
+        customer = 100 + u  # known to the version: answered from their own vector
         if i % 7 == 3:
             features = UserFeatures("Atlantis", "narnia", None)  # nothing known: popular items
+            customer = 90_000 + i  # a customer the version does not know
+        elif i % 6 == 2:
+            customer = 80_000 + i  # cold start: from the features
         elif i % 5 == 1:
             features = UserFeatures("Atlantis", features.country, features.credit_limit)  # unknown city
         history = tuple(
@@ -106,7 +118,7 @@ def _requests(artifacts: Artifacts, n: int, seed: int) -> list[RecommendRequest]
         )
         if i % 4 == 0:
             history = (*history, BrowseItem("NO_SUCH_ITEM", 1, True))
-        out.append(RecommendRequest(100 + u, features, history, k=int(rng.choice([5, 10, 20]))))
+        out.append(RecommendRequest(customer, features, history, k=int(rng.choice([5, 10, 20]))))
     out.append(out[0])  # exact duplicate in the batch
     return out
 
@@ -161,9 +173,11 @@ async def test_pgvector_top10_matches_exact_top10(
     assert recall >= 0.95
 
 
-async def test_user_embeddings_match_the_exported_ones(
+async def test_user_embeddings_are_the_features_only_cold_start_vectors(
     recommender: ModelRecommender, artifacts: Artifacts
 ) -> None:
+    from model_store.model import ServingTower
+
     bundle = load_bundle(LocalStore(artifacts.uri), artifacts.versions[0])
     data = artifacts.models[0].data
     features = [
@@ -173,7 +187,91 @@ async def test_user_embeddings_match_the_exported_ones(
         for u in range(5)
     ]
     got = np.asarray(await recommender.user_embeddings(features), dtype=np.float32)
-    np.testing.assert_array_equal(got, bundle.user_vectors[:5])
+    tower, _ = bundle.towers()
+    columns = {c: v[:5] for c, v in data.user_columns.items()}
+    np.testing.assert_array_equal(got, tower.embed(bundle.user_transform.dense(columns)))
+    # the exported vectors of these (known) customers add their ID embeddings: not the same
+    assert not np.allclose(got, bundle.user_vectors[:5], atol=1e-3)
+    assert isinstance(tower, ServingTower) and tower.hybrid
+
+
+def _exact_answer(bundle: Any, vector: np.ndarray[Any, Any], banned: set[str], k: int) -> list[str]:
+    order = _exact_top(bundle.item_vectors, vector, len(bundle.item_ids))
+    return [bundle.item_ids[i] for i in order if bundle.item_ids[i] not in banned][:k]
+
+
+async def test_known_and_cold_start_customers_and_the_already_bought_filter(
+    recommender: ModelRecommender, ms_pool: asyncpg.Pool[Any], artifacts: Artifacts
+) -> None:
+    bundle = load_bundle(LocalStore(artifacts.uri), artifacts.versions[0])
+    data = artifacts.models[0].data
+    u = 17
+    customer = bundle.user_ids[u]
+    bought = set(bundle.user_bought[u])
+    features = UserFeatures(
+        data.user_columns["city"][u], data.user_columns["country"][u], data.user_columns["creditLimit"][u]
+    )
+    browsed = (BrowseItem(bundle.item_ids[0], 1, False),)
+    known, cold = await recommender.recommend_batch(
+        [
+            RecommendRequest(customer, features, browsed, k=10),
+            RecommendRequest(70_001, features, browsed, k=10),  # same features, a new customer
+        ]
+    )
+    # a known customer: their own vector (ID embedding + features), without what they bought
+    mine = _exact_answer(bundle, bundle.user_vectors[u], bought | {bundle.item_ids[0]}, 10)
+    assert [i.id for i in known.recommended_items] == mine
+    assert not bought & {i.id for i in known.recommended_items}
+    # a cold-start customer: the features-only vector, nothing of theirs to leave out
+    vector = np.asarray((await recommender.user_embeddings([features]))[0], dtype=np.float32)
+    assert [i.id for i in cold.recommended_items] == _exact_answer(bundle, vector, {bundle.item_ids[0]}, 10)
+    assert known.recommended_items != cold.recommended_items
+    # the API's path: the stored vector, the same filter; None for a customer the version lacks
+    api = await recommender.recommend_customer(customer, 10)
+    assert api is not None and [i.id for i in api.recommended_items] == _exact_answer(
+        bundle, bundle.user_vectors[u], bought, 10
+    )
+    assert await recommender.recommend_customer(70_001, 10) is None
+    # the filter is a setting: off, the customer's plain nearest items come back, bought ones included
+    unfiltered = await ModelRecommender.open(ms_pool, exclude_bought=False)
+    try:
+        plain = await unfiltered.recommend_customer(customer, 10)
+        assert plain is not None
+        assert [i.id for i in plain.recommended_items] == _exact_answer(
+            bundle, bundle.user_vectors[u], set(), 10
+        )
+        assert bought & {i.id for i in plain.recommended_items}  # this customer's top 10 has some
+    finally:
+        await unfiltered.close()
+
+
+async def test_a_forgotten_customer_is_answered_from_their_features(
+    ms_database_url: str, artifacts: Artifacts, ms_pool: asyncpg.Pool[Any]
+) -> None:
+    """``recsys forget`` deletes the customer's row while the version serves: the recommender, which
+    still counts them as known, falls back to their features (and the API path has nothing)."""
+    await load_vectors(ms_database_url, artifacts.uri, artifacts.versions[1])
+    bundle = load_bundle(LocalStore(artifacts.uri), artifacts.versions[1])
+    data = artifacts.models[1].data
+    u = 3
+    customer = bundle.user_ids[u]
+    features = UserFeatures(
+        data.user_columns["city"][u], data.user_columns["country"][u], data.user_columns["creditLimit"][u]
+    )
+    _, user_table = table_names(bundle.version)
+    rec = await ModelRecommender.open(ms_pool, cache_keys=0)
+    row = await ms_pool.fetchrow(f"SELECT id, embedding, bought FROM {user_table} WHERE id = $1", customer)
+    await ms_pool.execute(f"DELETE FROM {user_table} WHERE id = $1", customer)
+    try:
+        answer = await rec.recommend_batch([RecommendRequest(customer, features, (), k=10)])
+        vector = np.asarray((await rec.user_embeddings([features]))[0], dtype=np.float32)
+        assert [i.id for i in answer[0].recommended_items] == _exact_answer(bundle, vector, set(), 10)
+        assert await rec.recommend_customer(customer, 10) is None
+    finally:
+        await rec.close()
+        await ms_pool.execute(
+            f"INSERT INTO {user_table} (id, embedding, bought) VALUES ($1, $2, $3)", *row.values()
+        )
 
 
 async def test_similar_items_unknown_codes_and_bad_vectors(
@@ -257,10 +355,11 @@ async def test_hnsw_path_recall_and_batch_identity_at_6000_items(
     conn = await connect(ms_database_url)
     try:
         item_table, _ = table_names(bundle.version)
+        item_table, user_table = table_names(bundle.version)
         plan = "\n".join(
             r[0]
             for r in await conn.fetch(
-                "EXPLAIN " + _batch_sql(item_table),
+                "EXPLAIN " + _batch_sql(item_table, user_table),
                 [0, 1],
                 [Vector(v) for v in bundle.user_vectors[:2]],
                 [10, 10],
@@ -268,6 +367,8 @@ async def test_hnsw_path_recall_and_batch_identity_at_6000_items(
                 bundle.version,
                 [],
                 0,
+                [bundle.user_ids[0], None],  # a known customer and a features-only query
+                True,
             )
         )
     finally:
@@ -373,3 +474,53 @@ async def test_a_process_whose_version_was_dropped_moves_to_the_active_one(
     await load_vectors(ms_database_url, artifacts.uri, v0, keep=1)  # and back, dropping v1
     answers = await recommender.recommend_batch(_requests(artifacts, 5, seed=9))
     assert {a.model_version for a in answers} == {v0}
+
+
+async def test_a_features_version_like_the_labs_answers_from_the_event_features(
+    ms_database_url: str, artifacts: Artifacts, ms_pool: asyncpg.Pool[Any]
+) -> None:
+    """A lab-made version (``import-lab-artifacts``: manifest kind ``features``, no bought lists) keeps
+    today's path: every event from its features, the API from the stored vector, nothing filtered."""
+    import dataclasses
+
+    from infra.pg import connect
+    from model_store.artifacts import new_version
+    from model_store.loader import load_bundle_into
+
+    hybrid = load_bundle(LocalStore(artifacts.uri), artifacts.versions[0])
+    lab_like = dataclasses.replace(
+        hybrid,
+        version=new_version(hybrid.weights + b"lab"),
+        config=dataclasses.replace(hybrid.config, kind="features"),
+        user_bought=None,
+        stored_manifest={},
+    )
+    conn = await connect(ms_database_url)
+    try:
+        await load_bundle_into(conn, lab_like)
+        kind = await conn.fetchval(
+            "SELECT manifest->'model'->>'kind' FROM model_versions WHERE version = $1", lab_like.version
+        )
+    finally:
+        await conn.close()
+    assert kind == "features"
+    data = artifacts.models[0].data
+    rec = await ModelRecommender.open(ms_pool, cache_keys=0)
+    try:
+        customer = lab_like.user_ids[5]
+        other = 9  # the event carries another profile: a features version answers from it
+        features = UserFeatures(
+            data.user_columns["city"][other],
+            data.user_columns["country"][other],
+            data.user_columns["creditLimit"][other],
+        )
+        (answer,) = await rec.recommend_batch([RecommendRequest(customer, features, (), k=10)])
+        vector = np.asarray((await rec.user_embeddings([features]))[0], dtype=np.float32)
+        assert [i.id for i in answer.recommended_items] == _exact_answer(lab_like, vector, set(), 10)
+        api = await rec.recommend_customer(customer, 10)
+        assert api is not None
+        assert [i.id for i in api.recommended_items] == _exact_answer(
+            lab_like, lab_like.user_vectors[5], set(), 10
+        )
+    finally:
+        await rec.close()

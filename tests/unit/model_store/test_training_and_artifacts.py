@@ -39,31 +39,46 @@ def test_training_is_reproducible(trained: TrainedModel) -> None:
     for key, value in trained.state_dict.items():
         assert torch.equal(value, again.state_dict[key]), key
     assert again.metrics == trained.metrics
-    assert [h["val_rmse"] for h in again.history] == [h["val_rmse"] for h in trained.history]
+    assert [h["loss"] for h in again.history] == [h["loss"] for h in trained.history]
+    assert trained.training["kind"] == "hybrid" and "logQ" in trained.training["loss"]
 
 
 def test_embeddings_are_unit_vectors_of_dimension_32(trained: TrainedModel) -> None:
     items, users = trained.item_embeddings(), trained.user_embeddings()
     assert items.shape == (30, 32) and users.shape == (40, 32)
     np.testing.assert_allclose(np.linalg.norm(items, axis=1), 1.0, atol=1e-5)
-    # the serving forward (numpy, row-independent) agrees with the torch tower
+    # the serving forward (float64, row-independent) agrees with the training module's float32 one
     from model_store.model import TwoTower
 
-    model = TwoTower(trained.config)
+    model = TwoTower(trained.config, n_users=40, n_items=30)
     model.load_state_dict(trained.state_dict)
     with torch.no_grad():
         reference = model.item_tower(
-            torch.from_numpy(trained.item_transform.dense(trained.data.item_columns))
+            torch.from_numpy(trained.item_transform.dense(trained.data.item_columns)), torch.arange(30)
         )
     np.testing.assert_allclose(items, reference.numpy(), atol=1e-5)
 
 
-def test_model_beats_both_baselines_on_structured_data() -> None:
+def test_a_customer_vector_is_the_same_alone_or_in_a_batch(trained: TrainedModel) -> None:
+    from model_store.model import ServingTower
+
+    tower = ServingTower.from_state_dict(trained.export_state_dict(), "user_tower")
+    rows = trained.user_transform.dense(trained.data.user_columns)
+    batch = tower.embed(rows)
+    for i in (0, 7, 39):
+        np.testing.assert_array_equal(tower.embed(rows[i : i + 1])[0], batch[i])
+
+
+def test_model_beats_popularity_for_known_and_cold_start_customers() -> None:
     model = fit(synthetic_ratings(seed=1), TrainSettings())
     m = model.metrics
-    assert m["rmse"] < 0.85 * m["rmse_mean_baseline"]
-    assert m["ndcg_at_10"] > m["popular_ndcg_at_10"]
+    assert m["ndcg_at_10"] > 1.5 * m["popular_ndcg_at_10"]
+    assert m["hit_rate_at_10"] > m["popular_hit_rate_at_10"]
+    assert m["recall_at_10"] > m["popular_recall_at_10"]
     assert m["catalog_coverage_at_10"] > m["popular_catalog_coverage_at_10"]
+    # customers held out whole, ranked from their features only
+    assert m["cold_users"] >= 10 and m["cold_ndcg_at_10"] > m["cold_popular_ndcg_at_10"]
+    assert m["rmse"] < m["rmse_mean_baseline"]  # the auxiliary rating head
     assert model.training["epochs_run"] >= model.training["best_epoch"] >= 1
 
 
@@ -88,17 +103,33 @@ def test_golden_export_and_reload_give_the_same_embeddings(trained: TrainedModel
     np.testing.assert_array_equal(bundle.item_vectors, trained.item_embeddings())
     np.testing.assert_array_equal(bundle.user_vectors, trained.user_embeddings())
     assert bundle.item_ids == trained.data.item_ids and bundle.user_ids == trained.data.user_ids
-    # recomputed from the reloaded weights + scaler parameters: bit-identical
-    _, item_tower = bundle.towers()
+    # recomputed from the reloaded weights + scaler parameters (+ item IDs): bit-identical
+    user_tower, item_tower = bundle.towers()
+    ids = json.loads((tmp_path / version / FILES["item_features"]).read_text())["ids"]
+    assert ids == bundle.item_ids
     items = item_tower.embed(
-        bundle.item_transform.sparse(trained.data.item_columns), bundle.item_transform.numeric_offset
+        bundle.item_transform.dense(trained.data.item_columns), np.arange(len(ids), dtype=np.int64)
     )
     np.testing.assert_array_equal(items, bundle.item_vectors)
-    # the weights load with weights_only=True
+    # a cold-start customer: features and the learned 'unknown' row (no customer IDs are exported)
+    cold = user_tower.embed(
+        bundle.user_transform.dense({"city": ["Nowhere"], "country": ["France"], "creditLimit": [5e4]})
+    )
+    assert cold.shape == (1, 32) and abs(float(np.linalg.norm(cold)) - 1.0) < 1e-5
+    # the weights load with weights_only=True, without the customers' ID embeddings
     state = torch.load(tmp_path / version / FILES["model"], weights_only=True)
-    assert set(state) == set(trained.state_dict)
+    assert set(state) == set(trained.state_dict) - {"user_tower.ids.weight"}
+    assert "item_tower.ids.weight" in state and "user_tower.unknown" in state
+    # the already-bought filter's lists: each customer's training items
+    assert bundle.user_bought == trained.data.bought() and sum(map(len, bundle.user_bought)) == len(
+        trained.data.rating
+    )
     manifest = json.loads((tmp_path / version / MANIFEST).read_text())
     assert manifest["embedding_dim"] == 32 and manifest["metrics"]["rmse"] > 0
+    assert manifest["kind"] == "hybrid" == manifest["model"]["kind"]
+    assert "logQ" in manifest["training"]["loss"] and "auxiliary" in manifest["training"]["rating"]
+    for key in ("ndcg_at_10", "recall_at_10", "cold_ndcg_at_10", "popular_hit_rate_at_10"):
+        assert key in manifest["metrics"]
     assert set(manifest["files"]) == set(FILES.values())
     assert [p.id for p in bundle.popular] == [p.id for p in trained.popular]
 
