@@ -36,7 +36,7 @@ from core.errors import ConfigError, InfraError, NotFoundError, SourceSchemaErro
 from etl.config import EtlSettings
 from etl.gates import QualityCounts, QualityGateFailed, QualityReport, Thresholds, evaluate, report_key
 from etl.policies import POLICIES, Policy, RepeatReducer
-from etl.source import REQUIRED_COLUMNS, check_schema, describe_url, open_source, source_errors
+from etl.source import REQUIRED_COLUMNS, check_schema, open_source, source_errors
 from infra.lake import (
     COLUMNS,
     RUNS,
@@ -54,6 +54,7 @@ from infra.lake import (
 )
 from infra.logs import get_logger
 from infra.objectstore import ObjectStore, open_store
+from infra.urls import redact_url
 
 __all__ = [
     "PARTITIONS",
@@ -446,7 +447,7 @@ def run_etl(
     started = time.perf_counter()
     run_id = new_run_id(clock())
     prefix = run_prefix(run_id, dataset)
-    shown_source = describe_url(source_url)
+    shown_source = redact_url(source_url)
     previous = previous_run(lake, dataset)
     if since is not None:
         previous = check_incremental(previous, partitioning, lake.uri, dataset)

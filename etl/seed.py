@@ -17,8 +17,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from core.errors import SourceSchemaError
 from etl.generator import RatingModel, generate_customers, generate_products, shop_size
-from etl.source import describe_url, open_source, source_errors
+from etl.source import open_source, source_errors
 from infra.logs import get_logger
+from infra.urls import redact_url
 
 __all__ = ["UPDATE_TIME_COLUMN", "SeedSummary", "add_update_time", "seed", "shop_tables"]
 
@@ -166,7 +167,7 @@ def _seed(
         if existing_ratings and not reset_ratings:
             log.info("ratings already has %d rows: kept (reset them to regenerate)", existing_ratings)
             return SeedSummary(
-                source=describe_url(url),
+                source=redact_url(url),
                 scale=scale,
                 seed=seed_value,
                 customers_created=created["customers"],
@@ -214,7 +215,7 @@ def _seed(
             written += _insert(conn, ratings, buffer)
     log.info("generated %d ratings (%d purchased pairs)", written, pairs)
     return SeedSummary(
-        source=describe_url(url),
+        source=redact_url(url),
         scale=scale,
         seed=seed_value,
         customers_created=created["customers"],

@@ -16,13 +16,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from core.errors import ConfigError, DatabaseUnavailable, SourceSchemaError
+from infra.urls import check_url, redact_url, scrub
 
 __all__ = [
     "REQUIRED_COLUMNS",
     "Catalog",
     "CustomerRow",
     "check_schema",
-    "describe_url",
     "load_catalog",
     "open_source",
     "source_errors",
@@ -62,22 +62,14 @@ class Catalog:
     product_codes: list[str]
 
 
-def describe_url(url: str) -> str:
-    """The URL with its password hidden, for logs, errors and manifests."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable URL>"
-
-
 def open_source(url: str) -> Engine:
     """An engine for ``url`` (``mysql+pymysql://`` or ``postgresql+psycopg://``); no connection yet."""
+    check_url(url, "--source-url")
     try:
         parsed = sa.make_url(url)
     except ArgumentError as exc:
-        raise ConfigError(
-            f"--source-url {url!r} is not a database URL (e.g. mysql+pymysql://root@host/db)"
-        ) from exc
+        # not echoed: in text that is not a URL, nothing tells which part is a secret
+        raise ConfigError("--source-url is not a database URL (e.g. mysql+pymysql://root@host/db)") from exc
     backend = parsed.get_backend_name()
     connect_args: dict[str, object]
     if backend in ("mysql", "mariadb"):
@@ -99,23 +91,24 @@ def open_source(url: str) -> Engine:
     try:
         return sa.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
     except (NoSuchModuleError, ArgumentError) as exc:
-        raise ConfigError(f"--source-url {describe_url(url)}: {exc}") from exc
+        raise ConfigError(f"--source-url {redact_url(url)}: {scrub(str(exc), url)}") from exc
 
 
 @contextmanager
 def source_errors(url: str) -> Iterator[None]:
-    """Map driver errors raised inside the block to ours (one line, the password hidden)."""
+    """Map driver errors raised inside the block to ours (one line, the URL's secrets hidden)."""
+    shown = redact_url(url)
     try:
         yield
     except sa.exc.OperationalError as exc:
         if exc.connection_invalidated or _is_connect_error(exc):
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise DatabaseUnavailable(f"cannot reach {describe_url(url)}: {reason}") from exc
-        raise DatabaseUnavailable(f"{describe_url(url)}: {_first_line(exc)}") from exc
+            raise DatabaseUnavailable(f"cannot reach {shown}: {scrub(reason, url)}") from exc
+        raise DatabaseUnavailable(f"{shown}: {scrub(_first_line(exc), url)}") from exc
     except sa.exc.ProgrammingError as exc:
-        raise SourceSchemaError(f"{describe_url(url)}: {_first_line(exc)}") from exc
+        raise SourceSchemaError(f"{shown}: {scrub(_first_line(exc), url)}") from exc
     except SQLAlchemyError as exc:
-        raise DatabaseUnavailable(f"{describe_url(url)}: {_first_line(exc)}") from exc
+        raise DatabaseUnavailable(f"{shown}: {scrub(_first_line(exc), url)}") from exc
 
 
 def _first_line(exc: SQLAlchemyError) -> str:

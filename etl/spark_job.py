@@ -61,10 +61,11 @@ from etl.pipeline import (
     update_column,
 )
 from etl.policies import POLICIES
-from etl.source import REQUIRED_COLUMNS, check_schema, describe_url, open_source, source_errors
+from etl.source import REQUIRED_COLUMNS, check_schema, open_source, source_errors
 from infra.lake import COLUMNS, SCHEMA, TRAINING_DATASET, LakeRun, new_run_id, publish_run, run_prefix
 from infra.logs import get_logger
 from infra.objectstore import LocalStore, ObjectStore, S3Store, open_store, parse_uri
+from infra.urls import check_url, redact_url, scrub
 
 __all__ = [
     "JdbcSource",
@@ -115,17 +116,19 @@ class JdbcSource:
 
 def jdbc_source(source_url: str) -> JdbcSource:
     """The JDBC form of a SQLAlchemy ``mysql+pymysql://user:pass@host:port/db`` URL."""
+    check_url(source_url, "--source-url")
     try:
         url = sa.make_url(source_url)
     except sa.exc.ArgumentError as exc:
-        raise ConfigError(f"--source-url {source_url!r} is not a database URL") from exc
+        # not echoed: in text that is not a URL, nothing tells which part is a secret
+        raise ConfigError("--source-url is not a database URL (e.g. mysql+pymysql://root@host/db)") from exc
     if url.get_backend_name() not in ("mysql", "mariadb"):
         raise ConfigError(
             f"--engine spark reads MySQL/MariaDB sources over JDBC, not {url.get_backend_name()!r} "
-            f"({describe_url(source_url)}); use --engine python for it"
+            f"({redact_url(source_url)}); use --engine python for it"
         )
     if not url.database:
-        raise ConfigError(f"--source-url {describe_url(source_url)} names no database")
+        raise ConfigError(f"--source-url {redact_url(source_url)} names no database")
     host = url.host or "127.0.0.1"
     return JdbcSource(
         # the jdbc:mysql scheme selects Spark's MySQL dialect (backquoted names); the MariaDB driver
@@ -342,7 +345,7 @@ def run_spark_etl(
     started = time.perf_counter()
     run_id = new_run_id(clock())
     prefix = run_prefix(run_id, dataset)
-    shown_source = describe_url(source_url)
+    shown_source = redact_url(source_url)
     previous = previous_run(lake, dataset)
     if since is not None:
         previous = check_incremental(previous, partition_by, lake.uri, dataset)
@@ -512,7 +515,7 @@ def run_spark_etl(
                 lake.delete(list(lake.list(prefix)))
         if _is_spark_error(exc):
             raise SparkJobFailed(
-                f"spark etl run {run_id} failed, nothing was published: {_reason(exc)}"
+                f"spark etl run {run_id} failed, nothing was published: {scrub(_reason(exc), source_url)}"
             ) from exc
         raise
     finally:

@@ -21,6 +21,7 @@ import asyncpg
 
 from core.errors import ConfigError, DatabaseUnavailable
 from infra.logs import get_logger
+from infra.urls import check_url, redact_url, scrub
 
 __all__ = [
     "Migration",
@@ -38,23 +39,22 @@ _MIGRATION_LOCK = 0x7265637379730001  # "recsys" + 1
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
-def map_pg_error(exc: BaseException, url_hint: str = "") -> Exception:
-    where = f" ({url_hint})" if url_hint else ""
+def map_pg_error(exc: BaseException, url: str = "") -> Exception:
+    """Ours for a driver error met while connecting to ``url``; the message names the URL with its
+    secrets hidden, and the driver's own text is scrubbed of them too."""
+    where = f" ({redact_url(url)})" if url else ""
+    said = scrub(str(exc), url)
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
-        return ConfigError(f"database does not exist{where}: {exc}")
+        return ConfigError(f"database does not exist{where}: {said}")
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError):
-        return ConfigError(f"database refused the credentials{where}: {exc}")
+        return ConfigError(f"database refused the credentials{where}: {said}")
     if isinstance(exc, OSError | asyncio.TimeoutError | asyncpg.CannotConnectNowError):
-        return DatabaseUnavailable(f"cannot reach PostgreSQL{where}: {exc}")
+        return DatabaseUnavailable(f"cannot reach PostgreSQL{where}: {said}")
     if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
-        return DatabaseUnavailable(f"PostgreSQL connection failed{where}: {exc}")
+        return DatabaseUnavailable(f"PostgreSQL connection failed{where}: {said}")
     if isinstance(exc, ValueError):
-        return ConfigError(f"invalid database URL{where}: {exc}")
-    return DatabaseUnavailable(f"PostgreSQL error{where}: {exc}")
-
-
-def redact(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+        return ConfigError(f"invalid database URL{where}: {said}")
+    return DatabaseUnavailable(f"PostgreSQL error{where}: {said}")
 
 
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
@@ -66,10 +66,11 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
 
 
 async def connect(url: str, timeout_s: float = 10.0) -> asyncpg.Connection[Any]:
+    check_url(url)
     try:
         conn: asyncpg.Connection[Any] = await asyncpg.connect(url, timeout=timeout_s)
     except Exception as exc:
-        raise map_pg_error(exc, redact(url)) from exc
+        raise map_pg_error(exc, url) from exc
     await _init_connection(conn)
     return conn
 
@@ -77,6 +78,7 @@ async def connect(url: str, timeout_s: float = 10.0) -> asyncpg.Connection[Any]:
 async def create_pool(
     url: str, min_size: int = 1, max_size: int = 10, timeout_s: float = 10.0
 ) -> asyncpg.Pool[Any]:
+    check_url(url)
     try:
         created: asyncpg.Pool[Any] = await asyncpg.create_pool(
             url,
@@ -87,7 +89,7 @@ async def create_pool(
             init=_init_connection,
         )
     except Exception as exc:
-        raise map_pg_error(exc, redact(url)) from exc
+        raise map_pg_error(exc, url) from exc
     return created
 
 

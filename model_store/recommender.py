@@ -555,6 +555,8 @@ class ModelRecommender:
                     state.version,
                     product_code,
                 )
+            except asyncpg.DataError as exc:  # text the database cannot hold (NUL): the caller's input
+                raise DataRejected(f"the product code cannot be looked up: {exc}") from exc
             except _DB_ERRORS as exc:
                 raise DatabaseUnavailable(f"reading similar items failed: {exc}") from exc
             # not found: an unknown code, or our version was dropped after newer loads -> refresh once
@@ -603,10 +605,13 @@ class ModelRecommender:
             raise BadVector(f"the vector must have {state.dimension} numbers, got {query.size}")
         if not np.isfinite(query).all():
             raise BadVector("the vector holds non-finite values")
-        norm = float(np.linalg.norm(query))
-        if norm == 0.0:
+        peak = float(np.abs(query).max())
+        if peak == 0.0:
             raise BadVector("the vector is all zeros")
-        unit = (query / norm).astype(np.float32)  # cosine scores; the ranking is the same either way
+        # scaled to a largest component of 1 first: the norm of 1e300s (or 1e-300s) neither
+        # overflows nor underflows, and the direction, all that counts, is unchanged
+        query = query / peak
+        unit = (query / np.linalg.norm(query)).astype(np.float32)  # cosine scores
         k = max(0, min(int(k), MAX_K))
         rows = await self._fetch(state, unit.reshape(1, -1), [k], [])
         for row in rows:

@@ -43,7 +43,9 @@ def database_url(settings: Settings) -> str:
     if settings.database_url is not None:
         url = settings.database_url.get_secret_value()
         if not url.startswith(("postgresql://", "postgres://")):
-            raise ConfigError(f"--database-url must be a postgresql:// URL, got {url.split(':', 1)[0]}://...")
+            scheme, sep, _ = url.partition("://")
+            got = f", got {scheme}://..." if sep and scheme.isalnum() else ""  # never echo what is not a URL
+            raise ConfigError(f"--database-url must be a postgresql:// URL{got}")
         return url
     return ensure_local_stack(settings).database_url
 

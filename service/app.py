@@ -16,9 +16,10 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from infra.logs import get_logger
+from service.auth import BearerAuthMiddleware
 from service.config import ServiceConfig
 from service.errors import install_error_handlers
-from service.middleware import RequestContextMiddleware
+from service.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from service.responses import OrjsonResponse
 from service.routes import build_routers
 from service.state import Services
@@ -35,8 +36,11 @@ DESCRIPTION = """Product recommendations while people browse.
 `GET /recommendations/{customer_number}` answers from the stream (what the consumer computed from the
 customer's latest browsing event), else from the model, else with popular items. The lab's inference
 endpoints are here as drop-in replacements. Errors have a body `{error, reason, request_id}`.
-When `RECSYS_API_TOKEN` is set, every route but `/healthz`, `/readyz` and `/metrics` needs
-`Authorization: Bearer <token>`.
+When `RECSYS_API_TOKEN` is set, every route but `/healthz`, `/readyz`, `/metrics` and this document
+needs `Authorization: Bearer <token>`, checked before anything else (401). Request bodies: at most
+`RECSYS_API__MAX_BODY_BYTES` (413), received within `RECSYS_API__BODY_TIMEOUT_S` (408). The HTTP
+server itself answers 400 (plain text) to a request that is not HTTP or a head unfinished after 16 KiB,
+and 503 (plain text) once `RECSYS_API__MAX_CONNECTIONS` connections are open.
 """
 
 
@@ -66,5 +70,19 @@ def create_app(config: ServiceConfig, services: ServicesFactory) -> FastAPI:
     install_error_handlers(app)
     for router in build_routers(config):
         app.include_router(router)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.api.max_body_bytes)
+    # added innermost first: request context -> body guard -> bearer auth -> routes
+    if config.api_token is not None:
+        open_paths = {"/healthz", "/readyz", "/metrics", app.openapi_url, app.docs_url, app.redoc_url}
+        open_paths.add(app.swagger_ui_oauth2_redirect_url)
+        app.add_middleware(
+            BearerAuthMiddleware,
+            token=config.api_token.get_secret_value(),
+            open_paths={p for p in open_paths if p},
+        )
+    app.add_middleware(
+        BodyGuardMiddleware,
+        max_body_bytes=config.api.max_body_bytes,
+        body_timeout_s=config.api.body_timeout_s,
+    )
+    app.add_middleware(RequestContextMiddleware)
     return app

@@ -22,7 +22,27 @@ class ApiSettings(BaseModel):
     model_refresh_s: float = Field(30.0, gt=0, le=86_400, description="how often to look for a newer model")
     ready_timeout_s: float = Field(2.0, gt=0, le=60, description="time limit of the /readyz database check")
     shutdown_timeout_s: float = Field(10.0, gt=0, le=110, description="graceful drain of open requests")
-    max_body_bytes: int = Field(1_048_576, ge=1024, le=256 * 1024 * 1024, description="larger bodies get 413")
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="larger bodies get 413 (counted as read)",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a request head must arrive within this, else the connection is closed",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="a request body must arrive within this of its head, else 408"
+    )
+    keep_alive_timeout_s: int = Field(
+        5, ge=1, le=3600, description="an idle kept-alive connection is closed after this"
+    )
+    max_connections: int = Field(
+        1000, ge=1, le=100_000, description="past this many open connections, requests get 503"
+    )
     # set by `recsys run --api-loop process` for the API child it starts (not for people to set)
     listen_fd: int | None = Field(None, ge=0, description="serve on this inherited listening socket")
     parent_fd: int | None = Field(None, ge=0, description="read end of a pipe: EOF = the parent died, stop")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -16,4 +17,9 @@ class OrjsonResponse(JSONResponse):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        try:
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError:
+            # text orjson will not encode (a lone surrogate echoed from a request, e.g. in the name
+            # of an unknown field) goes out escaped, as JSON allows, rather than as a 500
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, default=str).encode("ascii")

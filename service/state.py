@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from core.errors import ModelNotReady, RecsysError
+from core.errors import DatabaseUnavailable, ModelNotReady, RecsysError
 from core.ports import LatestStore
 from infra.logs import get_logger
 from service.config import ServiceConfig
@@ -73,13 +73,17 @@ class ModelSlot:
                     log.info("switched to model %s", current.model_version)
             except ModelNotReady as exc:
                 self.reason = str(exc) or "no active model version; run `recsys load-vectors`"
-            except RecsysError as exc:
+            except RecsysError as exc:  # the reason is shown to clients (/readyz, 503s): no internals
                 if self._recommender is None:
-                    self.reason = f"cannot open the model: {exc}"
+                    self.reason = (
+                        "cannot open the model: the database is not available"
+                        if isinstance(exc, DatabaseUnavailable)
+                        else "cannot open the model (the server log says why)"
+                    )
                 log.warning("model maintenance failed: %s", exc)
-            except Exception as exc:  # a supervising loop: keep serving, say why
+            except Exception:  # a supervising loop: keep serving, say why
                 if self._recommender is None:
-                    self.reason = f"cannot open the model: {exc!r}"
+                    self.reason = "cannot open the model (the server log says why)"
                 log.exception("model maintenance failed")
             await asyncio.sleep(retry_s if self._recommender is None else refresh_s)
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from core.errors import InfraError, NotFoundError
+from infra.urls import redact_url
 from recsys import bootstrap
 from recsys.commands._common import add_command, flag, run_async, settings_from, stop_on_signals
 from recsys.settings import Settings
@@ -79,7 +80,8 @@ def _prepare(settings: Settings) -> tuple[Settings, str]:
 
     info = bootstrap.ensure_local_stack(settings)
     bootstrap.use_local_aws(info)
-    say("stack", f"PostgreSQL {info.database_url}, moto {info.aws_endpoint_url} ({info.state_dir})")
+    shown = redact_url(info.database_url)
+    say("stack", f"PostgreSQL {shown}, moto {info.aws_endpoint_url} ({info.state_dir})")
     url, source = info.database_url, info.source_url
 
     applied = run_async(migrate(url))

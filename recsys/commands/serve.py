@@ -17,8 +17,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "serve",
         "the HTTP API: recommendations, lab inference endpoints, health probes, /metrics",
         "Serve GET /recommendations/{customer_number}, the lab's inference endpoints, /healthz, "
-        "/readyz, /metrics and the OpenAPI document (/docs). RECSYS_API_TOKEN turns on bearer auth. "
-        "SIGTERM drains open requests and exits 0. See docs/api.md.",
+        "/readyz, /metrics and the OpenAPI document (/docs). RECSYS_API_TOKEN turns on bearer auth "
+        "(checked before anything else; the probes, /metrics and the OpenAPI document stay open). "
+        "Limits: request bodies RECSYS_API__MAX_BODY_BYTES (1 MiB, 413) received within "
+        "RECSYS_API__BODY_TIMEOUT_S (30 s, 408), request heads within RECSYS_API__HEADER_TIMEOUT_S "
+        "(10 s), idle connections RECSYS_API__KEEP_ALIVE_TIMEOUT_S (5 s), open connections "
+        "RECSYS_API__MAX_CONNECTIONS (1000, then 503). SIGTERM drains open requests and exits 0. "
+        "See docs/api.md.",
     )
     flag(parser, "--host", "address to listen on", metavar="HOST")
     flag(parser, "--port", "port to listen on (0 = a free one)", type=int, metavar="PORT")

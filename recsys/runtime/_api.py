@@ -138,7 +138,7 @@ async def api(
             else:
                 sock = bind_socket(settings.host, settings.port)
         app = api_app(settings, pool=pool, recommender=recommender)
-        server = ApiServer(app, sock, tuning.shutdown_timeout_s)
+        server = ApiServer(app, sock, tuning)
         leaving = asyncio.Event()  # set by ``stop`` or by leaving the block, whichever comes first
         relay = asyncio.create_task(_relay(stop, leaving), name="api-stop-relay")
         serving = asyncio.create_task(server.run(leaving), name="api")

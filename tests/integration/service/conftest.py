@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +117,40 @@ async def model_db(database_url: str, small_model: tuple[str, str]) -> str:
     url = await new_database(database_url, "api")
     await load_vectors(url, *small_model)
     return url
+
+
+# ---------------------------------------------------------------- `recsys serve` as a process
+
+
+@contextmanager
+def serve_process(database_url: str, **env: str) -> Iterator[tuple[str, int]]:
+    """`recsys serve --port 0` as a subprocess, with ``env`` (``RECSYS_*`` variables) on top of a
+    clean environment: yields its URL and process id once it accepts requests; SIGTERM at the end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    recsys = str(Path(sys.executable).with_name("recsys"))
+    proc = subprocess.Popen(
+        [recsys, "serve", "--port", "0", "--database-url", database_url],
+        env=clean | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()  # printed once the server accepts requests
+        assert banner.startswith("API on http://"), f"recsys serve did not start: {banner!r}"
+        yield banner.split()[2], proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

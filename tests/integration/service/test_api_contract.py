@@ -7,12 +7,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.errors import ModelNotReady
 from core.recommendations import Recommendation, ScoredItem, SimilarItems
 from infra.latest import LatestRow, PgLatestStore
+from recsys.runtime import api_app
+from recsys.settings import Settings
 
 from .conftest import DIM, ITEMS, KNOWN_CUSTOMER, UNKNOWN_CUSTOMER, AppClient, FakeRecommender
 
@@ -146,17 +149,31 @@ async def test_lab_endpoints_answer_in_the_labs_shapes(api_client: AppClient) ->
         ("GET", "/recommendations/103?limit=0", None, "query.limit"),
         ("GET", "/recommendations/103?limit=101", None, "limit"),
         ("GET", "/recommendations/103?limit=ten", None, "limit"),
-        ("POST", "/items_from_user", [0.1] * (DIM - 1), "dimension"),
+        ("POST", "/items_from_user", [0.1] * (DIM - 1), f"at least {DIM}"),
+        ("POST", "/items_from_user", [0.1] * (DIM + 1), f"at most {DIM}"),
         ("POST", "/items_from_user", [], "body"),
         ("POST", "/items_from_user", ["a"] * DIM, "body.0"),
+        ("POST", "/items_from_user", [True] * DIM, "body.0"),
+        ("POST", "/items_from_user", ["0.5"] * DIM, "body.0"),
+        ("POST", "/items_from_user", [1e308] * DIM, "body.0"),
+        ("POST", "/items_from_user", [0.0] * DIM, "all zeros"),
         ("POST", "/items_from_user", {"embedding": [0.1] * DIM}, "body"),
         ("POST", "/items_from_user?limit=0", [0.1] * DIM, "limit"),
         ("POST", "/user_embeddings", {"city": "Nantes"}, "body"),
         ("POST", "/user_embeddings", [{"city": 5}], "city"),
+        ("POST", "/user_embeddings", [{"city": "Nan\x00tes"}], "city"),
+        ("POST", "/user_embeddings", [{"country": "x" * 201}], "country"),
         ("POST", "/user_embeddings", [{"creditlimit": "lots"}], "creditlimit"),
+        ("POST", "/user_embeddings", [{"creditlimit": "100"}], "creditlimit"),
+        ("POST", "/user_embeddings", [{"creditlimit": True}], "creditlimit"),
+        ("POST", "/user_embeddings", [{"creditlimit": 1e308}], "creditlimit"),
+        ("POST", "/user_embeddings", [{"credit_limit": -1}], "credit_limit"),
         ("POST", "/user_embeddings", [{"town": "Nantes"}], "town"),
         ("GET", "/items_from_item", None, "item_id"),
         ("GET", "/items_from_item?item_id=", None, "item_id"),
+        ("GET", "/items_from_item?item_id=x%00y", None, "item_id"),
+        ("GET", "/items_from_item?item_id=x%09y", None, "item_id"),
+        ("GET", "/items_from_item?item_id=" + "S" * 65, None, "item_id"),
         ("GET", f"/items_from_item?item_id={ITEMS[0]}&limit=1000", None, "limit"),
     ],
 )
@@ -184,6 +201,37 @@ async def test_non_finite_vectors_are_422(api_client: AppClient) -> None:
     assert resp.status_code == 422
     assert resp.json()["error"] == "invalid_request"
     assert not_json.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"\xff\xfe[1]", "UTF-8"),  # not UTF-8
+        (b'[{"city": "\\ud800"}]', "surrogate"),  # a lone surrogate
+        (b"[" * 5000 + b"]" * 5000, "depth"),  # nested past 1024 levels
+        (b'[{"creditlimit": ' + b"9" * 5000 + b"}]", "infinity"),  # past 4,300 digits and a double
+        (b'[{"creditlimit": NaN}]', "unexpected character"),
+        (b'[{"creditlimit": 1e400}]', "infinity"),
+    ],
+)
+async def test_json_the_parser_refuses_is_422_not_400(api_client: AppClient, body: bytes, why: str) -> None:
+    async with api_client() as client:
+        resp = await client.post(
+            "/user_embeddings", content=body, headers={"content-type": "application/json"}
+        )
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"] == "invalid_request"
+    assert why in resp.json()["reason"]
+
+
+async def test_bounds_and_json_numbers_that_are_accepted(api_client: AppClient) -> None:
+    async with api_client() as client:
+        integer = await client.post("/user_embeddings", json=[{"creditlimit": 21000}])
+        edges = await client.post("/user_embeddings", json=[{"creditlimit": 0}, {"creditlimit": 1e9}])
+        vector = await client.post("/items_from_user", json=[1e6] + [-1e6] * (DIM - 1))
+    assert integer.status_code == 200
+    assert edges.status_code == 200 and len(edges.json()) == 2
+    assert vector.status_code == 200
 
 
 async def test_too_many_profiles_is_422(api_client: AppClient) -> None:
@@ -254,9 +302,49 @@ async def test_auth_on_requires_the_bearer_token(api_client: AppClient) -> None:
 
 
 async def test_auth_is_checked_before_input_validation(api_client: AppClient) -> None:
-    async with api_client(token="t0ken-" + uuid.uuid4().hex) as client:
-        resp = await client.get("/recommendations/not-a-number")
-    assert resp.status_code == 401
+    async with api_client(token="t0ken-" + uuid.uuid4().hex, max_body_bytes=2048) as client:
+        bad_path = await client.get("/recommendations/not-a-number")
+        bad_json = await client.post(
+            "/items_from_user", content=b"[0.1,", headers={"content-type": "application/json"}
+        )
+        not_utf8 = await client.post(
+            "/user_embeddings", content=b"\xff\xfe", headers={"content-type": "application/json"}
+        )
+        wrong_shape = await client.post("/user_embeddings", json={"city": 5})
+        too_large = await client.post("/user_embeddings", json=[{"city": "x" * 100}] * 30)
+        unknown = await client.get("/nowhere")
+        wrong_method = await client.delete("/recommendations/103")
+    for resp in (bad_path, bad_json, not_utf8, wrong_shape, too_large, unknown, wrong_method):
+        assert resp.status_code == 401, (resp.request.url, resp.text)
+        assert resp.json()["error"] == "unauthorized"
+        assert resp.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_auth_reads_no_body_before_the_token_is_checked(database_url: str) -> None:
+    """At the ASGI level: a request without the token is answered without a single receive()."""
+    settings = Settings(database_url=database_url, api_token="t0ken-" + uuid.uuid4().hex)
+    app = api_app(settings, recommender=FakeRecommender())
+    asked: list[str] = []
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:  # a body of 10 chunks, should anyone read it
+        asked.append("receive")
+        return {"type": "http.request", "body": b"[" * 100, "more_body": len(asked) < 10}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/user_embeddings", "raw_path": b"/user_embeddings", "query_string": b"",
+        "root_path": "", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5555),
+        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+    }  # fmt: skip
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 401
+    assert asked == []
+    assert (b"connection", b"close") in start["headers"]  # the unread body ends the connection
 
 
 async def test_openapi_declares_auth_only_when_it_is_on(api_client: AppClient) -> None:
@@ -295,6 +383,37 @@ async def test_health_and_readiness(api_client: AppClient) -> None:
     assert body["checks"]["database"]["ok"] is True
     assert body["checks"]["model"]["ok"] is False
     assert "load-vectors" in body["checks"]["model"]["reason"]
+
+
+async def test_outages_are_reported_without_internals() -> None:
+    """A 503 or /readyz says the database is unavailable, not where it is or what the driver said."""
+    import socket
+
+    from infra.pg import create_pool
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    secret = "pw-" + uuid.uuid4().hex
+    url = f"postgresql://recsys:{secret}@127.0.0.1:{port}/recsys"
+    pool = await create_pool(url, min_size=0, max_size=1, timeout_s=2)
+    app = api_app(Settings(database_url=url), pool=pool, recommender=FakeRecommender())
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+                outage = await client.get("/recommendations/103")
+                ready = await client.get("/readyz")
+    finally:
+        await pool.close()
+    assert outage.status_code == 503
+    assert outage.json()["error"] == "unavailable"
+    assert outage.headers["retry-after"]
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["database"]["ok"] is False
+    for resp in (outage, ready):
+        for internal in ("127.0.0.1", str(port), secret, "recsys:", "Errno", "Connect call"):
+            assert internal not in resp.text, (internal, resp.text)
 
 
 async def test_readiness_reports_an_unreachable_database(database_url: str, api_client: AppClient) -> None:

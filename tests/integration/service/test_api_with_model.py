@@ -4,11 +4,13 @@ loaded into a database of these tests' own (versions are switched there, not in 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 
 from infra.pg import create_pool
 from recsys.runtime import api_app
@@ -76,3 +78,46 @@ async def test_an_app_without_a_model_opens_it_itself(model_db: str, small_model
     assert loaded.model_version == small_model[1]
     assert ready.status_code == 200
     assert ready.json()["model_version"] == small_model[1]
+
+
+async def test_query_vectors_are_taken_for_their_direction(model_db: str) -> None:
+    """Before: 1e300s overflowed the norm (200, all-zero scores) and 1e-300s underflowed it (422)."""
+    async with served(model_db, own_model=False) as (client, _):
+        emb = await client.post("/user_embeddings", json=[{"city": "Nantes", "creditlimit": 21000}])
+        unit = emb.json()[0]
+        answers = [
+            await client.post("/items_from_user", params={"limit": 5}, json=[x * scale for x in unit])
+            for scale in (1.0, 1e5, 1e-300)
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    first = answers[0].json()
+    assert any(item["score"] != 0 for item in first)
+    for other in answers[1:]:
+        assert [i["id"] for i in other.json()] == [i["id"] for i in first]
+        assert [i["score"] for i in other.json()] == pytest.approx([i["score"] for i in first], abs=1e-5)
+
+
+async def test_the_largest_credit_limit_gives_a_usable_embedding(model_db: str) -> None:
+    async with served(model_db, own_model=False) as (client, _):
+        resp = await client.post("/user_embeddings", json=[{"creditlimit": 1e9}, {"creditlimit": 0}])
+    assert resp.status_code == 200
+    for vector in resp.json():
+        assert len(vector) == 32
+        assert all(math.isfinite(x) for x in vector)
+        assert math.isclose(math.fsum(x * x for x in vector), 1.0, rel_tol=1e-4)
+
+
+async def test_text_the_database_cannot_hold_is_the_callers_error(model_db: str) -> None:
+    """The recommender maps PostgreSQL's refusal of a NUL to a UserError (422), not an outage (503)."""
+    from core.errors import UserError
+    from service.model import open_recommender
+
+    pool = await create_pool(model_db, min_size=1, max_size=2)
+    recommender = await open_recommender(pool)
+    try:
+        with pytest.raises(UserError) as caught:
+            await recommender.similar_items("x\x00y", 5)
+    finally:
+        await recommender.close()
+        await pool.close()
+    assert "product code" in str(caught.value)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from core.errors import BadRecord
-from core.events import MAX_BROWSE_ITEMS, parse_event
+from core.events import CREDIT_LIMIT_MAX, MAX_BROWSE_ITEMS, parse_event
 
 LAB_EVENT = {
     "session_id": "a1b2",
@@ -83,6 +83,8 @@ def test_optional_profile_fields_may_be_missing() -> None:
             "bad_browse_history",
         ),
         (encode({**LAB_EVENT, "credit_limit": "lots"}), "bad_field_type"),
+        (encode({**LAB_EVENT, "credit_limit": -1.0}), "bad_field_value"),
+        (encode({**LAB_EVENT, "credit_limit": 1.0000001e9}), "bad_field_value"),
         (encode({**LAB_EVENT, "city": 12}), "bad_field_type"),
         (encode({**LAB_EVENT, "event_time": "yesterday"}), "bad_event_time"),
     ],
@@ -91,6 +93,15 @@ def test_bad_records_are_refused_with_a_stable_reason(data: bytes, reason: str) 
     with pytest.raises(BadRecord) as info:
         parse_event(data)
     assert info.value.reason == reason
+
+
+def test_credit_limit_bounds_are_the_apis() -> None:
+    """Events and the API's /user_embeddings accept the same credit limits: 0..CREDIT_LIMIT_MAX."""
+    from service.schemas import MAX_CREDIT_LIMIT
+
+    assert MAX_CREDIT_LIMIT == CREDIT_LIMIT_MAX
+    for edge in (0, CREDIT_LIMIT_MAX, str(CREDIT_LIMIT_MAX)):
+        assert parse_event(encode({**LAB_EVENT, "credit_limit": edge})).features.credit_limit == float(edge)
 
 
 def test_numeric_string_customer_number_is_accepted() -> None:

@@ -390,6 +390,19 @@ def test_the_service_routes_the_load_balancer_to_the_api_port(stack: Stack) -> N
     )
 
 
+@pytest.mark.parametrize("layout", ["sidecar", "single"])
+def test_the_api_outlasts_the_load_balancer_on_idle_connections(
+    layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The balancer must be the one to close an idle connection: an API that closes one the balancer
+    is about to reuse makes a 502 (uvicorn's default keep-alive is 5 s, an ALB's idle timeout 60 s)."""
+    stack = evaluate({**DEPLOYED, "TaskLayout": layout})
+    attributes = {a["Key"]: a["Value"] for a in stack.props("LoadBalancer")["LoadBalancerAttributes"]}
+    (balancer,) = stack.props("Service")["LoadBalancers"]
+    api = settings_in(containers(stack)[balancer["ContainerName"]], monkeypatch)
+    assert api.api.keep_alive_timeout_s > int(attributes["idle_timeout.timeout_seconds"])
+
+
 def test_no_service_before_the_image_or_while_the_first_pipeline_runs() -> None:
     for stack in (evaluate(REQUIRED), evaluate({**DEPLOYED, "ServiceEnabled": "false"})):
         assert not {"Service", "ScalableTarget", "ScaleOnCpu"} & set(stack.resources)

@@ -8,7 +8,8 @@ import pytest
 import sqlalchemy as sa
 
 from core.errors import ConfigError, SourceSchemaError
-from etl.source import CustomerRow, check_schema, describe_url, load_catalog, open_source
+from etl.source import CustomerRow, check_schema, load_catalog, open_source
+from infra.urls import redact_url
 
 
 def _shop(path: Path, *, with_country: bool = True) -> str:
@@ -59,5 +60,5 @@ def test_bad_urls_are_config_errors(url: str) -> None:
 
 
 def test_passwords_are_hidden() -> None:
-    shown = describe_url("mysql+pymysql://app:s3cret@db:3306/shop")
+    shown = redact_url("mysql+pymysql://app:s3cret@db:3306/shop")
     assert "s3cret" not in shown and "app:***@db" in shown
