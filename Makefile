@@ -12,6 +12,8 @@ EVENTS ?= 200
 # Where pip finds torch==2.13.0+cpu: this machine kind ships the wheel locally; elsewhere use
 #   make demo PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
 PIP_EXTRA ?=
+# the MariaDB JDBC driver the Spark engine loads (Debian's libmariadb-java)
+MARIADB_JDBC ?= /usr/share/java/mariadb-java-client.jar
 # the image's name; PIP_EXTRA goes to the build's pip too (empty: pip's local find-links folder is
 # served to the build if there is one, else the Dockerfile's default, the PyTorch CPU index)
 IMAGE ?= recsys:$(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
@@ -32,8 +34,16 @@ $(VENV)/.runtime: $(BIN)/python requirements.lock requirements-local.lock pyproj
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock .cache/checkov/.installed
-	$(BIN)/pip install --quiet -r requirements-dev.lock
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock requirements-spark.lock .cache/checkov/.installed
+	$(BIN)/pip install --quiet -r requirements-dev.lock -r requirements-spark.lock
+	# the Spark engine's JDBC driver (Debian's libmariadb-java) for `recsys etl --engine spark` and its tests
+	@if [ ! -f $(MARIADB_JDBC) ]; then \
+	  echo "installing libmariadb-java (the MariaDB JDBC driver, $(MARIADB_JDBC)) for the Spark engine"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  { $$SUDO apt-get install -y -qq libmariadb-java >/dev/null 2>&1 || \
+	    { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libmariadb-java >/dev/null; }; } || \
+	  { echo "error: could not install libmariadb-java; install it (apt-get install libmariadb-java)" \
+	         "or set RECSYS_ETL__SPARK_JDBC_JARS to a MariaDB Connector/J jar"; exit 1; }; fi
 	# kinesis-mock (pure JavaScript) for the resharding tests; they skip with a reason without Node.js
 	if command -v npm >/dev/null 2>&1; then \
 	  npm install --silent --no-audit --no-fund --prefix .cache/kinesis-local kinesis-local@0.6.2; fi

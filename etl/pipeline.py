@@ -27,10 +27,14 @@ from typing import Any, Literal, get_args
 from urllib.parse import quote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from core.errors import ConfigError, InfraError, NotFoundError, SourceSchemaError
+from etl.config import EtlSettings
+from etl.gates import QualityCounts, QualityGateFailed, QualityReport, Thresholds, evaluate, report_key
 from etl.policies import POLICIES, Policy, RepeatReducer
 from etl.source import REQUIRED_COLUMNS, check_schema, open_source, source_errors
 from infra.lake import (
@@ -40,6 +44,7 @@ from infra.lake import (
     TRAINING_DATASET,
     LakeRun,
     complete_runs,
+    iter_run_batches,
     latest_run,
     manifest_key,
     new_run_id,
@@ -57,8 +62,14 @@ __all__ = [
     "Partitioning",
     "SuppressedDuringRun",
     "apply_retention",
+    "check_incremental",
+    "gate",
+    "parse_window",
+    "previous_run",
     "rows_to_table",
     "run_etl",
+    "thresholds_of",
+    "update_column",
 ]
 
 log = get_logger(__name__)
@@ -66,6 +77,7 @@ log = get_logger(__name__)
 Partitioning = Literal["none", "country", "customerNumber"]
 PARTITIONS: tuple[str, ...] = get_args(Partitioning)
 _TIME = "_rated_at"  # the extra column read for the latest policy (not written)
+_DEFAULT_GATES = Thresholds()
 _CUSTOMER, _COUNTRY, _PRODUCT, _RATING = (
     COLUMNS.index(c) for c in ("customerNumber", "country", "productCode", "productRating")
 )
@@ -91,6 +103,9 @@ class EtlSummary:
     partition_by: str
     deleted_runs: list[str] = field(default_factory=list)
     suppressed_rows: int = 0  # rows of suppressed customers left out
+    since: datetime | None = None  # an incremental run: ratings changed since then, merged
+    quality: QualityReport | None = None  # the gates' report (None: gates off)
+    engine: str = "python"
 
     @property
     def rows_per_s(self) -> float:
@@ -149,6 +164,7 @@ class _PartWriter:
         self._rows_in_file = 0
         self._partition: object = object()
         self._counters: dict[str, int] = {}
+        self.schema = SCHEMA
 
     def _folder(self, value: object) -> str:
         if self.partition_by == "none":
@@ -210,16 +226,46 @@ class _PartWriter:
         self.close_file()
 
 
-def _query(
-    names: dict[str, dict[str, str]], partition_by: Partitioning, dedupe: bool, time_column: str | None
-) -> sa.Select[Any]:
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """An incremental run's read: ratings changed at or after ``since`` (by ``column``)."""
+
+    column: str
+    since: datetime
+    whole_pairs: bool  # a ratings log: read every row of a pair that changed, to fold it again
+
+
+def _tables(names: dict[str, dict[str, str]]) -> tuple[Any, Any, Any]:
     def table(name: str, alias: str) -> Any:
         cols = names[name]
         return sa.table(
             cols["__table__"], *(sa.column(v) for k, v in cols.items() if k != "__table__")
         ).alias(alias)
 
-    r, p, c = table("ratings", "r"), table("products", "p"), table("customers", "c")
+    return table("ratings", "r"), table("products", "p"), table("customers", "c")
+
+
+def _window_clause(names: dict[str, dict[str, str]], r: Any, window: _Window) -> Any:
+    R = names["ratings"]
+    since = window.since.astimezone(UTC).replace(tzinfo=None)  # sessions run in UTC (etl.source)
+    if not window.whole_pairs:
+        return r.c[R[window.column]] >= since
+    r2 = _tables(names)[0].alias("r2")
+    return sa.exists().where(
+        r2.c[R["customerNumber"]] == r.c[R["customerNumber"]],
+        r2.c[R["productCode"]] == r.c[R["productCode"]],
+        r2.c[R[window.column]] >= since,
+    )
+
+
+def _query(
+    names: dict[str, dict[str, str]],
+    partition_by: Partitioning,
+    dedupe: bool,
+    time_column: str | None,
+    window: _Window | None = None,
+) -> sa.Select[Any]:
+    r, p, c = _tables(names)
     R, P, C = names["ratings"], names["products"], names["customers"]
     source_of = {
         "customerNumber": r.c[R["customerNumber"]],
@@ -236,6 +282,8 @@ def _query(
             c, r.c[R["customerNumber"]] == c.c[C["customerNumber"]]
         )
     )
+    if window is not None:
+        query = query.where(_window_clause(names, r, window))
     order: list[Any] = []
     if partition_by == "country":
         order.append(c.c[C["country"]])
@@ -244,6 +292,109 @@ def _query(
     if dedupe and time_column is not None:
         order.append(r.c[R[time_column]])
     return query.order_by(*order) if order else query
+
+
+def parse_window(since: str | None, window: str | None, now: datetime) -> datetime | None:
+    """The lower bound of an incremental run: ``--since TIMESTAMP`` (ISO-8601; without an offset it
+    is UTC) or ``--window N{m,h,d,w}`` before ``now``; ``None`` for a full run. Raises ``ConfigError``."""
+    if since is not None and window is not None:
+        raise ConfigError("give --since or --window, not both")
+    if since is not None:
+        try:
+            parsed = datetime.fromisoformat(since.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(
+                f"--since {since!r} is not an ISO-8601 timestamp (e.g. 2026-11-26T00:00:00Z)"
+            ) from None
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        if parsed > now:
+            raise ConfigError(f"--since {since!r} is in the future")
+        return parsed
+    if window is not None:
+        units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+        text = window.strip().lower()
+        try:
+            amount = float(text[:-1])
+            unit = units[text[-1:]]
+        except (ValueError, KeyError):
+            raise ConfigError(f"--window {window!r}: use a number and m, h, d or w (e.g. 1d, 12h)") from None
+        if not amount > 0:
+            raise ConfigError(f"--window must be positive, got {window!r}")
+        return now - timedelta(**{unit: amount})
+    return None
+
+
+def previous_run(store: ObjectStore, dataset: str = TRAINING_DATASET) -> LakeRun | None:
+    """The published run of ``dataset``, or ``None`` when there is none yet."""
+    try:
+        return latest_run(store, dataset)
+    except NotFoundError:
+        return None
+
+
+def thresholds_of(settings: EtlSettings) -> Thresholds | None:
+    """The gates' thresholds from the ETL settings (``None`` when the gates are off)."""
+    if not settings.gates:
+        return None
+    return Thresholds(
+        rating_min=settings.rating_min,
+        rating_max=settings.rating_max,
+        max_orphan_fraction=settings.max_orphan_fraction,
+        min_row_fraction=settings.min_row_fraction,
+        sample_keys=settings.report_sample_keys,
+    )
+
+
+def check_incremental(previous: LakeRun | None, partition_by: str, lake_uri: str, dataset: str) -> LakeRun:
+    """An incremental run needs a previous run to merge into, written with the same partitioning."""
+    if previous is None:
+        raise ConfigError(
+            f"--since/--window merge the changed ratings into the previous run, and {lake_uri}/{dataset} "
+            "has none: run a full recsys etl first"
+        )
+    before = str(previous.options.get("partition_by", "none"))
+    if before != partition_by:
+        raise ConfigError(
+            f"the previous run {previous.run_id} is partitioned by {before}: an incremental run keeps "
+            f"that (--partition-by {before}), or run a full recsys etl to change it"
+        )
+    return previous
+
+
+def gate(
+    lake: ObjectStore,
+    counts: QualityCounts,
+    thresholds: Thresholds | None,
+    *,
+    run_id: str,
+    dataset: str,
+    engine: str,
+    previous: LakeRun | None,
+) -> QualityReport | None:
+    """Check the run before it is published. On a failed gate: delete the run's files, write the
+    report beside them (``runs/<run_id>/_quality_report.json``) and raise ``QualityGateFailed``."""
+    if thresholds is None:
+        return None
+    report = evaluate(
+        counts,
+        thresholds,
+        run_id=run_id,
+        engine=engine,
+        previous_rows=previous.row_count if previous is not None else None,
+        expected_schema=[(f.name, str(f.type)) for f in SCHEMA],
+    )
+    log.info("quality gates", extra={"fields": report.summary()})
+    if report.passed:
+        return report
+    lake.delete([key for key in lake.list(run_prefix(run_id, dataset))])
+    key = report_key(run_id, dataset)
+    lake.put_bytes(key, report.to_json())
+    raise QualityGateFailed(
+        f"run {run_id} failed its data-quality gates, nothing was published: {report.reason()} "
+        f"(report: {lake.uri}/{key})",
+        report,
+        f"{lake.uri}/{key}",
+    )
 
 
 def run_etl(
@@ -257,6 +408,9 @@ def run_etl(
     row_group_rows: int = 100_000,
     file_max_rows: int = 5_000_000,
     rating_time_column: str = "ratedAt",
+    update_time_column: str = "updatedAt",
+    since: datetime | None = None,
+    thresholds: Thresholds | None = _DEFAULT_GATES,
     dataset: str = TRAINING_DATASET,
     store: ObjectStore | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -269,8 +423,15 @@ def run_etl(
     suppressed meanwhile whose rows this run wrote stops the run (``SuppressedDuringRun``, nothing
     published), so a forget racing the ETL never lets the customer back into the lake.
 
+    ``since`` makes the run incremental: only ratings whose ``update_time_column`` is at or after it
+    are read (for a ratings log without a key on the pair: every row of a pair that has such a row),
+    folded by the policy, and they replace their pairs in the previous run's rows; the result is
+    published as a new run. ``thresholds`` are the data-quality gates (:mod:`etl.gates`; ``None``:
+    off): a run that fails one publishes nothing and raises ``QualityGateFailed``.
+
     Raises ``ConfigError`` (bad option or URL), ``DatabaseUnavailable``, ``SourceSchemaError``
-    (naming the missing table or column), ``SuppressedDuringRun`` or an ``AwsError`` from the lake.
+    (naming the missing table or column), ``SuppressedDuringRun``, ``QualityGateFailed`` or an
+    ``AwsError`` from the lake.
     """
     if update_policy not in POLICIES:
         raise ConfigError(f"--update-policy must be one of {', '.join(POLICIES)}, got {update_policy!r}")
@@ -287,9 +448,13 @@ def run_etl(
     run_id = new_run_id(clock())
     prefix = run_prefix(run_id, dataset)
     shown_source = redact_url(source_url)
+    previous = previous_run(lake, dataset)
+    if since is not None:
+        previous = check_incremental(previous, partitioning, lake.uri, dataset)
     excluded = frozenset(suppressed()) if suppressed is not None else frozenset()
     written: set[int] = set()  # customers in this run, for the check before publishing
     suppressed_rows = 0
+    counts = QualityCounts()
     engine = open_source(source_url)
     writer: _PartWriter | None = None
     try:
@@ -308,7 +473,11 @@ def run_etl(
                 except SourceSchemaError:
                     if policy == "latest":
                         raise
-            query = _query(names, partitioning, dedupe, time_column)
+            window = None
+            if since is not None:
+                names["ratings"][update_time_column] = update_column(engine, names, update_time_column)
+                window = _Window(update_time_column, since, dedupe)
+            query = _query(names, partitioning, dedupe, time_column, window)
             reducer = (
                 RepeatReducer(policy, (_CUSTOMER, _PRODUCT), _RATING, len(COLUMNS) if time_column else None)
                 if dedupe
@@ -328,8 +497,17 @@ def run_etl(
                 shown_source,
                 lake.uri,
                 prefix,
-                extra={"fields": {"update_policy": policy, "partition_by": partitioning, "dedupe": dedupe}},
+                extra={
+                    "fields": {
+                        "update_policy": policy,
+                        "partition_by": partitioning,
+                        "dedupe": dedupe,
+                        "since": since.isoformat() if since else None,
+                    }
+                },
             )
+            check = _RatingCheck(counts, thresholds)
+            touched: set[str] = set()  # pairs read in the window (incremental runs)
             rows_read = rows_written = 0
             part_index = {"none": None, "country": _COUNTRY, "customerNumber": _CUSTOMER}[partitioning]
             with engine.connect() as conn:
@@ -342,12 +520,14 @@ def run_etl(
                     else:
                         rows_read += len(chunk)
                         rows = reducer.feed(chunk) if reducer is not None else chunk
+                    if window is not None:
+                        touched.update(_pair_key(row[_CUSTOMER], row[_PRODUCT]) for row in rows)
                     if suppressed is not None:
                         kept = [row for row in rows if row[_CUSTOMER] not in excluded]
                         suppressed_rows += len(rows) - len(kept)
                         written.update(row[_CUSTOMER] for row in kept)
                         rows = kept
-                    rows_written += _write_rows(writer, rows, part_index)
+                    rows_written += _write_rows(writer, rows, part_index, check)
                     log.info(
                         "etl progress",
                         extra={
@@ -358,7 +538,34 @@ def run_etl(
                             }
                         },
                     )
+            if window is not None and previous is not None:
+                merged, dropped = _merge_previous(
+                    lake,
+                    previous=previous,
+                    writer=writer,
+                    touched=touched,
+                    excluded=excluded,
+                    written=written,
+                    check=check,
+                )
+                rows_written += merged
+                suppressed_rows += dropped
             writer.finish()
+            if thresholds is not None:
+                _count_orphans(
+                    engine,
+                    names,
+                    window=window,
+                    excluded=excluded,
+                    counts=counts,
+                    sample_keys=thresholds.sample_keys,
+                )
+        counts.rows = rows_written
+        counts.rows_read = rows_read + counts.orphans + counts.null_keys
+        counts.written_schema = [(f.name, str(f.type)) for f in writer.schema]
+        report = gate(
+            lake, counts, thresholds, run_id=run_id, dataset=dataset, engine="python", previous=previous
+        )
         run = LakeRun(
             run_id=run_id,
             created_at=clock(),
@@ -368,12 +575,16 @@ def run_etl(
             source=shown_source,
             dataset=dataset,
             options={
+                "engine": "python",
                 "update_policy": policy,
                 "partition_by": partitioning,
                 "rows_read": rows_read,
                 "chunk_rows": chunk_rows,
                 "row_group_rows": row_group_rows,
                 "suppressed_rows": suppressed_rows,
+                "since": since.isoformat() if since is not None else None,
+                "merged_into": previous.run_id if since is not None and previous is not None else None,
+                "quality": report.summary() if report is not None else None,
             },
         )
         if suppressed is not None:
@@ -384,8 +595,10 @@ def run_etl(
                     f"(recsys forget --suppress); nothing was published: run recsys etl again"
                 )
         publish_run(lake, run)
-    except BaseException:
-        if writer is not None:  # best effort: a failed run leaves no files behind (a killed one does)
+    except BaseException as exc:
+        # best effort: a failed run leaves no files behind (a killed one does; a failed gate leaves
+        # its report)
+        if writer is not None and not isinstance(exc, QualityGateFailed):
             with contextlib.suppress(Exception):
                 lake.delete(list(lake.list(prefix)))
         raise
@@ -410,17 +623,140 @@ def run_etl(
         partition_by=partitioning,
         deleted_runs=deleted,
         suppressed_rows=suppressed_rows,
+        since=since,
+        quality=report,
+        engine="python",
     )
 
 
-def _write_rows(writer: _PartWriter, rows: Sequence[Sequence[Any]], part_index: int | None) -> int:
+def update_column(engine: Engine, names: dict[str, dict[str, str]], column: str) -> str:
+    """The actual name of the ratings' last-change column; a clear error when the table lacks it."""
+    try:
+        return check_schema(engine, {"ratings": (*REQUIRED_COLUMNS["ratings"], column)})["ratings"][column]
+    except SourceSchemaError:
+        raise SourceSchemaError(
+            f"the source table 'ratings' has no column {column!r}: incremental runs (--since/--window) "
+            "read the ratings changed since then by their last-change time; `recsys seed` adds it to the "
+            "shop tables it manages (docs/etl.md shows the DDL for others), or run without --since/--window"
+        ) from None
+
+
+def _pair_key(customer: Any, product: Any) -> str:
+    return f"{customer}\x00{product}"
+
+
+class _RatingCheck:
+    """Counts output rows whose rating is null or outside the allowed range (vectorised)."""
+
+    def __init__(self, counts: QualityCounts, thresholds: Thresholds | None) -> None:
+        self.counts = counts
+        self.thresholds = thresholds
+
+    def observe(self, table: pa.Table) -> None:
+        t = self.thresholds
+        if t is None or table.num_rows == 0:
+            return
+        rating = table.column("productRating")
+        outside = pc.or_kleene(pc.less(rating, t.rating_min), pc.greater(rating, t.rating_max))
+        bad = pc.fill_null(pc.or_kleene(pc.is_null(rating), outside), True)
+        count = int(pc.sum(bad).as_py() or 0)
+        if count:
+            self.counts.bad_ratings += count
+            sample = table.filter(bad).slice(0, t.sample_keys)
+            customers = sample.column("customerNumber").to_pylist()
+            for c, p in zip(customers, sample.column("productCode").to_pylist(), strict=True):
+                self.counts.sample("rating_range", [c, p], t.sample_keys)
+
+
+def _merge_previous(
+    lake: ObjectStore,
+    *,
+    previous: LakeRun,
+    writer: _PartWriter,
+    touched: set[str],
+    excluded: frozenset[int],
+    written: set[int],
+    check: _RatingCheck,
+) -> tuple[int, int]:
+    """Write the previous run's rows whose pair the window did not touch, leaving suppressed customers
+    out. Returns (rows written, rows of suppressed customers left out)."""
+    kept_rows = dropped = 0
+    touched_keys = pa.array(sorted(touched), pa.string())
+    banned = pa.array(sorted(excluded), pa.int64())
+    for batch in iter_run_batches(lake, previous, COLUMNS):
+        table = pa.Table.from_batches([batch]).cast(SCHEMA)
+        customers = table.column("customerNumber")
+        if len(banned):
+            suppressed_mask = pc.is_in(customers, value_set=banned)
+            dropped += int(pc.sum(suppressed_mask).as_py() or 0)
+            table = table.filter(pc.invert(suppressed_mask))
+        if len(touched_keys) and table.num_rows:
+            keys = pc.binary_join_element_wise(
+                pc.cast(table.column("customerNumber"), pa.string()), table.column("productCode"), "\x00"
+            )
+            table = table.filter(pc.invert(pc.is_in(keys, value_set=touched_keys)))
+        if not table.num_rows:
+            continue
+        written.update(pc.unique(table.column("customerNumber")).to_pylist())
+        check.observe(table)
+        if writer.partition_by == "none":
+            writer.write(table)
+        else:
+            column = table.column(writer.partition_by)
+            for value in pc.unique(column).to_pylist():
+                mask = pc.is_null(column) if value is None else pc.fill_null(pc.equal(column, value), False)
+                writer.write(table.filter(mask), value)
+        kept_rows += table.num_rows
+    return kept_rows, dropped
+
+
+def _count_orphans(
+    engine: Engine,
+    names: dict[str, dict[str, str]],
+    *,
+    window: _Window | None,
+    excluded: frozenset[int],
+    counts: QualityCounts,
+    sample_keys: int,
+) -> None:
+    """Ratings the join drops: a null key, or a product or customer the shop does not have."""
+    r, p, c = _tables(names)
+    R, P, C = names["ratings"], names["products"], names["customers"]
+    rc, rp = r.c[R["customerNumber"]], r.c[R["productCode"]]
+    pk, ck = p.c[P["productCode"]], c.c[C["customerNumber"]]
+    query = (
+        sa.select(rc, rp)
+        .select_from(r.outerjoin(p, rp == pk).outerjoin(c, rc == ck))
+        .where(sa.or_(pk.is_(None), ck.is_(None)))
+    )
+    if window is not None:
+        query = query.where(_window_clause(names, r, window))
+    with engine.connect() as conn:
+        for customer, product in conn.execution_options(stream_results=True).execute(query):
+            if customer is not None and customer in excluded:
+                continue
+            if customer is None or product is None:
+                counts.null_keys += 1
+                counts.sample("null_keys", [customer, product], sample_keys)
+            else:
+                counts.orphans += 1
+                counts.sample("orphans", [customer, product], sample_keys)
+
+
+def _write_rows(
+    writer: _PartWriter, rows: Sequence[Sequence[Any]], part_index: int | None, check: _RatingCheck
+) -> int:
     if not rows:
         return 0
     if part_index is None:
-        writer.write(rows_to_table(rows))
+        table = rows_to_table(rows)
+        check.observe(table)
+        writer.write(table)
         return len(rows)
     for value, group in itertools.groupby(rows, key=lambda row: row[part_index]):
-        writer.write(rows_to_table(list(group)), value)
+        table = rows_to_table(list(group))
+        check.observe(table)
+        writer.write(table, value)
     return len(rows)
 
 

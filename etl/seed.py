@@ -21,10 +21,11 @@ from etl.source import open_source, source_errors
 from infra.logs import get_logger
 from infra.urls import redact_url
 
-__all__ = ["SeedSummary", "seed", "shop_tables"]
+__all__ = ["UPDATE_TIME_COLUMN", "SeedSummary", "add_update_time", "seed", "shop_tables"]
 
 log = get_logger(__name__)
 INSERT_ROWS = 10_000
+UPDATE_TIME_COLUMN = "updatedAt"  # EtlSettings.update_time_column's default
 
 
 def shop_tables(metadata: sa.MetaData | None = None) -> tuple[sa.Table, sa.Table, sa.Table]:
@@ -86,6 +87,7 @@ class SeedSummary:
     products_total: int
     kept: list[str] = field(default_factory=list)  # tables that had rows and were left alone
     seconds: float = 0.0
+    added_update_time: bool = False  # ratings got its last-change column (incremental runs)
 
 
 ProgressFn = Callable[[int], None]
@@ -149,6 +151,7 @@ def _seed(
                 table.create(conn)
                 log.info("created table %s", table.name)
     _check_writable(engine, existing)
+    added_update_time = add_update_time(engine)
     with engine.begin() as conn:
         for table, rows_fn in ((customers, generate_customers), (products, generate_products)):
             if _count(conn, table) > 0:
@@ -175,6 +178,7 @@ def _seed(
                 products_total=_count(conn, products),
                 kept=[*kept, "ratings"],
                 seconds=time.perf_counter() - started,
+                added_update_time=added_update_time,
             )
         if existing_ratings:
             conn.execute(ratings.delete())
@@ -222,7 +226,41 @@ def _seed(
         products_total=len(shop_products),
         kept=kept,
         seconds=time.perf_counter() - started,
+        added_update_time=added_update_time,
     )
+
+
+def add_update_time(engine: Engine, column: str = UPDATE_TIME_COLUMN) -> bool:
+    """The migration of the ``ratings`` table for incremental ETL runs: a last-change time that the
+    database keeps (set on insert, moved on every update), with an index for the window's read.
+    Idempotent; returns True when it added the column. SQLite (tests) gets the column without the
+    automatic update."""
+    present = {c["name"].lower() for c in sa.inspect(engine).get_columns("ratings")}
+    if column.lower() in present:
+        return False
+    backend = engine.dialect.name
+    if backend in ("mysql", "mariadb"):
+        statements = [
+            f"ALTER TABLE ratings ADD COLUMN `{column}` TIMESTAMP(6) NOT NULL "
+            "DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6), "
+            f"ADD INDEX ratings_{column.lower()} (`{column}`)"
+        ]
+    elif backend == "postgresql":
+        statements = [
+            f'ALTER TABLE ratings ADD COLUMN "{column}" timestamptz NOT NULL DEFAULT now()',
+            f'CREATE INDEX ratings_{column.lower()} ON ratings ("{column}")',
+            "CREATE OR REPLACE FUNCTION recsys_ratings_touch() RETURNS trigger LANGUAGE plpgsql AS "
+            f'$$ BEGIN NEW."{column}" := now(); RETURN NEW; END $$',
+            "CREATE TRIGGER ratings_touch BEFORE UPDATE ON ratings "
+            "FOR EACH ROW EXECUTE FUNCTION recsys_ratings_touch()",
+        ]
+    else:
+        statements = [f'ALTER TABLE ratings ADD COLUMN "{column}" TIMESTAMP']
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+    log.info("added ratings.%s (the last-change time incremental ETL runs read)", column)
+    return True
 
 
 def _insert(conn: Connection, table: sa.Table, rows: list[dict[str, object]]) -> int:

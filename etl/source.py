@@ -76,11 +76,12 @@ def open_source(url: str) -> Engine:
         connect_args = {
             "connect_timeout": CONNECT_TIMEOUT_S,
             "read_timeout": READ_TIMEOUT_S,
-            # a streaming read pauses while a finished file uploads: let the server wait for us
-            "init_command": f"SET SESSION net_write_timeout = {READ_TIMEOUT_S}",
+            # a streaming read pauses while a finished file uploads: let the server wait for us;
+            # timestamps in UTC (the incremental runs' --since)
+            "init_command": f"SET SESSION net_write_timeout = {READ_TIMEOUT_S}, time_zone = '+00:00'",
         }
     elif backend == "postgresql":
-        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, "options": "-c timezone=UTC"}
     elif backend == "sqlite":
         connect_args = {}
     else:

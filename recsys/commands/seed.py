@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "create/fill customers, products and ratings in the shop database",
         "Create the classicmodels tables the pipeline reads (customers, products, ratings) and fill "
         "the empty ones with a deterministic generator. On an existing classicmodels database only "
-        "ratings are generated (every purchased pair plus drawn ones). See docs/etl.md.",
+        "ratings are generated (every purchased pair plus drawn ones). ratings gets an updatedAt "
+        "column kept by the database (what recsys etl --since/--window reads). See docs/etl.md.",
     )
     flag(
         parser,
@@ -51,6 +52,8 @@ def _run(args: argparse.Namespace) -> int:
         reset_ratings=bool(args.reset_ratings),
     )
     kept = f"; kept existing {', '.join(summary.kept)}" if summary.kept else ""
+    if summary.added_update_time:
+        kept += "; added ratings.updatedAt (incremental etl runs)"
     print(
         f"seeded {summary.source}: {summary.customers_total} customers "
         f"({summary.customers_created} generated), {summary.products_total} products "

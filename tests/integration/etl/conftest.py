@@ -5,6 +5,7 @@ created and dropped here (never the ``test`` database's other tables), and the i
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -165,3 +166,24 @@ def assert_matches_sql(table: pa.Table, expected: dict[tuple[int, str], dict[str
             else:
                 assert got == value, (key, name, got, value)
     assert seen == set(expected)
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """One local Spark session (local[2], small shuffles) for every Spark test of the run.
+
+    Skipped, with the reason, only where Java is missing; a missing MariaDB JDBC driver fails
+    (make install-dev installs Debian's libmariadb-java)."""
+    import shutil
+
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("the Spark engine needs Java 17 (apt-get install openjdk-17-jre-headless)")
+    from etl.config import EtlSettings
+    from etl.spark_job import spark_session
+
+    settings = EtlSettings(spark_master="local[2]", spark_shuffle_partitions=2, spark_driver_memory="768m")
+    session = spark_session(settings)
+    try:
+        yield session
+    finally:
+        session.stop()
