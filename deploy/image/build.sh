@@ -288,8 +288,12 @@ build_args=(--network host --tag "$IMAGE")
 built=$SECONDS
 long_step "$DOCKER" build "${build_args[@]}" .
 say "built $IMAGE in $((SECONDS - built)) s ($((SECONDS - started)) s with the base)"
-# our own engine's data root keeps the layer cache, not the images that new builds replaced
-[ -n "$OWN_DAEMON" ] && "$DOCKER" image prune --force >/dev/null
+# our own engine's data root keeps the layer cache (the least recently used beyond 5 GB goes), not
+# the images that new builds replaced
+if [ -n "$OWN_DAEMON" ]; then
+    "$DOCKER" image prune --force >/dev/null
+    "$DOCKER" builder prune --force --keep-storage "${IMAGE_CACHE_KEEP:-5GB}" >/dev/null
+fi
 say "$IMAGE: $("$DOCKER" image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1 / 1e6}') uncompressed"
 
 export DOCKER
