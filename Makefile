@@ -1,6 +1,10 @@
 # The two commands of the README:
 #   make demo   install into .venv and run the whole product on the embedded stack
 #   make test   install into .venv (with the test tools) and run every check and test
+# and the container image (deploy/image/build.sh: a Docker engine that answers, or its own dockerd):
+#   make image        build it
+#   make image-test   build it, then run it as the ECS task runs it (deploy/image/smoke.py)
+#   make image-sizes  build it, then print where its bytes go (deploy/image/sizes.py)
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,10 +14,14 @@ EVENTS ?= 200
 PIP_EXTRA ?=
 # the MariaDB JDBC driver the Spark engine loads (Debian's libmariadb-java)
 MARIADB_JDBC ?= /usr/share/java/mariadb-java-client.jar
+# the image's name; PIP_EXTRA goes to the build's pip too (empty: pip's local find-links folder is
+# served to the build if there is one, else the Dockerfile's default, the PyTorch CPU index)
+IMAGE ?= recsys:$(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 # the project's Python: its top-level packages (the design card's folders), tests and benchmarks
 PY_DIRS := recsys core infra model_store etl consumer service compliance sql tests bench deploy
 
-.PHONY: install install-dev demo test lint typecheck contracts unit integration e2e bench clean
+.PHONY: install install-dev demo test lint typecheck contracts unit integration e2e bench clean \
+	image image-test image-sizes
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +87,15 @@ unit: install-dev
 
 bench: install-dev
 	$(BIN)/python -m bench
+
+image:
+	IMAGE='$(IMAGE)' PIP_EXTRA='$(PIP_EXTRA)' deploy/image/build.sh build
+
+image-test: install
+	IMAGE='$(IMAGE)' PIP_EXTRA='$(PIP_EXTRA)' SMOKE_PYTHON=$(BIN)/python deploy/image/build.sh test
+
+image-sizes: install-dev
+	IMAGE='$(IMAGE)' PIP_EXTRA='$(PIP_EXTRA)' SMOKE_PYTHON=$(BIN)/python deploy/image/build.sh sizes
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,9 +1,10 @@
 """The Dockerfile agrees with the CLI, the API, the task definition and the project's pins.
 
-No Docker engine runs here, so the Dockerfile is parsed: its entry point must be a real `recsys`
-command, its health check must probe a real route (and work: it is run against a local server), and
-it must install exactly requirements.lock, which must pin every dependency of the project;
-requirements-local.lock (the `local` extra: the embedded stack) stays out of the image.
+The Dockerfile is parsed here (`make image-test` builds and runs the image itself): its entry point
+must be a real `recsys` command, its health check must probe a real route (and work: it is run
+against a local server), and it must install exactly requirements.lock, which must pin every
+dependency of the project; requirements-local.lock (the `local` extra: the embedded stack) stays
+out of the image.
 """
 
 from __future__ import annotations
@@ -293,14 +294,27 @@ def test_image_installs_exactly_the_lock_with_cpu_torch(builder: Stage) -> None:
     lock_copy = next(i for i, a in enumerate(copies) if a.startswith("requirements.lock "))
     source_copy = next(i for i, a in enumerate(copies) if a.split()[0] == "recsys")
     assert lock_copy < source_copy, "dependencies must be their own layer, before the source"
-    installs = [a for a in builder.all("RUN") if "pip install" in a]
+    # the virtualenv has no pip of its own: the base's pip installs into it
+    assert any(re.search(r"python -m venv --without-pip /opt/venv\b", a) for a in builder.all("RUN"))
+    pip = "python -m pip --python /opt/venv/bin/python"
+    installs = [a for a in builder.all("RUN") if f"{pip} install" in a]
     assert len(installs) == 2
     deps, project = installs
     assert "-r /tmp/requirements.lock" in deps
-    assert "--no-deps" in deps and "pip check" in deps
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in deps
-    assert not re.search(r"whl/cu\d+|nvidia", deps)
-    assert re.search(r"pip install --no-deps --require-virtualenv /src(\s|$)", project)
+    assert "--no-deps" in deps and f"{pip} check" in deps
+    # where torch==2.13.0+cpu comes from: a build argument whose default is the PyTorch CPU index
+    assert "${PIP_EXTRA}" in deps
+    (extra,) = [a for a in builder.all("ARG") if a.startswith("PIP_EXTRA=")]
+    assert json.loads(extra.partition("=")[2]) == "--extra-index-url https://download.pytorch.org/whl/cpu"
+    assert not re.search(r"whl/cu\d+|nvidia", deps + extra)
+    assert re.search(rf"{re.escape(pip)} install --no-deps --require-virtualenv /src(\s|$)", project)
+
+
+def test_the_build_needs_no_frontend_image(root: Path) -> None:
+    """A `# syntax=` line makes BuildKit pull a frontend image from a registry; the engine's own
+    frontend already runs `RUN --mount=type=cache`."""
+    first = (root / "Dockerfile").read_text().splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", first, re.IGNORECASE)
 
 
 def test_lock_pins_the_cpu_build_of_torch(root: Path) -> None:
