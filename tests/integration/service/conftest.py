@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -38,6 +40,25 @@ __all__ = [
 DIM = SERVING_DIM
 ITEMS = SERVING_ITEMS
 BadVector = BadServingVector
+T = TypeVar("T")
+
+
+def until(predicate: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    """Poll an observable condition of a running system (its processes, its HTTP answers), with a
+    deadline: the tests' only way to wait."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def run_settings(database_url: str, stream: str, delivery: str, tmp_path: Path, **consumer: Any) -> Settings:

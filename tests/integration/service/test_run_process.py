@@ -15,12 +15,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import httpx
@@ -31,20 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infra.aws import sync_client
 
-from .conftest import AppClient, run_settings
-
-T = TypeVar("T")
-
-
-def _until(predicate: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    """Poll an observable condition of a running system, with a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from .conftest import AppClient, run_settings, until
 
 
 def _families(text: str) -> dict[str, Any]:
@@ -129,7 +115,7 @@ def test_run_process_serves_merges_metrics_restarts_and_drains(model_db: str) ->
             body: dict[str, Any] = http.get(f"{url}/recommendations/{customer}").json()
             return body if body.get("event_id") == event_id else None
 
-        answer: dict[str, Any] = _until(streamed, 60, "the streamed answer, served by the API process")
+        answer: dict[str, Any] = until(streamed, 60, "the streamed answer, served by the API process")
         assert answer["source"] == "stream"
 
         families = _families(http.get(f"{url}/metrics").text)
@@ -162,7 +148,7 @@ def test_run_process_serves_merges_metrics_restarts_and_drains(model_db: str) ->
                 return None
             return fresh[0] if ok else None
 
-        second: psutil.Process = _until(replaced, 90, "a restarted API process that is ready")
+        second: psutil.Process = until(replaced, 90, "a restarted API process that is ready")
         assert proc.poll() is None, "the parent survives its API child"
         assert http.get(f"{url}/recommendations/{customer}").json()["event_id"] == event_id
 

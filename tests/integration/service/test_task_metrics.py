@@ -15,16 +15,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -33,10 +31,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infra.aws import sync_client
 
+from .conftest import free_port, until
+
 ROOT = Path(__file__).resolve().parents[3]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 TOKEN = "a-test-token-0123456789abcdef"
-T = TypeVar("T")
 # PromQL words that are not metric names
 PROMQL_WORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
@@ -113,23 +112,6 @@ def served_names(exposition: str) -> set[str]:
     return names
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _until(predicate: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    """Poll an observable condition of the running processes, with a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @contextmanager
 def _container(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """One container of the task: `recsys <command>` with the container's environment."""
@@ -167,7 +149,7 @@ def test_the_sidecar_task_serves_one_metrics_with_every_metric_the_rules_and_das
     stream, delivery = f"task-{tag}", f"task-out-{tag}"
     ensure_stream(stream, 1)
     ensure_delivery_stream(delivery, f"s3://task-out-{tag}/records")
-    api_port, metrics_port = _free_port(), _free_port()
+    api_port, metrics_port = free_port(), free_port()
     here = {  # what the task would reach in AWS, and the ports
         "RECSYS_DATABASE_URL": model_db,
         "RECSYS_API_TOKEN": TOKEN,
@@ -231,13 +213,13 @@ def test_the_sidecar_task_serves_one_metrics_with_every_metric_the_rules_and_das
                 return None
             return body if body.get("event_id") == event_id else None
 
-        assert _until(streamed, 120, "the streamed answer from the API container")["source"] == "stream"
+        assert until(streamed, 120, "the streamed answer from the API container")["source"] == "stream"
 
         def with_dead_letter() -> str | None:
             text = http.get(f"{url}/metrics").text
             return text if "recsys_consumer_records_dead_lettered_total{" in text else None
 
-        exposition = _until(with_dead_letter, 60, "the dead letter counted in the merged /metrics")
+        exposition = until(with_dead_letter, 60, "the dead letter counted in the merged /metrics")
         assert http.get(f"{url}/readyz").status_code == 200
         served = served_names(exposition)
         assert "recsys_api_consumer_metrics_up 1.0" in exposition  # the consumer's part is in

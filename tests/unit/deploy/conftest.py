@@ -11,9 +11,12 @@ the stack is deployed as it is, by ``aws cloudformation deploy``.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import re
+import threading
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,3 +382,36 @@ def run_container(single: Stack) -> dict[str, Any]:
     (container,) = single.props("ServiceTaskDefinition")["ContainerDefinitions"]
     converted: dict[str, Any] = to_api(container, shape("ecs", "ContainerDefinition"))
     return converted
+
+
+class ProbeTarget:
+    """What a health-check command probes: one path answered with ``status``, any other with 404."""
+
+    def __init__(self, port: int, path: str) -> None:
+        self.port = port
+        self.path = path
+        self.status = 200
+
+
+@contextmanager
+def probe_target(path: str) -> Iterator[ProbeTarget]:
+    """A local HTTP server standing in for the container's port, for running a health check."""
+    target = ProbeTarget(0, path)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(target.status if self.path == target.path else 404)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    target.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield target
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import ast
-import http.server
 import importlib.metadata
 import json
 import re
 import shlex
 import subprocess
 import sys
-import threading
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +27,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from .conftest import ProbeTarget, probe_target
 
 
 @dataclass
@@ -234,40 +234,21 @@ async def test_healthcheck_probes_the_api_liveness_route(
     assert missing.status_code == 404
 
 
-class _Probe(http.server.BaseHTTPRequestHandler):
-    status = 200
-
-    def do_GET(self) -> None:
-        self.send_response(self.status if self.path == "/healthz" else 404)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def probe_server() -> Iterator[tuple[int, type[_Probe]]]:
-    handler = type("Handler", (_Probe,), {})
-    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], handler
-    finally:
-        server.shutdown()
-        server.server_close()
+def probe_server() -> Iterator[ProbeTarget]:
+    with probe_target("/healthz") as target:
+        yield target
 
 
 @pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
 def test_healthcheck_command_passes_only_on_a_healthy_answer(
-    runtime: Stage, probe_server: tuple[int, type[_Probe]], status: int, healthy: bool
+    runtime: Stage, probe_server: ProbeTarget, status: int, healthy: bool
 ) -> None:
-    port, handler = probe_server
-    handler.status = status
+    probe_server.status = status
     command = healthcheck_command(runtime)
     done = subprocess.run(
         [sys.executable, *command[1:]],
-        env={"RECSYS_PORT": str(port)},
+        env={"RECSYS_PORT": str(probe_server.port)},
         capture_output=True,
         timeout=30,
         check=False,

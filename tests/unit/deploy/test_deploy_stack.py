@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import http.server
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
@@ -26,7 +24,7 @@ from botocore.validate import ParamValidator
 
 from recsys.settings import Settings
 
-from .conftest import DEPLOYED, REQUIRED, Stack, StackError, evaluate
+from .conftest import DEPLOYED, REQUIRED, ProbeTarget, Stack, StackError, evaluate, probe_target
 
 FAKE_SECRETS = {
     "RECSYS_DATABASE_URL": "postgresql://recsys:secret@db.internal:5432/recsys",
@@ -311,41 +309,22 @@ def test_health_checks_probe_real_routes(stack: Stack) -> None:
     assert "/metrics'" in consumer["HealthCheck"]["Command"][-1]
 
 
-class _Metrics(http.server.BaseHTTPRequestHandler):
-    status = 200
-
-    def do_GET(self) -> None:
-        self.send_response(self.status if self.path == "/metrics" else 404)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def metrics_server() -> Iterator[tuple[int, type[_Metrics]]]:
-    handler = type("Handler", (_Metrics,), {})
-    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], handler
-    finally:
-        server.shutdown()
-        server.server_close()
+def metrics_server() -> Iterator[ProbeTarget]:
+    with probe_target("/metrics") as target:
+        yield target
 
 
 @pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
 def test_the_consumer_health_check_passes_only_when_its_metrics_answer(
-    stack: Stack, metrics_server: tuple[int, type[_Metrics]], status: int, healthy: bool
+    stack: Stack, metrics_server: ProbeTarget, status: int, healthy: bool
 ) -> None:
-    port, handler = metrics_server
-    handler.status = status
+    metrics_server.status = status
     command = containers(stack)["consumer"]["HealthCheck"]["Command"]
     assert command[:2] == ["CMD", "python"]
     done = subprocess.run(
         [sys.executable, *command[2:]],
-        env={"RECSYS_METRICS_PORT": str(port)},
+        env={"RECSYS_METRICS_PORT": str(metrics_server.port)},
         capture_output=True,
         timeout=30,
         check=False,

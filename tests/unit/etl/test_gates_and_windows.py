@@ -19,6 +19,8 @@ from infra.lake import SCHEMA, latest_run, read_run
 from infra.objectstore import LocalStore
 from recsys.cli import main as cli
 
+from .conftest import create_shop_tables
+
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 CONTRACT = [(f.name, str(f.type)) for f in SCHEMA]
 
@@ -28,18 +30,7 @@ def _shop(path: Path, *, updated: bool = True) -> str:
     engine = sa.create_engine(url)
     stamp = ", updatedAt TEXT" if updated else ""
     with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "CREATE TABLE customers (customerNumber INTEGER PRIMARY KEY, city TEXT, state TEXT, "
-            "postalCode TEXT, country TEXT, creditLimit NUMERIC(10,2))"
-        )
-        conn.exec_driver_sql(
-            "CREATE TABLE products (productCode TEXT PRIMARY KEY, productLine TEXT, productScale TEXT, "
-            "quantityInStock INTEGER, buyPrice NUMERIC(10,2), MSRP NUMERIC(10,2))"
-        )
-        conn.exec_driver_sql(
-            "CREATE TABLE ratings (customerNumber INTEGER, productCode TEXT, productRating INTEGER"
-            f"{stamp}, PRIMARY KEY (customerNumber, productCode))"
-        )
+        create_shop_tables(conn, f"{stamp}, PRIMARY KEY (customerNumber, productCode)")
         conn.exec_driver_sql(
             "INSERT INTO customers VALUES (103, 'Nantes', NULL, '44000', 'France', 21000.55), "
             "(112, 'Las Vegas', 'NV', '83030', 'USA', 71800), "

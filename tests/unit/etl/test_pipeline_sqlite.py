@@ -19,6 +19,8 @@ from etl.pipeline import apply_retention, run_etl
 from infra.lake import complete_runs, latest_run, new_run_id, read_run, run_prefix
 from infra.objectstore import LocalStore
 
+from .conftest import create_shop_tables
+
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
@@ -27,18 +29,7 @@ def _source(path: Path, ratings: list[tuple[int, str, int, int | None]], *, keye
     engine = sa.create_engine(url)
     key = ", PRIMARY KEY (customerNumber, productCode)" if keyed else ""
     with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "CREATE TABLE customers (customerNumber INTEGER PRIMARY KEY, city TEXT, state TEXT, "
-            "postalCode TEXT, country TEXT, creditLimit NUMERIC(10,2))"
-        )
-        conn.exec_driver_sql(
-            "CREATE TABLE products (productCode TEXT PRIMARY KEY, productLine TEXT, productScale TEXT, "
-            "quantityInStock INTEGER, buyPrice NUMERIC(10,2), MSRP NUMERIC(10,2))"
-        )
-        conn.exec_driver_sql(
-            f"CREATE TABLE ratings (customerNumber INTEGER, productCode TEXT, productRating INTEGER, "
-            f"ratedAt INTEGER{key})"
-        )
+        create_shop_tables(conn, f", ratedAt INTEGER{key}")
         conn.exec_driver_sql(
             "INSERT INTO customers VALUES (103, 'Nantes', NULL, '44000', 'France', 21000.55), "
             "(112, 'Las Vegas', 'NV', '83030', 'USA', 71800), "
