@@ -76,20 +76,27 @@ def _prepare(settings: Settings) -> tuple[Settings, str]:
     """Stack, migrations, shop data, lake, artifacts, vectors, streams. Returns (settings, source URL)."""
     from consumer.setup import ensure_delivery_stream, ensure_stream
     from infra.objectstore import S3Store, open_store
-    from infra.pg import migrate
+    from recsys.runtime import jobs
 
     info = bootstrap.ensure_local_stack(settings)
     bootstrap.use_local_aws(info)
     shown = redact_url(info.database_url)
     say("stack", f"PostgreSQL {shown}, moto {info.aws_endpoint_url} ({info.state_dir})")
     url, source = info.database_url, info.source_url
+    # the batch jobs as their commands run them, on the embedded stack's stores
+    job = settings.model_copy(
+        update={
+            "database_url": SecretStr(url),
+            "source_url": SecretStr(source),
+            "lake": LAKE,
+            "artifacts": ARTIFACTS,
+        }
+    )
 
-    applied = run_async(migrate(url))
+    applied = run_async(jobs.migrate(job))
     say("migrate", f"applied {len(applied)} migration(s)" if applied else "up to date")
 
-    from etl.seed import seed
-
-    summary = seed(source, scale=1.0)
+    summary = jobs.seed(job, scale=1.0)
     created = summary.customers_created + summary.products_created + summary.ratings_written
     say(
         "seed",
@@ -108,9 +115,7 @@ def _prepare(settings: Settings) -> tuple[Settings, str]:
         run = latest_run(open_store(LAKE))
         say("etl", f"reused lake run {run.run_id} ({run.row_count} rows) in {LAKE}")
     except NotFoundError:
-        from etl.pipeline import run_etl
-
-        etl = run_etl(source, LAKE)
+        etl = jobs.etl(job)
         say("etl", f"wrote lake run {etl.run_id}: {etl.rows} rows in {etl.seconds:.1f}s -> {LAKE}")
 
     from model_store.artifacts import resolve_version
@@ -119,17 +124,13 @@ def _prepare(settings: Settings) -> tuple[Settings, str]:
         version = resolve_version(open_store(ARTIFACTS), None)
         say("train", f"reused artifact version {version} in {ARTIFACTS}")
     except NotFoundError:
-        from model_store.training import train
-
         say("train", "training the two-tower model (a minute or so on 2 CPU cores)...")
-        trained = train(LAKE, ARTIFACTS, settings.train)
+        trained = jobs.train(job)
         version = trained.version
         shown = ", ".join(f"{k}={v:.3f}" for k, v in list(trained.metrics.items())[:4])
         say("train", f"version {version} in {trained.seconds:.1f}s ({shown}) -> {ARTIFACTS}")
 
-    from model_store.loader import load_vectors
-
-    loaded = run_async(load_vectors(url, ARTIFACTS, version))
+    loaded = run_async(jobs.load_vectors(job, version=version))
     state = "already active" if loaded.already_loaded else f"loaded in {loaded.seconds:.1f}s"
     say("load-vectors", f"version {loaded.version}: {loaded.items} items, {loaded.users} users, {state}")
 

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
-from recsys import bootstrap
-from recsys.commands._common import add_command, flag, run_async, settings_from
-from recsys.settings import Settings
-
-if TYPE_CHECKING:
-    from etl.pipeline import EtlSummary
+from recsys.commands._common import add_command, flag, settings_from
 
 __all__ = ["GATE_FAILED", "register"]
 
@@ -90,49 +82,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from core.errors import ConfigError
     from etl.gates import QualityGateFailed
-    from etl.pipeline import parse_window, thresholds_of
-    from infra.objectstore import open_store
+    from recsys import runtime
 
-    settings = settings_from(args)
-    lake_uri = bootstrap.require(settings.lake, "--lake")
-    bootstrap.prepare_aws(settings, lake_uri)
-    source_url = bootstrap.source_url(settings)
-    retention = None if args.retention_days is None else float(args.retention_days)
-    if retention is not None and retention <= 0:
-        raise ConfigError(f"--retention-days must be positive, got {args.retention_days}")
-    since = parse_window(args.since, args.window, datetime.now(UTC))
-    engine = args.engine or settings.etl.engine
-    suppressed = _suppression_reader(settings)
-    if suppressed is None:
-        print("suppression list: none (no RECSYS_DATABASE_URL and no embedded stack running)")
-    options = {
-        "update_policy": args.update_policy or settings.etl.update_policy,
-        "partition_by": args.partition_by or settings.etl.partition_by,
-        "retention_days": retention,
-        "file_max_rows": settings.etl.file_max_rows,
-        "rating_time_column": settings.etl.rating_time_column,
-        "update_time_column": settings.etl.update_time_column,
-        "since": since,
-        "thresholds": thresholds_of(settings.etl),
-        "store": open_store(lake_uri),
-        "suppressed": suppressed,
-    }
-    summary: EtlSummary
     try:
-        if engine == "spark":
-            summary = _run_spark(settings, source_url, lake_uri, options)
-        else:
-            from etl.pipeline import run_etl
-
-            summary = run_etl(
-                source_url,
-                lake_uri,
-                chunk_rows=settings.etl.chunk_rows,
-                row_group_rows=settings.etl.row_group_rows,
-                **options,  # type: ignore[arg-type]
-            )
+        summary = runtime.jobs.etl(
+            settings_from(args),
+            engine=args.engine,
+            since=args.since,
+            window=args.window,
+            retention_days=None if args.retention_days is None else float(args.retention_days),
+            update_policy=args.update_policy,
+            partition_by=args.partition_by,
+            notes=print,
+        )
     except QualityGateFailed as exc:
         print(f"recsys etl: {exc}", file=sys.stderr)
         return GATE_FAILED
@@ -151,40 +114,3 @@ def _run(args: argparse.Namespace) -> int:
         f"partition_by={summary.partition_by}{gates}{deleted}"
     )
     return 0
-
-
-def _run_spark(settings: Settings, source_url: str, lake_uri: str, options: dict[str, object]) -> EtlSummary:
-    """The Spark engine on a local master (started for the run and stopped after it)."""
-    from core.errors import ConfigError
-
-    try:
-        from etl.spark_job import run_local
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not exc.name.startswith(("pyspark", "py4j")):
-            raise
-        raise ConfigError(
-            "--engine spark needs pyspark (pip install -r requirements-spark.lock; make install-dev "
-            "does); on AWS the Glue job provides Spark (deploy/glue/)"
-        ) from None
-    return run_local(settings.etl, source_url, lake_uri, **options)
-
-
-def _suppression_reader(settings: Settings) -> Callable[[], frozenset[int]] | None:
-    """Reads the suppression list of the product database: ``RECSYS_DATABASE_URL``, else the
-    embedded stack's when it is running (started by ``recsys stack up`` or a command before), else
-    there is none to read."""
-    from infra.suppression import read_suppressed
-    from recsys.stack import LocalStack
-
-    if settings.database_url is not None:
-        url = bootstrap.database_url(settings)
-    else:
-        info = LocalStack(settings.state_dir).info()
-        if info is None:
-            return None
-        url = info.database_url
-
-    def read() -> frozenset[int]:
-        return run_async(read_suppressed(url))
-
-    return read

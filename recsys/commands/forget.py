@@ -6,7 +6,6 @@ import argparse
 import getpass
 import os
 
-from recsys import bootstrap
 from recsys.commands._common import add_command, flag, run_async, settings_from
 
 __all__ = ["register"]
@@ -57,27 +56,16 @@ def actor() -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from compliance import Targets, forget
+    from recsys import runtime
 
-    settings = settings_from(args)
-    bootstrap.prepare_aws(settings)
-    dead_letters = settings.dead_letters
-    if dead_letters is None and (settings.state_dir / "dead-letters").is_dir():
-        dead_letters = str(settings.state_dir / "dead-letters")  # `recsys consume`'s default
-    targets = Targets(
-        database_url=bootstrap.database_url(settings),
-        lake=settings.lake,
-        artifacts=settings.artifacts,
-        delivery=args.delivery,
-        dead_letters=dead_letters,
-    )
     report = run_async(
-        forget(
+        runtime.jobs.forget(
+            settings_from(args),
             args.customer_number,
-            targets,
             actor=actor(),
+            delivery=args.delivery,
             dry_run=bool(args.dry_run),
-            suppress_events=bool(args.suppress),
+            suppress=bool(args.suppress),
         )
     )
     for line in report.lines():

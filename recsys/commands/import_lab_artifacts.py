@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from recsys import bootstrap
 from recsys.commands._common import add_command, flag, settings_from
 
 __all__ = ["register"]
@@ -42,18 +41,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from model_store.lab_import import import_lab_artifacts
+    from recsys import runtime
 
     settings = settings_from(args)
-    if not args.trust_pickle:
-        from core.errors import ArtifactError
-        from model_store.lab_import import REFUSAL
-
-        raise ArtifactError(REFUSAL)
-    artifacts = bootstrap.require(settings.artifacts, "--artifacts")
-    uris = [args.source, artifacts] + ([settings.lake] if settings.lake else [])
-    bootstrap.prepare_aws(settings, *uris)
-    version = import_lab_artifacts(args.source, artifacts, trust_pickle=True, lake_uri=settings.lake)
+    version = runtime.jobs.import_lab_artifacts(settings, args.source, trust_pickle=bool(args.trust_pickle))
+    artifacts = str(settings.artifacts)
     print(f"imported {args.source} as version {version} under {artifacts}")
     if settings.lake is None:
         print(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from recsys import bootstrap
 from recsys.commands._common import add_command, flag, run_async, settings_from
 
 __all__ = ["register"]
@@ -29,17 +28,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from core.errors import ConfigError
-    from model_store.loader import load_vectors
+    from recsys import runtime
 
-    settings = settings_from(args)
-    artifacts = bootstrap.require(settings.artifacts, "--artifacts")
-    keep = 3 if args.keep is None else int(args.keep)
-    if keep < 1:
-        raise ConfigError(f"--keep must be at least 1, got {keep}")
-    bootstrap.prepare_aws(settings, artifacts)
-    url = bootstrap.database_url(settings)
-    summary = run_async(load_vectors(url, artifacts, args.version, keep=keep))
+    keep = runtime.jobs.KEEP_VERSIONS if args.keep is None else int(args.keep)
+    summary = run_async(runtime.jobs.load_vectors(settings_from(args), version=args.version, keep=keep))
     how = "already loaded, switched to it" if summary.already_loaded else f"loaded in {summary.seconds:.2f} s"
     print(f"active version {summary.version}: {summary.items} items, {summary.users} users ({how})")
     if summary.dropped:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from infra.pg import migrate
-from recsys import bootstrap
 from recsys.commands._common import add_command, flag, run_async, settings_from
 
 __all__ = ["register"]
@@ -18,8 +16,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    applied = run_async(migrate(bootstrap.database_url(settings)))
+    from recsys import runtime
+
+    applied = run_async(runtime.jobs.migrate(settings_from(args)))
     if applied:
         for m in applied:
             print(f"applied {m.version:04d}_{m.name}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from core.errors import ConfigError
-from recsys import bootstrap
 from recsys.commands._common import add_command, flag, settings_from
 
 __all__ = ["register"]
@@ -35,28 +33,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from consumer.producer import produce
-    from consumer.setup import ensure_stream
-    from etl.source import load_catalog
+    from recsys import runtime
 
     settings = settings_from(args)
-    count = None if args.count is None else int(args.count)
-    duration = None if args.duration is None else float(args.duration)
-    if (count is None) == (duration is None):
-        raise ConfigError("give exactly one of --count N and --duration S")
-    emulator = bootstrap.prepare_aws(settings)
-    catalog = load_catalog(bootstrap.source_url(settings))
-    if emulator:
-        ensure_stream(settings.stream, int(args.shards or 2))
-    summary = produce(
-        settings.stream,
-        catalog.customers,
-        catalog.product_codes,
-        count=count,
-        duration_s=duration,
+    summary = runtime.jobs.produce(
+        settings,
+        count=None if args.count is None else int(args.count),
+        duration_s=None if args.duration is None else float(args.duration),
         rate=None if args.rate is None else float(args.rate),
         aggregate=bool(args.aggregate),
         seed=int(args.seed or 0),
+        shards=int(args.shards or 2),
     )
     rate = summary.sent / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     print(

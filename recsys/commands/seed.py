@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from recsys import bootstrap
 from recsys.commands._common import add_command, flag, settings_from
 
 __all__ = ["register"]
@@ -38,16 +37,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from core.errors import ConfigError
-    from etl.seed import seed
+    from recsys import runtime
 
-    settings = settings_from(args)
-    scale = 1.0 if args.scale is None else float(args.scale)
-    if not 0 < scale <= 10_000:
-        raise ConfigError(f"--scale must be in (0, 10000], got {scale}")
-    summary = seed(
-        bootstrap.source_url(settings),
-        scale=scale,
+    summary = runtime.jobs.seed(
+        settings_from(args),
+        scale=1.0 if args.scale is None else float(args.scale),
         seed=42 if args.seed is None else int(args.seed),
         reset_ratings=bool(args.reset_ratings),
     )

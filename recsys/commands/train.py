@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from recsys import bootstrap
 from recsys.commands._common import add_command, flag, settings_from
 
 __all__ = ["register"]
@@ -30,21 +29,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from core.errors import ConfigError
-    from model_store.training import train
+    from recsys import runtime
 
     settings = settings_from(args)
-    lake = bootstrap.require(settings.lake, "--lake")
-    artifacts = bootstrap.require(settings.artifacts, "--artifacts")
-    overrides = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed}.items() if v is not None}
-    try:
-        cfg = settings.train.model_copy(update={k: int(v) for k, v in overrides.items()})
-    except ValueError as exc:
-        raise ConfigError(f"--epochs/--seed must be integers: {exc}") from exc
-    if cfg.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {cfg.epochs}")
-    bootstrap.prepare_aws(settings, lake, artifacts)
-    summary = train(lake, artifacts, cfg)
+    summary = runtime.jobs.train(settings, epochs=args.epochs, seed=args.seed)
+    artifacts = str(settings.artifacts)
     m = summary.metrics
     if args.json:
         print(

@@ -14,9 +14,11 @@ and benchmarks hand in doubles from ``recsys.testing``; nothing else builds thes
   a supervised child process, on its own loop in a thread, or on the consumer's loop
   (``--api-loop process|own|shared``).
 
-The batch jobs (migrate, seed, etl, train, load-vectors, import-lab-artifacts, produce, forget) hold
-no long-lived graph: their commands resolve locations with ``recsys.bootstrap`` and call one
-function of their package. Commands are argparse -> settings -> this module.
+- :mod:`recsys.runtime.jobs` -- the batch jobs (migrate, seed, etl, train, load-vectors,
+  import-lab-artifacts, produce, forget): each checks its options, resolves its locations once with
+  ``recsys.bootstrap`` and runs its package's function, returning its summary.
+
+Commands are argparse -> settings -> this module -> print.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from recsys.runtime import jobs
     from recsys.runtime._api import ApiRunning, api, api_app, api_services
     from recsys.runtime._consumer import DEFAULT, aws_clients, consumer, database
     from recsys.runtime._heap import freeze_heap
@@ -44,6 +47,7 @@ __all__ = [
     "consumer",
     "database",
     "freeze_heap",
+    "jobs",
     "restart_delay",
     "running",
 ]
@@ -70,6 +74,8 @@ _WHERE = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "jobs":
+        return importlib.import_module("recsys.runtime.jobs")
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'recsys.runtime' has no attribute {name!r}")
