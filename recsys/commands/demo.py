@@ -129,7 +129,7 @@ def _prepare(settings: Settings) -> tuple[Settings, str]:
 
     from model_store.loader import load_vectors
 
-    loaded = run_async(load_vectors(url, ARTIFACTS, version))
+    loaded = run_async(load_vectors(url, ARTIFACTS, version, recall_target=settings.recall_target))
     state = "already active" if loaded.already_loaded else f"loaded in {loaded.seconds:.1f}s"
     say("load-vectors", f"version {loaded.version}: {loaded.items} items, {loaded.users} users, {state}")
 
