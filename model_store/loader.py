@@ -13,6 +13,15 @@ Index choice: the embeddings are L2-normalised, so inner product, cosine similar
 distance rank identically; ``vector_ip_ops`` (``<#>``, the negative inner product) is the cheapest of
 the three (no norms per comparison) and its score is directly the model's predicted (scaled) rating.
 
+Search width: right after the index is built, the loader measures recall@10 of the HNSW scan against
+the exact top-10 (numpy) on a sample of the version's own user vectors (the queries it will serve),
+at widening ``hnsw.ef_search`` steps, and records the smallest width reaching the recall target
+(default ``RECALL_TARGET``) in the version's row (``ef_search``, ``ef_search_recall``): the
+recommender serves with it unless an ``ef_search`` is given explicitly. A fixed width does not
+fit every catalog: the recall it gives falls with the catalog size and with how clustered the
+embeddings are. The build itself runs with ``maintenance_work_mem`` sized from the catalog
+(``build_memory_kb``, ``SET LOCAL``), so the graph is built in memory, not on disk.
+
 Retention: the newest ``keep`` versions stay loaded (the active one and its predecessors, so a
 process that has not refreshed yet keeps working and a rollback is a switch, not a reload); older
 ones are dropped after the switch.
@@ -38,15 +47,20 @@ from infra.pg import connect
 from model_store.artifacts import ArtifactBundle, load_bundle
 
 __all__ = [
+    "EF_SEARCH_STEPS",
     "HNSW_EF_CONSTRUCTION",
     "HNSW_M",
     "NEIGHBOURS",
+    "RECALL_TARGET",
     "LoadSummary",
+    "SearchWidth",
     "activate_version",
+    "build_memory_kb",
     "exact_neighbours",
     "load_bundle_into",
     "load_vectors",
     "table_names",
+    "tune_ef_search",
 ]
 
 log = get_logger(__name__)
@@ -55,6 +69,11 @@ NEIGHBOURS = 100  # similar items stored per item (the API's largest limit)
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 256  # measured: recall@10 0.89 -> 0.96 at 10k items (ef_search 100), see docs
 _LOAD_LOCK = 0x7265637379730100  # "recsys" + 0x100
+RECALL_TARGET = 0.98  # recall@10 the default search width must reach on the loader's sample
+EF_SEARCH_STEPS = (40, 60, 80, 100, 140, 200, 280, 400, 560, 800, 1000)  # the widths tried, in order
+RECALL_SAMPLE = 300  # query vectors of the measurement
+BUILD_MEMORY_MIN_KB = 64 * 1024  # PostgreSQL's own default maintenance_work_mem
+BUILD_MEMORY_MAX_KB = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +85,106 @@ class LoadSummary:
     already_loaded: bool = False
     dropped: tuple[str, ...] = ()
     seconds: float = 0.0
+    ef_search: int | None = None
+    ef_search_recall: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchWidth:
+    """The chosen ``hnsw.ef_search`` and the recall@10 it gave on the sample (``queries`` vectors)."""
+
+    ef_search: int
+    recall: float
+    queries: int
+
+
+def build_memory_kb(items: int, dim: int) -> int:
+    """``maintenance_work_mem`` (kB) under which pgvector builds an HNSW graph of ``items`` vectors in
+    memory: per element the vector (4 bytes a dimension + header), its level-0 neighbour array
+    (``2 * HNSW_M`` candidates of 16 bytes), the upper levels' share, the element's own header and
+    pgvector's bookkeeping (about 1.1 kB a 32-dimension element, measured at 100k items by the
+    "no longer fits" notice), with a 25% margin; at least PostgreSQL's default, at most 4 GB."""
+    per_item = 4 * dim + 8 + 2 * HNSW_M * 16 + 512
+    need = int(items * per_item * 1.25) // 1024
+    return max(BUILD_MEMORY_MIN_KB, min(BUILD_MEMORY_MAX_KB, need))
+
+
+def _exact_top(
+    items: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], k: int
+) -> npt.NDArray[np.int64]:
+    """Exact top-``k`` item rows by inner product per query row (ties: lower row first)."""
+    top = np.zeros((queries.shape[0], k), dtype=np.int64)
+    for start in range(0, queries.shape[0], 64):
+        sim = queries[start : start + 64] @ items.T
+        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        order = np.lexsort((part, -np.take_along_axis(sim, part, axis=1)), axis=1)
+        top[start : start + 64] = np.take_along_axis(part, order, axis=1)
+    return top
+
+
+async def tune_ef_search(
+    conn: asyncpg.Connection[Any],
+    item_table: str,
+    item_ids: list[str],
+    item_vectors: npt.NDArray[np.float32],
+    queries: npt.NDArray[np.float32],
+    *,
+    target: float = RECALL_TARGET,
+    k: int = 10,
+) -> SearchWidth:
+    """The smallest of ``EF_SEARCH_STEPS`` whose recall@``k`` over ``queries`` (HNSW scan on
+    ``item_table`` against the exact top-``k``) reaches ``target``; the largest step when none does.
+    Runs on ``conn`` (inside the load's transaction: the table need not be committed)."""
+    k = min(k, len(item_ids))
+    if k == 0 or queries.shape[0] == 0:
+        return SearchWidth(EF_SEARCH_STEPS[-1], 1.0, 0)
+    exact = await asyncio.to_thread(_exact_top, item_vectors, queries, k)
+    position = {code: i for i, code in enumerate(item_ids)}
+    sql = f"""
+        WITH cfg AS MATERIALIZED (
+            SELECT set_config('hnsw.ef_search', $1::text, true) AS ef,
+                   set_config('hnsw.iterative_scan', 'strict_order', true) AS scan
+        )
+        SELECT q.ord, t.ids
+        FROM cfg, unnest($2::vector[]) WITH ORDINALITY AS q(vec, ord)
+        CROSS JOIN LATERAL (
+            SELECT array_agg(s.id) AS ids FROM (
+                SELECT e.id FROM {item_table} e
+                WHERE cfg.ef IS NOT NULL AND cfg.scan IS NOT NULL
+                ORDER BY e.embedding <#> q.vec LIMIT {k}
+            ) s
+        ) t"""
+    from pgvector import Vector
+
+    vectors = [Vector(v) for v in queries]
+    recall = 0.0
+    for ef in EF_SEARCH_STEPS:
+        hits = 0
+        for row in await conn.fetch(sql, str(ef), vectors):
+            found = {position[i] for i in row["ids"] or ()}
+            hits += len(found.intersection(exact[int(row["ord"]) - 1].tolist()))
+        recall = hits / (k * queries.shape[0])
+        if recall >= target:
+            return SearchWidth(ef, recall, queries.shape[0])
+    log.warning(
+        "recall@%d %.3f at the widest ef_search %d is below the target %.3f",
+        k,
+        recall,
+        EF_SEARCH_STEPS[-1],
+        target,
+    )
+    return SearchWidth(EF_SEARCH_STEPS[-1], recall, queries.shape[0])
+
+
+def _sample_queries(bundle: ArtifactBundle, n: int = RECALL_SAMPLE) -> npt.NDArray[np.float32]:
+    """Up to ``n`` of the version's user vectors (the queries it serves; its item vectors when it has
+    no users), picked by a seeded generator: the same version gives the same sample."""
+    pool = bundle.user_vectors if len(bundle.user_ids) else bundle.item_vectors
+    vectors = np.asarray(pool, dtype=np.float32)
+    if vectors.shape[0] <= n:
+        return vectors
+    rows = np.sort(np.random.default_rng(20_251_201).choice(vectors.shape[0], n, replace=False))
+    return vectors[rows]
 
 
 def table_names(version: str) -> tuple[str, str]:
@@ -133,9 +252,15 @@ async def activate_version(conn: asyncpg.Connection[Any], version: str) -> None:
 
 
 async def load_bundle_into(
-    conn: asyncpg.Connection[Any], bundle: ArtifactBundle, keep: int = 3
+    conn: asyncpg.Connection[Any],
+    bundle: ArtifactBundle,
+    keep: int = 3,
+    recall_target: float = RECALL_TARGET,
 ) -> LoadSummary:
-    """Load (or re-activate) ``bundle`` on ``conn``; see the module docstring for the guarantees."""
+    """Load (or re-activate) ``bundle`` on ``conn``; see the module docstring for the guarantees.
+    ``recall_target``: the recall@10 the version's recorded ``ef_search`` must reach (0 < t <= 1)."""
+    if not 0.0 < recall_target <= 1.0:
+        raise ConfigError(f"the recall target must be in (0, 1], got {recall_target}")
     started = time.perf_counter()
     version = bundle.version
     await conn.execute("SELECT pg_advisory_lock($1)", _LOAD_LOCK)
@@ -146,8 +271,11 @@ async def load_bundle_into(
             if has_row and complete:
                 log.info("version %s is already loaded; switching to it", version)
             else:
-                neighbours = await _load_tables(conn, bundle, has_row)
+                neighbours = await _load_tables(conn, bundle, has_row, recall_target)
             await activate_version(conn, version)
+            width = await conn.fetchrow(
+                "SELECT ef_search, ef_search_recall FROM model_versions WHERE version = $1", version
+            )
         dropped = await _drop_old(conn, keep)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOAD_LOCK)
@@ -159,19 +287,26 @@ async def load_bundle_into(
         already_loaded=has_row and complete,
         dropped=tuple(dropped),
         seconds=time.perf_counter() - started,
+        ef_search=None if width is None or width["ef_search"] is None else int(width["ef_search"]),
+        ef_search_recall=None
+        if width is None or width["ef_search_recall"] is None
+        else float(width["ef_search_recall"]),
     )
     log.info(
-        "version %s active: %d items, %d users, %d neighbour lists in %.2f s",
+        "version %s active: %d items, %d users, %d neighbour lists, ef_search %s in %.2f s",
         version,
         summary.items,
         summary.users,
         summary.neighbours,
+        summary.ef_search,
         summary.seconds,
     )
     return summary
 
 
-async def _load_tables(conn: asyncpg.Connection[Any], bundle: ArtifactBundle, has_row: bool) -> int:
+async def _load_tables(
+    conn: asyncpg.Connection[Any], bundle: ArtifactBundle, has_row: bool, recall_target: float
+) -> int:
     version = bundle.version
     item_table, user_table = table_names(version)
     dim = bundle.config.embedding_dim
@@ -198,16 +333,38 @@ async def _load_tables(conn: asyncpg.Connection[Any], bundle: ArtifactBundle, ha
         records=list(zip(bundle.user_ids, bundle.user_vectors, bought, strict=True)),
         columns=["id", "embedding", "bought"],
     )
+    current_kb = int(
+        await conn.fetchval("SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'")
+    )
+    memory_kb = max(current_kb, build_memory_kb(len(bundle.item_ids), dim))
+    await conn.execute(f"SET LOCAL maintenance_work_mem = '{memory_kb}kB'")  # this transaction only
     await conn.execute(
         f"CREATE INDEX ON {item_table} USING hnsw (embedding vector_ip_ops) "
         f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
     )
     await conn.execute(f"ANALYZE {item_table}; ANALYZE {user_table}")
+    width = await tune_ef_search(
+        conn,
+        item_table,
+        list(bundle.item_ids),
+        np.asarray(bundle.item_vectors, dtype=np.float32),
+        _sample_queries(bundle),
+        target=recall_target,
+    )
+    log.info(
+        "version %s: ef_search %d gives recall@10 %.3f on %d sampled queries (target %.3f)",
+        version,
+        width.ef_search,
+        width.recall,
+        width.queries,
+        recall_target,
+    )
     manifest = bundle.stored_manifest or bundle.manifest({})
     await conn.execute(
         """INSERT INTO model_versions (version, item_table, user_table, dimension, items, users, manifest,
-                                       model_config, user_features, item_features, weights)
-           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10::jsonb, $11)""",
+                                       model_config, user_features, item_features, weights,
+                                       ef_search, ef_search_recall)
+           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10::jsonb, $11, $12, $13)""",
         version,
         item_table,
         user_table,
@@ -219,6 +376,8 @@ async def _load_tables(conn: asyncpg.Connection[Any], bundle: ArtifactBundle, ha
         json.dumps(bundle.user_transform.to_json()),
         json.dumps(bundle.item_transform.to_json()),
         bundle.weights,
+        width.ef_search,
+        width.recall,
     )
     idx, scores = await asyncio.to_thread(exact_neighbours, bundle.item_vectors, NEIGHBOURS)
     ids = bundle.item_ids
@@ -253,14 +412,18 @@ async def _drop_old(conn: asyncpg.Connection[Any], keep: int) -> list[str]:
 
 
 async def load_vectors(
-    database_url: str, artifacts_uri: str, version: str | None = None, keep: int = 3
+    database_url: str,
+    artifacts_uri: str,
+    version: str | None = None,
+    keep: int = 3,
+    recall_target: float = RECALL_TARGET,
 ) -> LoadSummary:
     """Verify ``version`` (default: latest) under ``artifacts_uri`` and make it the active version."""
     bundle = await asyncio.to_thread(load_bundle, open_store(artifacts_uri), version)
     conn = await connect(database_url)
     try:
-        return await load_bundle_into(conn, bundle, keep=keep)
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedObjectError) as exc:
+        return await load_bundle_into(conn, bundle, keep=keep, recall_target=recall_target)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedObjectError, asyncpg.UndefinedColumnError) as exc:
         raise ConfigError(f"the vector tables are missing ({exc}); run `recsys migrate` first") from exc
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailable(f"loading vectors failed: {exc}") from exc

@@ -19,7 +19,9 @@ One ``recommend_batch`` call does:
    recommendations, the neighbour lists are merged (cart items first) and an empty answer becomes the
    popular items, marked ``fallback=True``.
 
-HNSW scans run with a fixed ``hnsw.ef_search`` and ``hnsw.iterative_scan = strict_order`` (set
+HNSW scans run with the version's ``hnsw.ef_search`` (the width the loader measured to reach its
+recall target on that catalog, ``DEFAULT_EF_SEARCH`` for a version loaded without one; an explicit
+``ef_search`` overrides it) and ``hnsw.iterative_scan = strict_order`` (set
 transaction-locally inside the same statement), so a scan returns the same items in the same order
 whatever LIMIT it is given: the answer for a request does not depend on the rest of its batch, and
 requests with more exclusions than ``ef_search`` still get ``k`` items.
@@ -80,6 +82,7 @@ POPULAR_KEPT = 1000
 CACHE_KEYS = 10_000  # default: user-feature keys (and product codes) whose lists a version keeps
 CACHE_MAX_DEPTH = 200  # items kept per cached list
 CACHE_FILL_DEPTH = 32  # a miss fetches at least this deep, so the key's next, longer ask still hits
+DEFAULT_EF_SEARCH = 100  # the width of a version whose row records none (loaded before the loader chose it)
 _TABLE = re.compile(r"^(item|user)_emb__[a-z0-9_]{1,48}$")
 _DB_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -124,6 +127,7 @@ class ModelState:
     neighbours: PrefixCache[str, ScoredItem]
     kind: str = "features"
     known_customers: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    ef_search: int = DEFAULT_EF_SEARCH  # the width the loader chose for this version's catalog
 
     def knows(self, customer_number: int | None) -> bool:
         """Whether this (hybrid) version has the customer's own vector (sorted ``known_customers``)."""
@@ -196,6 +200,7 @@ def _build_state(
         neighbours=PrefixCache(cache_keys, CACHE_MAX_DEPTH),
         kind=str(row["kind"] or "features"),
         known_customers=np.unique(np.asarray(known, dtype=np.int64)),
+        ef_search=DEFAULT_EF_SEARCH if row["ef_search"] is None else int(row["ef_search"]),
     )
 
 
@@ -238,7 +243,7 @@ class ModelRecommender:
         pool: asyncpg.Pool[Any],
         state: ModelState,
         executor: ThreadPoolExecutor,
-        ef_search: int,
+        ef_search: int | None,
         *,
         cache_keys: int = CACHE_KEYS,
         observe: CacheObserver | None = None,
@@ -259,7 +264,7 @@ class ModelRecommender:
         cls,
         pool: asyncpg.Pool[Any],
         *,
-        ef_search: int = 100,
+        ef_search: int | None = None,
         torch_threads: int | None = 1,
         cache_keys: int = CACHE_KEYS,
         observe: CacheObserver | None = None,
@@ -267,6 +272,8 @@ class ModelRecommender:
     ) -> ModelRecommender:
         """The recommender of the active version. Raises ``ModelNotReady`` when none is active.
 
+        ``ef_search``: the HNSW search width of every scan; None (the default) = the one the loader
+        recorded for the active version (``DEFAULT_EF_SEARCH`` when it recorded none).
         ``cache_keys``: how many user-feature keys or known customers (and, separately, product
         codes) keep their candidate (neighbour) lists per version, least recently used first out;
         0 = no cache. ``observe`` hears each batch's cache hits and misses (the consumer's metrics).
@@ -287,8 +294,13 @@ class ModelRecommender:
         if state is None:
             executor.shutdown(wait=False)
             raise ModelNotReady("no model version is active; run `recsys train` and `recsys load-vectors`")
-        log.info("model version %s ready (%s)", state.version, state.item_table)
-        ef = max(10, min(ef_search, 1000))
+        ef = None if ef_search is None else max(10, min(ef_search, 1000))
+        log.info(
+            "model version %s ready (%s, ef_search %d)",
+            state.version,
+            state.item_table,
+            ef or state.ef_search,
+        )
         return cls(
             pool, state, executor, ef, cache_keys=cache_keys, observe=observe, exclude_bought=exclude_bought
         )
@@ -301,7 +313,7 @@ class ModelRecommender:
             async with pool.acquire() as conn:
                 row = await conn.fetchrow(
                     "SELECT version, item_table, user_table, dimension, user_features, weights, "
-                    "manifest->'model'->>'kind' AS kind FROM model_versions WHERE active"
+                    "ef_search, manifest->'model'->>'kind' AS kind FROM model_versions WHERE active"
                 )
                 if row is None or row["version"] == skip:
                     return None
@@ -316,7 +328,7 @@ class ModelRecommender:
                         int(r["id"])
                         for r in await conn.fetch(f"SELECT id FROM {_table(str(row['user_table']))}")
                     ]
-        except asyncpg.UndefinedTableError as exc:
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
             raise ModelNotReady("the model tables do not exist; run `recsys migrate` first") from exc
         except _DB_ERRORS as exc:
             raise DatabaseUnavailable(f"reading the active model version failed: {exc}") from exc
@@ -326,6 +338,11 @@ class ModelRecommender:
     @property
     def model_version(self) -> str:
         return self._state.version
+
+    @property
+    def ef_search(self) -> int:
+        """The ``hnsw.ef_search`` the scans run with: the explicit one, else the active version's."""
+        return self._ef_search or self._state.ef_search
 
     async def refresh(self) -> bool:
         """Switch to the active version if it changed (one cheap query when it did not)."""
@@ -528,7 +545,7 @@ class ModelRecommender:
                 list(range(len(limits))) if ords is None else ords,
                 [None if v is None else Vector(v) for v in vectors],
                 limits,
-                str(self._ef_search),
+                str(self._ef_search or state.ef_search),
                 state.version,
                 codes,
                 depth,

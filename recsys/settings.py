@@ -69,12 +69,21 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"
-    ef_search: int = Field(
-        100,
+    ef_search: int | None = Field(
+        None,
         ge=10,
         le=1000,
         description="hnsw.ef_search of the nearest-item queries (consumer and API): higher = better "
-        "recall on a large catalog, slower queries (docs/performance.md, section 3)",
+        "recall on a large catalog, slower queries; unset = the active version's own, the smallest "
+        "width the loader measured to reach RECSYS_RECALL_TARGET (docs/performance.md)",
+    )
+    recall_target: float = Field(
+        0.98,
+        gt=0.0,
+        le=1.0,
+        description="`recsys load-vectors`: the recall@10 (against the exact top-10) the version's "
+        "ef_search must reach, measured on a sample of its user vectors right after the index is "
+        "built; the version serves with that width unless RECSYS_EF_SEARCH is set",
     )
     exclude_bought: bool = Field(
         True,

@@ -58,6 +58,6 @@ class ServiceConfig:
 
     database_url: SecretStr | None = None  # None: the app must be given a pool
     api_token: SecretStr | None = None  # None: no authentication
-    ef_search: int = 100
+    ef_search: int | None = None  # None: the active version's own (chosen by the loader)
     exclude_bought: bool = True  # the model's answers leave out what the customer bought
     api: ApiSettings = field(default_factory=ApiSettings)

@@ -15,7 +15,7 @@ __all__ = ["open_recommender"]
 async def open_recommender(
     pool: asyncpg.Pool[Any],
     *,
-    ef_search: int = 100,
+    ef_search: int | None = None,
     cache_keys: int | None = None,
     observe: Callable[[str, int, int], None] | None = None,
     exclude_bought: bool = True,

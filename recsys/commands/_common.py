@@ -32,6 +32,7 @@ SETTINGS_FLAGS = {
     "metrics_port",
     "log_level",
     "log_format",
+    "recall_target",
 }
 
 

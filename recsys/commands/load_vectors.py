@@ -24,16 +24,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     flag(parser, "--version", "the artifact version to load (default: the latest)", metavar="V")
     flag(parser, "--database-url", "PostgreSQL URL; unset = the embedded stack", metavar="URL")
     flag(parser, "--keep", "loaded versions to keep, the active one included (default: 3)", type=int)
+    flag(
+        parser,
+        "--recall-target",
+        "recall@10 the version's HNSW search width (ef_search) must reach, measured after the index "
+        "is built; the version serves with the smallest width that does "
+        "(default: RECSYS_RECALL_TARGET or 0.98)",
+        type=float,
+        dest="recall_target",
+        metavar="R",
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from recsys import runtime
 
+    settings = settings_from(args)
     keep = runtime.jobs.KEEP_VERSIONS if args.keep is None else int(args.keep)
-    summary = run_async(runtime.jobs.load_vectors(settings_from(args), version=args.version, keep=keep))
+    summary = run_async(runtime.jobs.load_vectors(settings, version=args.version, keep=keep))
     how = "already loaded, switched to it" if summary.already_loaded else f"loaded in {summary.seconds:.2f} s"
     print(f"active version {summary.version}: {summary.items} items, {summary.users} users ({how})")
+    if summary.ef_search is not None:
+        recall = "" if summary.ef_search_recall is None else f", recall@10 {summary.ef_search_recall:.3f}"
+        print(f"search width: ef_search {summary.ef_search}{recall} (target {settings.recall_target})")
     if summary.dropped:
         print(f"dropped old versions: {', '.join(summary.dropped)}")
     return 0

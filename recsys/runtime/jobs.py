@@ -177,7 +177,8 @@ async def load_vectors(
     if keep < 1:
         raise ConfigError(f"--keep must be at least 1, got {keep}")
     bootstrap.prepare_aws(settings, artifacts)
-    return await load(bootstrap.database_url(settings), artifacts, version, keep=keep)
+    url = bootstrap.database_url(settings)
+    return await load(url, artifacts, version, keep=keep, recall_target=settings.recall_target)
 
 
 def import_lab_artifacts(settings: Settings, source: str, *, trust_pickle: bool) -> str:

@@ -375,11 +375,21 @@ async def test_hnsw_path_recall_and_batch_identity_at_6000_items(
         await conn.close()
     assert "embedding_idx" in plan, plan  # the HNSW index answers, not a sequential scan
 
-    rec = await ModelRecommender.open(ms_pool)
+    from model_store.loader import RECALL_TARGET
+
+    chosen = await ms_pool.fetchrow(
+        "SELECT ef_search, ef_search_recall FROM model_versions WHERE version = $1", bundle.version
+    )
+    assert chosen["ef_search_recall"] >= RECALL_TARGET  # the loader's own sample reached the target
+    rec = await ModelRecommender.open(ms_pool)  # the default: the width the loader chose
     try:
+        assert rec.ef_search == chosen["ef_search"]
         recall = await _recall_at_10(rec, bundle)
-        print(f"pgvector HNSW recall@10 vs exact top-10: {recall:.3f} (6000 items, ef_search 100)")
-        assert recall >= 0.85
+        print(
+            f"pgvector HNSW recall@10 vs exact top-10: {recall:.3f} (6000 items, default ef_search "
+            f"{rec.ef_search}; the loader measured {chosen['ef_search_recall']:.3f} on its sample)"
+        )
+        assert recall >= 0.95  # another sample of queries than the loader's
 
         rng = np.random.default_rng(1)
         cols = big_catalog.user_columns
@@ -408,6 +418,89 @@ async def test_ef_search_trades_recall(ms_pool: asyncpg.Pool[Any], big_bundle: A
             await rec.close()
     assert recall[400] > recall[10]
     assert recall[400] >= 0.95
+
+
+async def test_the_chosen_ef_search_grows_with_the_recall_target_and_the_catalog(
+    ms_database_url: str, ms_pool: asyncpg.Pool[Any], big_bundle: Any
+) -> None:
+    from infra.pg import connect
+    from model_store.loader import EF_SEARCH_STEPS, tune_ef_search
+
+    item_table, _ = table_names(big_bundle.version)
+    items = np.asarray(big_bundle.item_vectors, dtype=np.float32)
+    queries = np.asarray(big_bundle.user_vectors[:150], dtype=np.float32)
+    conn = await connect(ms_database_url)
+    try:
+        widths = [
+            await tune_ef_search(conn, item_table, list(big_bundle.item_ids), items, queries, target=target)
+            for target in (0.5, 0.9, 0.98, 1.0)
+        ]
+        # a 300-item catalog (the same vectors' first rows): the narrowest width is already exact
+        async with conn.transaction():
+            await conn.execute(
+                f"CREATE TEMP TABLE small_items ON COMMIT DROP AS SELECT * FROM {item_table} "
+                "WHERE id = ANY($1::text[])",
+                list(big_bundle.item_ids[:300]),
+            )
+            await conn.execute("CREATE INDEX ON small_items USING hnsw (embedding vector_ip_ops)")
+            small = await tune_ef_search(
+                conn, "small_items", list(big_bundle.item_ids[:300]), items[:300], queries, target=0.98
+            )
+    finally:
+        await conn.close()
+    chosen = [w.ef_search for w in widths]
+    assert chosen == sorted(chosen), widths
+    assert all(
+        w.recall >= t or w.ef_search == EF_SEARCH_STEPS[-1]
+        for w, t in zip(widths, (0.5, 0.9, 0.98, 1.0), strict=True)
+    )
+    assert chosen[-1] > chosen[0]
+    assert small.ef_search == EF_SEARCH_STEPS[0] and small.recall >= 0.98
+    assert widths[2].ef_search > small.ef_search  # 6000 items need a wider search than 300
+
+    # an explicit width overrides the version's
+    rec = await ModelRecommender.open(ms_pool, ef_search=40, cache_keys=0)
+    try:
+        assert rec.ef_search == 40
+    finally:
+        await rec.close()
+
+
+async def test_the_index_is_built_with_maintenance_work_mem_sized_from_the_catalog(
+    database_url: str, big_catalog: Catalog
+) -> None:
+    from infra.pg import _init_connection, new_database
+    from model_store.loader import build_memory_kb, load_bundle_into
+
+    seen: list[int] = []
+
+    class Recording(asyncpg.Connection):  # type: ignore[misc]
+        async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
+            if query.lstrip().upper().startswith("CREATE INDEX"):  # read back inside the build's transaction
+                seen.append(
+                    int(
+                        await self.fetchval(
+                            "SELECT setting FROM pg_settings WHERE name = 'maintenance_work_mem'"
+                        )
+                    )
+                )
+            result: str = await super().execute(query, *args, **kwargs)
+            return result
+
+    bundle = big_catalog.bundle
+    conn = await asyncpg.connect(await new_database(database_url, "loader_mwm"), connection_class=Recording)
+    try:
+        await _init_connection(conn)
+        await conn.execute("SET maintenance_work_mem = '1MB'")  # below what the loader asks for
+        await load_bundle_into(conn, bundle)
+        after = int(
+            await conn.fetchval("SELECT setting FROM pg_settings WHERE name = 'maintenance_work_mem'")
+        )
+    finally:
+        await conn.close()
+    assert seen == [build_memory_kb(len(bundle.item_ids), bundle.config.embedding_dim)]
+    assert seen[0] > 1024
+    assert after == 1024  # SET LOCAL: the session's own value once the load's transaction ended
 
 
 async def test_the_candidate_cache_answers_exactly_what_the_index_answers(
