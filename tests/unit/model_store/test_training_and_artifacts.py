@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -15,13 +17,14 @@ from model_store.artifacts import (
     FILES,
     LATEST,
     MANIFEST,
+    OPTIONAL_FILES,
     export_trained,
     format_vector,
     load_bundle,
     parse_vector,
 )
 from model_store.model import load_state_dict
-from model_store.testing import synthetic_ratings
+from model_store.testing import previous_release_layout, synthetic_ratings
 from model_store.training import TrainedModel, fit
 from recsys.settings import TrainSettings
 
@@ -132,6 +135,44 @@ def test_golden_export_and_reload_give_the_same_embeddings(trained: TrainedModel
         assert key in manifest["metrics"]
     assert set(manifest["files"]) == set(FILES.values())
     assert [p.id for p in bundle.popular] == [p.id for p in trained.popular]
+
+
+def test_user_embeddings_csv_has_the_designs_two_columns(trained: TrainedModel, tmp_path: Path) -> None:
+    """DESIGN.md: ``user_embeddings.csv`` is ``id,embedding``; the bought lists are a file of their own."""
+    version = export_trained(str(tmp_path), trained)
+    rows = list(csv.reader(io.StringIO((tmp_path / version / FILES["user_embeddings"]).read_text())))
+    assert rows[0] == ["id", "embedding"] and all(len(r) == 2 for r in rows)
+    assert [int(r[0]) for r in rows[1:]] == trained.data.user_ids
+    bought = list(csv.reader(io.StringIO((tmp_path / version / FILES["user_bought"]).read_text())))
+    assert bought[0] == ["id", "bought"] and [int(r[0]) for r in bought[1:]] == trained.data.user_ids
+    assert [json.loads(r[1]) for r in bought[1:]] == trained.data.bought()
+
+
+def test_a_version_of_the_previous_release_with_a_bought_column_still_loads(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    version = export_trained(str(tmp_path), trained)
+    current = load_bundle(LocalStore(str(tmp_path)), version)
+    previous_release_layout(str(tmp_path / version))
+    old = load_bundle(LocalStore(str(tmp_path)), version)
+    assert old.user_bought == current.user_bought == trained.data.bought()
+    assert old.user_ids == current.user_ids
+    np.testing.assert_array_equal(old.user_vectors, current.user_vectors)
+
+
+def test_bought_lists_follow_the_embeddings_ids() -> None:
+    """A customer without a row has bought nothing known; a malformed file is refused with its line."""
+    from model_store.artifacts import read_user_bought
+
+    body = b'id,bought\n7,"[""a"",""b""]"\n9,[]\n'
+    assert read_user_bought(body, "user_bought.csv", [9, 7, 8]) == [[], ["a", "b"], []]
+    with pytest.raises(ArtifactError, match="line 2"):
+        read_user_bought(b"id,bought\n7,not json\n", "user_bought.csv", [7])
+    with pytest.raises(ArtifactError, match="twice"):
+        read_user_bought(b"id,bought\n7,[]\n7,[]\n", "user_bought.csv", [7])
+    with pytest.raises(ArtifactError, match="header"):
+        read_user_bought(b"customer,items\n", "user_bought.csv", [])
+    assert FILES["user_bought"] in OPTIONAL_FILES
 
 
 @pytest.mark.parametrize("key", sorted(FILES.values()))
