@@ -85,6 +85,61 @@ def test_model_beats_popularity_for_known_and_cold_start_customers() -> None:
     assert model.training["epochs_run"] >= model.training["best_epoch"] >= 1
 
 
+def test_the_cold_start_prior_is_opt_in_and_moves_only_the_unknown_row(trained: TrainedModel) -> None:
+    """The popularity prior for new customers (off by default) is a shift of the user tower's
+    ``unknown`` row toward the popular items, its weight chosen on customers held out whole; known
+    customers' and items' vectors do not change."""
+    from model_store.model import TwoTower
+    from model_store.training import PRIOR_GRID, _apply_prior, _popularity_direction, _Prior
+
+    assert trained.training["cold_prior"]["weight"] == 0.0  # the default: no prior
+    assert trained.metrics["cold_ndcg_at_10"] == trained.metrics["cold_no_prior_ndcg_at_10"]
+    table = synthetic_ratings(n_customers=40, n_products=30, ratings_per_customer=12, seed=5)
+    opted = fit(table, TINY.model_copy(update={"cold_prior": True}))
+    record = opted.training["cold_prior"]
+    assert record["weight"] in PRIOR_GRID and set(record["validation"]) == {f"{w:g}" for w in PRIOR_GRID}
+    assert (
+        opted.training["pairs"]["cold_start_validation"] > 0
+        and "cold_no_prior_hit_rate_at_10" in opted.metrics
+    )
+
+    model = TwoTower(trained.config, n_users=40, n_items=30)
+    model.load_state_dict(trained.state_dict)
+    users_x = torch.from_numpy(trained.user_transform.dense(trained.data.user_columns))
+    items_x = torch.from_numpy(trained.item_transform.dense(trained.data.item_columns))
+    with torch.no_grad():
+        known = model.user_tower(users_x, torch.arange(40)).clone()
+        items = model.item_tower(items_x, torch.arange(30)).double().numpy()
+        cold = model.user_tower(users_x).double().numpy()
+    counts = np.bincount(trained.data.item_index, minlength=30).astype(np.float64)
+    direction, _ = _popularity_direction(items, counts)
+    _apply_prior(model, _Prior(1.0, 2.0, direction, 1.0))
+    with torch.no_grad():
+        assert torch.equal(model.user_tower(users_x, torch.arange(40)), known)
+        shifted = model.user_tower(users_x).double().numpy()
+    log_pop = np.log1p(counts)
+
+    def agreement(
+        users: np.ndarray,
+    ) -> float:  # mean correlation of a new customer's scores with log-popularity
+        return float(np.mean([np.corrcoef(items @ u, log_pop)[0, 1] for u in users]))
+
+    assert agreement(shifted) > agreement(cold) + 0.1
+
+
+def test_the_popularity_direction_fits_log_popularity() -> None:
+    from model_store.training import _popularity_direction
+
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(50, 8))
+    items -= items.mean(axis=0)  # (the fit has no intercept: a constant does not change a ranking)
+    truth = rng.normal(size=8)
+    counts = np.expm1(items @ truth + 3.0)  # log(1 + count) is linear in the vectors: an exact fit
+    direction, r2 = _popularity_direction(items, counts)
+    assert r2 > 0.999
+    np.testing.assert_allclose(items @ direction, items @ truth - (items @ truth).mean(), atol=1e-6)
+
+
 def test_too_little_data_is_a_user_error() -> None:
     table = synthetic_ratings(n_customers=2, n_products=3, ratings_per_customer=2)
     with pytest.raises(UserError, match="at least 10"):
