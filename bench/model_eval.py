@@ -18,9 +18,11 @@ a user runs it: ``recsys etl``, ``recsys train``, ``recsys load-vectors``, ``rec
 process on a free port). A known customer's answer is ``GET /recommendations/{customer}?limit=10``
 (``source`` must be ``model``); a cold-start customer's is ``POST /user_embeddings`` with their
 profile then ``POST /items_from_user?limit=10`` (the stream path's features vector: the API has no
-profile of a customer it does not know). The product leaves the customer's training purchases out
-(its already-bought filter); the baselines rank every item but those, on exactly the same training
-pairs:
+profile of a customer it does not know). The cold-start split is run twice per seed, the second time
+with ``RECSYS_TRAIN__COLD_PRIOR=true`` (the opt-in popularity prior in new customers' vectors,
+``model_store.training``), so its effect is measured side by side. The product leaves the
+customer's training purchases out (its already-bought filter); the baselines rank every item but
+those, on exactly the same training pairs:
 
 - popularity: purchase count in the training pairs;
 - ``implicit.als.AlternatingLeastSquares(factors=32, regularization=0.05, iterations=30, alpha=1.0)``
@@ -389,8 +391,25 @@ class ProductRun:
     train_seconds: float
 
 
-def run_product(shop: Shop, split: Split, seed: int, server_url: str) -> ProductRun:
-    """etl -> train -> load-vectors -> serve on ``split``'s training purchases; the API's answers scored."""
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_product(
+    shop: Shop, split: Split, seed: int, server_url: str, train_env: dict[str, str] | None = None
+) -> ProductRun:
+    """etl -> train -> load-vectors -> serve on ``split``'s training purchases; the API's answers scored.
+    ``train_env``: settings for ``recsys train`` (``RECSYS_TRAIN__*``)."""
     from infra.objectstore import open_store
     from infra.pg import new_database
     from model_store.artifacts import load_bundle
@@ -402,9 +421,10 @@ def run_product(shop: Shop, split: Split, seed: int, server_url: str) -> Product
         lake, artifacts = str(work / "lake"), str(work / "artifacts")
         _recsys("etl", "--source-url", shop.url, "--lake", lake)
         started = time.perf_counter()
-        summary = json.loads(
-            _recsys("train", "--lake", lake, "--artifacts", artifacts, "--json", "--seed", str(seed))
-        )
+        with _environment(train_env or {}):
+            summary = json.loads(
+                _recsys("train", "--lake", lake, "--artifacts", artifacts, "--json", "--seed", str(seed))
+            )
         train_seconds = time.perf_counter() - started
         _recsys("load-vectors", "--artifacts", artifacts, "--database-url", database)
         manifest = json.loads((work / "artifacts" / summary["version"] / "manifest.json").read_text())
@@ -510,6 +530,12 @@ def _real_report(quick: bool, server_url: str) -> Report | None:
             run = run_product(shop, split, seed, server_url)
             put("cold start: hybrid (API, features)", run.cold)
             put("cold start: popularity", popularity_scores(split.train, split.cold_test, shop.items))
+            prior = run_product(shop, split, seed, server_url, {"RECSYS_TRAIN__COLD_PRIOR": "true"})
+            put("cold start: hybrid with the popularity prior (API, features)", prior.cold)
+            put(
+                "cold start: popularity prior weight (chosen on validation)",
+                {"weight": float(prior.manifest["training"]["cold_prior"]["weight"])},
+            )
         split, cutoff = temporal_split(shop)
         run = run_product(shop, split, seeds[0], server_url)
         put(f"temporal (from {cutoff}): hybrid (API), known", run.known)
@@ -545,6 +571,11 @@ def _real_report(quick: bool, server_url: str) -> Report | None:
         report.ratio(
             f"cold start: hybrid / popularity, {metric}@10",
             figures[("cold start: hybrid (API, features)", metric)],
+            figures[("cold start: popularity", metric)],
+        )
+        report.ratio(
+            f"cold start: hybrid with the prior / popularity, {metric}@10",
+            figures[("cold start: hybrid with the popularity prior (API, features)", metric)],
             figures[("cold start: popularity", metric)],
         )
     for name, blended in blend.items():
@@ -613,6 +644,19 @@ def _generated_report(quick: bool) -> Report:
             Figure(f"{label}: cold start popularity ndcg@10", "", [m["cold_popular_ndcg_at_10"]])
         )
         report.ratio(f"{label}: cold start hybrid / popularity, ndcg@10", cold, cold_pop)
+        with_prior = fit(table, cfg.model_copy(update={"cold_prior": True}))
+        pm = with_prior.metrics
+        prior = report.add(
+            Figure(f"{label}: cold start hybrid with the prior ndcg@10", "", [pm["cold_ndcg_at_10"]])
+        )
+        prior_pop = report.add(
+            Figure(
+                f"{label}: cold start popularity ndcg@10 (prior's split)", "", [pm["cold_popular_ndcg_at_10"]]
+            )
+        )
+        report.ratio(f"{label}: cold start hybrid with the prior / popularity, ndcg@10", prior, prior_pop)
+        weight = float(with_prior.training["cold_prior"]["weight"])
+        report.add(Figure(f"{label}: cold start prior weight (chosen on validation)", "", [weight]))
         rmse = report.add(Figure(f"{label}: rating RMSE", "", [m["rmse"]]))
         base = report.add(Figure(f"{label}: rating RMSE, mean", "", [m["rmse_mean_baseline"]]))
         report.ratio(f"{label}: RMSE / mean baseline", rmse, base)

@@ -5,10 +5,11 @@ readers see the old object or the new one), or deleted when nothing else is left
 only ever creates new objects, and dead-letter keys are per batch position, so rewriting an
 existing object does not race with the writers.
 
-Artifacts: each version's ``embeddings/user_embeddings.csv`` loses the customer's row, and the
-version's ``manifest.json`` gets the new sha256, size and user count, so the version still verifies
-and can still be loaded. The two objects are written CSV first: a load that falls between the two
-writes is refused by the checksum check (it does not load half-forgotten data) and succeeds when
+Artifacts: each version's ``embeddings/user_embeddings.csv`` and ``embeddings/user_bought.csv`` (a
+hybrid version's already-bought lists) lose the customer's row, and the version's ``manifest.json``
+gets their new sha256 and size and the user count, so the version still verifies and can still be
+loaded. The CSVs are written first, the manifest last (once per version): a load that falls between
+the writes is refused by the checksum check (it does not load half-forgotten data) and succeeds when
 retried. Versions whose export crashed (no manifest) are rewritten too.
 """
 
@@ -31,6 +32,7 @@ from model_store.artifacts import FILES, MANIFEST
 __all__ = ["artifact_changes", "dead_letter_changes", "delivery_changes"]
 
 _USER_CSV = FILES["user_embeddings"]
+_USER_FILES = (_USER_CSV, FILES["user_bought"])  # both have the customer number in their first column
 
 
 def _rewrite_all(
@@ -72,32 +74,46 @@ def dead_letter_changes(store: ObjectStore, customer: int, *, apply: bool) -> li
 
 
 def artifact_changes(store: ObjectStore, customer: int, *, apply: bool) -> list[Change]:
-    """The customer's row in every version's user embeddings, with the manifest kept verifiable."""
-    changes: list[Change] = []
+    """The customer's rows in every version's user embeddings and bought lists, with the manifest
+    kept verifiable."""
+    versions: dict[str, list[str]] = {}
     for key in list(store.list("")):
-        if not key.endswith("/" + _USER_CSV):
-            continue
-        version = key[: -len(_USER_CSV) - 1]
-        result = filter_embeddings_csv(store.get_bytes(key), customer)
-        if not result.changed or result.body is None:
+        for name in _USER_FILES:
+            if key.endswith("/" + name):
+                versions.setdefault(key[: -len(name) - 1], []).append(name)
+    changes: list[Change] = []
+    for version, names in sorted(versions.items()):
+        rewritten: dict[str, bytes] = {}
+        removed: dict[str, int] = {}
+        users: int | None = None
+        for name in sorted(names, key=_USER_FILES.index):
+            result = filter_embeddings_csv(store.get_bytes(f"{version}/{name}"), customer)
+            if not result.changed or result.body is None:
+                continue
+            rewritten[name], removed[name] = result.body, result.removed
+            if name == _USER_CSV:
+                users = result.kept
+        if not rewritten:
             continue
         manifest_key = f"{version}/{MANIFEST}"
         has_manifest = store.exists(manifest_key)
-        action = "rewrite the CSV, update the manifest's checksum and user count"
-        if not has_manifest:
-            action = "rewrite the CSV (a version without a manifest)"
         if apply:
-            store.put_bytes(key, result.body)
+            for name, body in rewritten.items():  # the files first, then the manifest that lists them
+                store.put_bytes(f"{version}/{name}", body)
             if has_manifest:
                 manifest = json.loads(store.get_bytes(manifest_key))
-                manifest.setdefault("files", {})[_USER_CSV] = {
-                    "sha256": hashlib.sha256(result.body).hexdigest(),
-                    "bytes": len(result.body),
-                }
+                listed = manifest.setdefault("files", {})
+                for name, body in rewritten.items():
+                    listed[name] = {"sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)}
                 counts = manifest.get("counts")
-                if isinstance(counts, dict):
-                    counts["users"] = result.kept
+                if isinstance(counts, dict) and users is not None:
+                    counts["users"] = users
                 store.put_bytes(manifest_key, json.dumps(manifest, indent=2, sort_keys=True).encode())
             action = "rewritten; manifest updated" if has_manifest else "rewritten (no manifest)"
-        changes.append(Change("artifacts", key, result.removed, action))
+        elif has_manifest:
+            action = "rewrite the CSV, update the manifest's checksum and user count"
+        else:
+            action = "rewrite the CSV (a version without a manifest)"
+        for name in rewritten:
+            changes.append(Change("artifacts", f"{version}/{name}", removed[name], action))
     return changes

@@ -139,7 +139,9 @@ def filter_dead_letters(body: bytes, customer: int) -> FilterResult:
 
 
 def filter_embeddings_csv(body: bytes, customer: int) -> FilterResult:
-    """``id,embedding`` CSV (the artifact store's user embeddings) without the customer's row."""
+    """A CSV keyed by customer number in its first column (the artifact store's ``id,embedding`` user
+    embeddings and ``id,bought`` bought lists, also an older release's ``id,embedding,bought``)
+    without the customer's row."""
     lines = body.split(b"\n")
     header, rows = lines[0], [line for line in lines[1:] if line.strip()]
     wanted = str(customer).encode()

@@ -6,12 +6,16 @@ Layout under the artifacts URI (``s3://bucket/prefix`` or a local folder)::
     <version>/scalers/user_features.json        fitted one-hot categories + standardisation (plain JSON)
     <version>/scalers/item_features.json        (hybrid: also ``ids``, the item ID embedding's rows)
     <version>/embeddings/item_embeddings.csv    header ``id,embedding``, pgvector text ``[0.1,...]``
-    <version>/embeddings/user_embeddings.csv    (hybrid: a third column ``bought``, the customer's
-                                                training items as a JSON list: the already-bought filter)
+    <version>/embeddings/user_embeddings.csv    header ``id,embedding`` (exactly the lab's two columns)
+    <version>/embeddings/user_bought.csv        hybrid only: header ``id,bought``, each customer's training
+                                                items as a JSON list (the already-bought filter)
     <version>/stats/popular_items.csv           ``id,score,count``: the fallback, most popular first
     <version>/manifest.json                     version, feature spec, dimension, metrics, sha256 of
                                                 every file above; written LAST
     latest                                      the newest complete version id (text)
+
+``user_bought.csv`` is optional (a lab-made version has none). A version written before it existed
+kept the lists in a third ``bought`` column of ``user_embeddings.csv``; such a version still loads.
 
 A version exists once its manifest does (the manifest is written after every file it lists), so a
 crashed export is invisible. Version ids sort by creation time: ``20261126T061502123Z-1a2b3c4d``
@@ -19,8 +23,8 @@ crashed export is invisible. Version ids sort by creation time: ``20261126T06150
 
 The manifest's ``kind`` says which model a version holds: ``hybrid`` (``recsys train``: ID embeddings
 plus features; the customers' ID embeddings are not in the weights, a known customer's vector is
-their row of ``user_embeddings.csv``, which ``recsys forget`` edits) or ``features`` (the lab's models,
-``recsys import-lab-artifacts``: towers over the features only).
+their row of ``user_embeddings.csv``; ``recsys forget`` removes it there and in ``user_bought.csv``)
+or ``features`` (the lab's models, ``recsys import-lab-artifacts``: towers over the features only).
 
 Loading checks the sha256 of every listed file and refuses a mismatch (:class:`ArtifactError`).
 Nothing here unpickles: the weights go through ``torch.load(weights_only=True)`` and the scalers are
@@ -53,6 +57,7 @@ __all__ = [
     "FILES",
     "LATEST",
     "MANIFEST",
+    "OPTIONAL_FILES",
     "ArtifactBundle",
     "export_bundle",
     "export_trained",
@@ -62,6 +67,7 @@ __all__ = [
     "parse_vector",
     "read_bought_csv",
     "read_embeddings_csv",
+    "read_user_bought",
     "resolve_version",
 ]
 
@@ -76,8 +82,10 @@ FILES = {
     "item_features": "scalers/item_features.json",
     "item_embeddings": "embeddings/item_embeddings.csv",
     "user_embeddings": "embeddings/user_embeddings.csv",
+    "user_bought": "embeddings/user_bought.csv",
     "popular_items": "stats/popular_items.csv",
 }
+OPTIONAL_FILES = frozenset({FILES["user_bought"]})  # a version may lack these (lab-made, older releases)
 _VERSION = re.compile(r"^\d{8}T\d{9}Z-[0-9a-f]{8}$")
 
 
@@ -161,24 +169,37 @@ def parse_vector(text: str) -> npt.NDArray[np.float32]:
     return np.array([float(v) for v in body[1:-1].split(",")], dtype=np.float32)
 
 
-def _embeddings_csv(
-    ids: list[Any], vectors: npt.NDArray[np.float32], bought: list[list[str]] | None = None
-) -> bytes:
+def _embeddings_csv(ids: list[Any], vectors: npt.NDArray[np.float32]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    if bought is None:
-        writer.writerow(["id", "embedding"])
-        for ident, vec in zip(ids, vectors, strict=True):
-            writer.writerow([ident, format_vector(vec)])
-    else:
-        writer.writerow(["id", "embedding", "bought"])
-        for ident, vec, items in zip(ids, vectors, bought, strict=True):
-            writer.writerow([ident, format_vector(vec), json.dumps(items, separators=(",", ":"))])
+    writer.writerow(["id", "embedding"])
+    for ident, vec in zip(ids, vectors, strict=True):
+        writer.writerow([ident, format_vector(vec)])
     return out.getvalue().encode()
 
 
+def _bought_csv(ids: list[int], bought: list[list[str]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["id", "bought"])
+    for ident, items in zip(ids, bought, strict=True):
+        writer.writerow([ident, json.dumps(items, separators=(",", ":"))])
+    return out.getvalue().encode()
+
+
+def _bought_list(text: str, name: str, line: int) -> list[str]:
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise ArtifactError(f"{name}: line {line} has no JSON list of bought items: {exc}") from exc
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ArtifactError(f"{name}: line {line}: bought must be a JSON list of product codes")
+    return items
+
+
 def read_bought_csv(data: bytes, name: str) -> list[list[str]] | None:
-    """The ``bought`` column of a user embeddings CSV (one list per row), or None without one."""
+    """The ``bought`` column of a user embeddings CSV written by an older release (``id,embedding,
+    bought``; one list per row), or None when the file has the lab's two columns only."""
     reader = csv.reader(io.StringIO(data.decode("utf-8")))
     header = next(reader, None)
     if header is None or len(header) < 3 or header[2].strip() != "bought":
@@ -187,14 +208,34 @@ def read_bought_csv(data: bytes, name: str) -> list[list[str]] | None:
     for line, row in enumerate(reader, start=2):
         if not row:
             continue
-        try:
-            items = json.loads(row[2])
-        except (IndexError, ValueError) as exc:
-            raise ArtifactError(f"{name}: line {line} has no JSON list of bought items: {exc}") from exc
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise ArtifactError(f"{name}: line {line}: bought must be a JSON list of product codes")
-        out.append(items)
+        if len(row) < 3:
+            raise ArtifactError(f"{name}: line {line} has no JSON list of bought items")
+        out.append(_bought_list(row[2], name, line))
     return out
+
+
+def read_user_bought(data: bytes, name: str, user_ids: list[int]) -> list[list[str]]:
+    """``user_bought.csv`` (``id,bought``) as one list per ``user_ids`` entry, in that order. A
+    customer without a row has bought nothing the version knows of; a row of a customer the
+    embeddings do not have (forgotten from one file and not yet from the other) is ignored."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8")))
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:2]] != ["id", "bought"]:
+        raise ArtifactError(f"{name}: the header must be 'id,bought', got {header!r}")
+    by_id: dict[int, list[str]] = {}
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) < 2:
+            raise ArtifactError(f"{name}: line {line} is not 'id,[product codes]'")
+        try:
+            ident = int(row[0].strip())
+        except ValueError as exc:
+            raise ArtifactError(f"{name}: line {line}: the id must be a customer number: {exc}") from exc
+        if ident in by_id:
+            raise ArtifactError(f"{name}: customer {ident} appears twice")
+        by_id[ident] = _bought_list(row[1], name, line)
+    return [by_id.get(u, []) for u in user_ids]
 
 
 def read_embeddings_csv(data: bytes, name: str) -> tuple[list[str], npt.NDArray[np.float32]]:
@@ -258,9 +299,11 @@ def export_bundle(store: ObjectStore, bundle: ArtifactBundle) -> str:
         FILES["user_features"]: _json(bundle.user_transform.to_json()),
         FILES["item_features"]: _json(item_features),
         FILES["item_embeddings"]: _embeddings_csv(bundle.item_ids, bundle.item_vectors),
-        FILES["user_embeddings"]: _embeddings_csv(bundle.user_ids, bundle.user_vectors, bundle.user_bought),
+        FILES["user_embeddings"]: _embeddings_csv(bundle.user_ids, bundle.user_vectors),
         FILES["popular_items"]: _popular_csv(bundle.popular),
     }
+    if bundle.user_bought is not None:
+        files[FILES["user_bought"]] = _bought_csv(bundle.user_ids, bundle.user_bought)
     for key, data in files.items():
         store.put_bytes(f"{bundle.version}/{key}", data)
     store.put_bytes(f"{bundle.version}/{MANIFEST}", _json(bundle.manifest(files)))
@@ -326,7 +369,7 @@ def load_bundle(store: ObjectStore, version: str | None = None) -> ArtifactBundl
     if not isinstance(manifest, dict) or manifest.get("version") != version:
         raise ArtifactError(f"{version}/{MANIFEST} does not describe version {version}")
     listed = manifest.get("files")
-    if not isinstance(listed, dict) or set(FILES.values()) - set(listed):
+    if not isinstance(listed, dict) or set(FILES.values()) - OPTIONAL_FILES - set(listed):
         raise ArtifactError(f"{version}/{MANIFEST} does not list every required file")
     data: dict[str, bytes] = {}
     for key, meta in listed.items():
@@ -353,9 +396,13 @@ def load_bundle(store: ObjectStore, version: str | None = None) -> ArtifactBundl
         user_ids = [int(u) for u in user_keys]
     except ValueError as exc:
         raise ArtifactError(f"user_embeddings.csv: user ids must be integers: {exc}") from exc
-    bought = read_bought_csv(data[FILES["user_embeddings"]], "user_embeddings.csv")
-    if bought is not None and len(bought) != len(user_ids):
-        raise ArtifactError("user_embeddings.csv: the bought column does not cover every row")
+    bought: list[list[str]] | None
+    if FILES["user_bought"] in data:
+        bought = read_user_bought(data[FILES["user_bought"]], "user_bought.csv", user_ids)
+    else:  # an older release kept the lists in a third column of user_embeddings.csv
+        bought = read_bought_csv(data[FILES["user_embeddings"]], "user_embeddings.csv")
+        if bought is not None and len(bought) != len(user_ids):
+            raise ArtifactError("user_embeddings.csv: the bought column does not cover every row")
     for name, matrix in (("item", item_vectors), ("user", user_vectors)):
         if matrix.size and matrix.shape[1] != config.embedding_dim:
             raise ArtifactError(

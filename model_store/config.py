@@ -31,6 +31,14 @@ class TrainSettings(BaseModel):
     cold_fraction: float = Field(
         0.1, ge=0, lt=0.5, description="customers held out whole (cold-start metrics)"
     )
+    cold_prior: bool = Field(
+        False,
+        description="a popularity prior in new customers' vectors, its weight chosen on customers held "
+        "out whole (measured: no better than popularity on the real shop, docs/model.md; off)",
+    )
+    cold_val_fraction: float = Field(
+        0.1, ge=0, lt=0.5, description="with cold_prior: customers held out whole to choose its weight"
+    )
     refit: bool = Field(True, description="export a model fitted on every pair (else the evaluated one)")
     seed: int = 7
     torch_threads: int = Field(1, ge=1, le=64)

@@ -162,3 +162,34 @@ def catalog_bundle(
         popular=popular,
         user_bought=None if bought is None else bought[:n],
     )
+
+
+def previous_release_layout(folder: str) -> None:
+    """Rewrite the exported hybrid version in the local ``folder`` as the release before
+    ``user_bought.csv`` wrote it: the bought lists in a third ``bought`` column of
+    ``user_embeddings.csv``, no ``user_bought.csv``, the manifest's checksums to match. For the
+    back-compatibility tests."""
+    import csv
+    import hashlib
+    import io
+    import json
+    from pathlib import Path
+
+    from model_store.artifacts import FILES, MANIFEST
+
+    root = Path(folder)
+    embeddings = list(csv.reader(io.StringIO((root / FILES["user_embeddings"]).read_text())))
+    bought = list(csv.reader(io.StringIO((root / FILES["user_bought"]).read_text())))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["id", "embedding", "bought"])
+    for (ident, vector), (_, items) in zip(embeddings[1:], bought[1:], strict=True):
+        writer.writerow([ident, vector, items])
+    body = out.getvalue().encode()
+    (root / FILES["user_embeddings"]).write_bytes(body)
+    (root / FILES["user_bought"]).unlink()
+    manifest = json.loads((root / MANIFEST).read_text())
+    del manifest["files"][FILES["user_bought"]]
+    digest = hashlib.sha256(body).hexdigest()
+    manifest["files"][FILES["user_embeddings"]] = {"sha256": digest, "bytes": len(body)}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))

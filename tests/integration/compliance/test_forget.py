@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
 import io
 import json
 from collections import Counter
@@ -43,6 +44,7 @@ class Snapshot:
     lake: dict[str, Counter[int]]  # lake parquet key -> rows per customer
     latest_lake: pa.Table  # the published run's rows
     user_ids: dict[str, list[int]]  # artifact version -> user ids (after checksum verification)
+    bought_ids: dict[str, list[int]]  # artifact version -> ids of its user_bought.csv (raw CSV)
 
 
 def _s3() -> Any:
@@ -102,7 +104,12 @@ async def snapshot(world: World) -> Snapshot:
     latest = read_run(store, latest_run(store))
     artifacts = open_store(world.artifacts)
     user_ids = {v: load_bundle(artifacts, v).user_ids for v in world.versions}
-    return Snapshot(pg, objects, delivered, dead, lake, latest, user_ids)
+    bought_ids = {
+        key.split("/")[-3]: [int(r[0]) for r in list(csv.reader(io.StringIO(body.decode())))[1:]]
+        for key, body in objects.items()
+        if key.endswith("/embeddings/user_bought.csv")
+    }
+    return Snapshot(pg, objects, delivered, dead, lake, latest, user_ids, bought_ids)
 
 
 def _targets(world: World) -> Targets:
@@ -122,6 +129,7 @@ async def test_the_world_holds_the_customer_everywhere(world: World) -> None:
         assert counts[t] >= 1, table
         assert any(counts[o] for o in world.others), table
     assert len(snap.user_ids) == 2 and all(t in ids for ids in snap.user_ids.values())
+    assert set(snap.bought_ids) == set(world.versions) and all(t in ids for ids in snap.bought_ids.values())
     assert snap.delivered[t] >= 1 and sum(snap.delivered[o] for o in world.others) >= 1
     assert sum(snap.delivered.values()) == world.delivered
     assert snap.dead[str(t)] == 3 and snap.dead[str(world.others[0])] == 3
@@ -141,7 +149,7 @@ async def test_dry_run_lists_every_store_and_changes_nothing(world: World) -> No
     t = world.target
     tables = {c.target: c.rows for c in found["postgres"].changes}
     assert tables == {name: before.pg[name][t] for name in before.pg if name != "user_emb (view)"}
-    assert found["artifacts"].rows == 2
+    assert found["artifacts"].rows == 4  # two versions, each: user_embeddings.csv and user_bought.csv
     assert found["delivery"].rows == before.delivered[t]
     assert found["dead_letters"].rows == 3
     assert found["lake"].rows == sum(c[t] for c in before.lake.values())
@@ -186,6 +194,13 @@ async def test_forget_removes_the_customer_everywhere_and_keeps_the_others(world
     # the artifact store: every version still verifies (load_bundle checks sha256), without the customer
     for version, ids in before.user_ids.items():
         assert after.user_ids[version] == [i for i in ids if i != t]
+    # ... and without their already-bought list (the version's user_bought.csv)
+    for version, ids in before.bought_ids.items():
+        assert after.bought_ids[version] == [i for i in ids if i != t]
+    artifacts = open_store(world.artifacts)
+    for version in world.versions:
+        bundle = load_bundle(artifacts, version)
+        assert bundle.user_bought is not None and len(bundle.user_bought) == len(bundle.user_ids)
     # delivered records and dead letters: none of the customer, all of the others
     assert after.delivered[t] == 0
     assert after.delivered == Counter({c: n for c, n in before.delivered.items() if c != t})
@@ -210,7 +225,7 @@ async def test_forget_removes_the_customer_everywhere_and_keeps_the_others(world
     stores = json.loads(row["stores"])
     assert stores["delivery"]["rows"] == before.delivered[t]
     assert stores["dead_letters"]["rows"] == 3
-    assert stores["artifacts"]["rows"] == 2
+    assert stores["artifacts"]["rows"] == 4
     assert stores["postgres"]["rows"] == sum(
         before.pg[name][t] for name in before.pg if name != "user_emb (view)"
     )

@@ -95,6 +95,9 @@ def test_filter_embeddings_csv() -> None:
     result = filter_embeddings_csv(body, 103)
     assert result.removed == 1 and result.body == b"id,embedding\n1103,[0.3,0.4]\n112,[0.5,0.6]\n"
     assert filter_embeddings_csv(result.body, 103).body is None
+    bought = b'id,bought\n1103,"[""S10_1678"",""S12_103""]"\n103,"[""S10_1678""]"\n112,[]\n'
+    result = filter_embeddings_csv(bought, 103)
+    assert result.removed == 1 and result.body == b'id,bought\n1103,"[""S10_1678"",""S12_103""]"\n112,[]\n'
 
 
 def test_dead_letters_naming_the_customer_anywhere_the_rule_says_are_removed() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -15,13 +17,14 @@ from model_store.artifacts import (
     FILES,
     LATEST,
     MANIFEST,
+    OPTIONAL_FILES,
     export_trained,
     format_vector,
     load_bundle,
     parse_vector,
 )
 from model_store.model import load_state_dict
-from model_store.testing import synthetic_ratings
+from model_store.testing import previous_release_layout, synthetic_ratings
 from model_store.training import TrainedModel, fit
 from recsys.settings import TrainSettings
 
@@ -82,6 +85,61 @@ def test_model_beats_popularity_for_known_and_cold_start_customers() -> None:
     assert model.training["epochs_run"] >= model.training["best_epoch"] >= 1
 
 
+def test_the_cold_start_prior_is_opt_in_and_moves_only_the_unknown_row(trained: TrainedModel) -> None:
+    """The popularity prior for new customers (off by default) is a shift of the user tower's
+    ``unknown`` row toward the popular items, its weight chosen on customers held out whole; known
+    customers' and items' vectors do not change."""
+    from model_store.model import TwoTower
+    from model_store.training import PRIOR_GRID, _apply_prior, _popularity_direction, _Prior
+
+    assert trained.training["cold_prior"]["weight"] == 0.0  # the default: no prior
+    assert trained.metrics["cold_ndcg_at_10"] == trained.metrics["cold_no_prior_ndcg_at_10"]
+    table = synthetic_ratings(n_customers=40, n_products=30, ratings_per_customer=12, seed=5)
+    opted = fit(table, TINY.model_copy(update={"cold_prior": True}))
+    record = opted.training["cold_prior"]
+    assert record["weight"] in PRIOR_GRID and set(record["validation"]) == {f"{w:g}" for w in PRIOR_GRID}
+    assert (
+        opted.training["pairs"]["cold_start_validation"] > 0
+        and "cold_no_prior_hit_rate_at_10" in opted.metrics
+    )
+
+    model = TwoTower(trained.config, n_users=40, n_items=30)
+    model.load_state_dict(trained.state_dict)
+    users_x = torch.from_numpy(trained.user_transform.dense(trained.data.user_columns))
+    items_x = torch.from_numpy(trained.item_transform.dense(trained.data.item_columns))
+    with torch.no_grad():
+        known = model.user_tower(users_x, torch.arange(40)).clone()
+        items = model.item_tower(items_x, torch.arange(30)).double().numpy()
+        cold = model.user_tower(users_x).double().numpy()
+    counts = np.bincount(trained.data.item_index, minlength=30).astype(np.float64)
+    direction, _ = _popularity_direction(items, counts)
+    _apply_prior(model, _Prior(1.0, 2.0, direction, 1.0))
+    with torch.no_grad():
+        assert torch.equal(model.user_tower(users_x, torch.arange(40)), known)
+        shifted = model.user_tower(users_x).double().numpy()
+    log_pop = np.log1p(counts)
+
+    def agreement(
+        users: np.ndarray,
+    ) -> float:  # mean correlation of a new customer's scores with log-popularity
+        return float(np.mean([np.corrcoef(items @ u, log_pop)[0, 1] for u in users]))
+
+    assert agreement(shifted) > agreement(cold) + 0.1
+
+
+def test_the_popularity_direction_fits_log_popularity() -> None:
+    from model_store.training import _popularity_direction
+
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(50, 8))
+    items -= items.mean(axis=0)  # (the fit has no intercept: a constant does not change a ranking)
+    truth = rng.normal(size=8)
+    counts = np.expm1(items @ truth + 3.0)  # log(1 + count) is linear in the vectors: an exact fit
+    direction, r2 = _popularity_direction(items, counts)
+    assert r2 > 0.999
+    np.testing.assert_allclose(items @ direction, items @ truth - (items @ truth).mean(), atol=1e-6)
+
+
 def test_too_little_data_is_a_user_error() -> None:
     table = synthetic_ratings(n_customers=2, n_products=3, ratings_per_customer=2)
     with pytest.raises(UserError, match="at least 10"):
@@ -132,6 +190,44 @@ def test_golden_export_and_reload_give_the_same_embeddings(trained: TrainedModel
         assert key in manifest["metrics"]
     assert set(manifest["files"]) == set(FILES.values())
     assert [p.id for p in bundle.popular] == [p.id for p in trained.popular]
+
+
+def test_user_embeddings_csv_has_the_designs_two_columns(trained: TrainedModel, tmp_path: Path) -> None:
+    """DESIGN.md: ``user_embeddings.csv`` is ``id,embedding``; the bought lists are a file of their own."""
+    version = export_trained(str(tmp_path), trained)
+    rows = list(csv.reader(io.StringIO((tmp_path / version / FILES["user_embeddings"]).read_text())))
+    assert rows[0] == ["id", "embedding"] and all(len(r) == 2 for r in rows)
+    assert [int(r[0]) for r in rows[1:]] == trained.data.user_ids
+    bought = list(csv.reader(io.StringIO((tmp_path / version / FILES["user_bought"]).read_text())))
+    assert bought[0] == ["id", "bought"] and [int(r[0]) for r in bought[1:]] == trained.data.user_ids
+    assert [json.loads(r[1]) for r in bought[1:]] == trained.data.bought()
+
+
+def test_a_version_of_the_previous_release_with_a_bought_column_still_loads(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    version = export_trained(str(tmp_path), trained)
+    current = load_bundle(LocalStore(str(tmp_path)), version)
+    previous_release_layout(str(tmp_path / version))
+    old = load_bundle(LocalStore(str(tmp_path)), version)
+    assert old.user_bought == current.user_bought == trained.data.bought()
+    assert old.user_ids == current.user_ids
+    np.testing.assert_array_equal(old.user_vectors, current.user_vectors)
+
+
+def test_bought_lists_follow_the_embeddings_ids() -> None:
+    """A customer without a row has bought nothing known; a malformed file is refused with its line."""
+    from model_store.artifacts import read_user_bought
+
+    body = b'id,bought\n7,"[""a"",""b""]"\n9,[]\n'
+    assert read_user_bought(body, "user_bought.csv", [9, 7, 8]) == [[], ["a", "b"], []]
+    with pytest.raises(ArtifactError, match="line 2"):
+        read_user_bought(b"id,bought\n7,not json\n", "user_bought.csv", [7])
+    with pytest.raises(ArtifactError, match="twice"):
+        read_user_bought(b"id,bought\n7,[]\n7,[]\n", "user_bought.csv", [7])
+    with pytest.raises(ArtifactError, match="header"):
+        read_user_bought(b"customer,items\n", "user_bought.csv", [])
+    assert FILES["user_bought"] in OPTIONAL_FILES
 
 
 @pytest.mark.parametrize("key", sorted(FILES.values()))
