@@ -51,6 +51,7 @@ __all__ = [
     "HNSW_EF_CONSTRUCTION",
     "HNSW_M",
     "NEIGHBOURS",
+    "RECALL_SAMPLE",
     "RECALL_TARGET",
     "LoadSummary",
     "SearchWidth",
