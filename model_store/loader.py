@@ -338,11 +338,23 @@ async def _load_tables(
         await conn.fetchval("SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'")
     )
     memory_kb = max(current_kb, build_memory_kb(len(bundle.item_ids), dim))
-    await conn.execute(f"SET LOCAL maintenance_work_mem = '{memory_kb}kB'")  # this transaction only
-    await conn.execute(
+    create_index = (
         f"CREATE INDEX ON {item_table} USING hnsw (embedding vector_ip_ops) "
         f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
     )
+    try:
+        async with conn.transaction():  # a savepoint: the setting lasts until the load's transaction ends
+            await conn.execute(f"SET LOCAL maintenance_work_mem = '{memory_kb}kB'")
+            await conn.execute(create_index)
+    except asyncpg.InsufficientResourcesError as exc:  # a server that cannot give that much memory
+        log.warning(
+            "building the index with maintenance_work_mem %d kB failed (%s); building it with the "
+            "server's %d kB (slower: the graph is finished on disk)",
+            memory_kb,
+            exc,
+            current_kb,
+        )
+        await conn.execute(create_index)
     await conn.execute(f"ANALYZE {item_table}; ANALYZE {user_table}")
     width = await tune_ef_search(
         conn,
