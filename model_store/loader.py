@@ -47,6 +47,8 @@ from infra.pg import connect
 from model_store.artifacts import ArtifactBundle, load_bundle
 
 __all__ = [
+    "BUILD_MEMORY_MAX_KB",
+    "BUILD_MEMORY_MIN_KB",
     "EF_SEARCH_STEPS",
     "HNSW_EF_CONSTRUCTION",
     "HNSW_M",
@@ -102,9 +104,9 @@ class SearchWidth:
 def build_memory_kb(items: int, dim: int) -> int:
     """``maintenance_work_mem`` (kB) under which pgvector builds an HNSW graph of ``items`` vectors in
     memory: per element the vector (4 bytes a dimension + header), its level-0 neighbour array
-    (``2 * HNSW_M`` candidates of 16 bytes), the upper levels' share, the element's own header and
-    pgvector's bookkeeping (about 1.1 kB a 32-dimension element, measured at 100k items by the
-    "no longer fits" notice), with a 25% margin; at least PostgreSQL's default, at most 4 GB."""
+    (``2 * HNSW_M`` candidates of 16 bytes), and 512 bytes for the element's header, the upper
+    levels' share and allocation overhead (pgvector's structures come to about 0.9 kB an element at
+    32 dimensions; this counts 1.16 kB), plus 25%; at least PostgreSQL's default, at most 4 GB."""
     per_item = 4 * dim + 8 + 2 * HNSW_M * 16 + 512
     need = int(items * per_item * 1.25) // 1024
     return max(BUILD_MEMORY_MIN_KB, min(BUILD_MEMORY_MAX_KB, need))
