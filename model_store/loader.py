@@ -137,11 +137,14 @@ async def tune_ef_search(
 ) -> SearchWidth:
     """The smallest of ``EF_SEARCH_STEPS`` whose recall@``k`` over ``queries`` (HNSW scan on
     ``item_table`` against the exact top-``k``) reaches ``target``; the largest step when none does.
-    Runs on ``conn`` (inside the load's transaction: the table need not be committed)."""
+    A returned item scoring as high as the exact ``k``-th counts as a hit (an item tied with it is as
+    good an answer). Runs on ``conn`` (inside the load's transaction: the table need not be
+    committed)."""
     k = min(k, len(item_ids))
     if k == 0 or queries.shape[0] == 0:
         return SearchWidth(EF_SEARCH_STEPS[-1], 1.0, 0)
     exact = await asyncio.to_thread(_exact_top, item_vectors, queries, k)
+    kth = np.einsum("ij,ij->i", item_vectors[exact[:, -1]], queries) - 1e-5  # float32 rounding
     position = {code: i for i, code in enumerate(item_ids)}
     sql = f"""
         WITH cfg AS MATERIALIZED (
@@ -164,8 +167,9 @@ async def tune_ef_search(
     for ef in EF_SEARCH_STEPS:
         hits = 0
         for row in await conn.fetch(sql, str(ef), vectors):
-            found = {position[i] for i in row["ids"] or ()}
-            hits += len(found.intersection(exact[int(row["ord"]) - 1].tolist()))
+            q = int(row["ord"]) - 1
+            found = [position[i] for i in row["ids"] or ()]
+            hits += min(k, int(np.count_nonzero(item_vectors[found] @ queries[q] >= kth[q]))) if found else 0
         recall = hits / (k * queries.shape[0])
         if recall >= target:
             return SearchWidth(ef, recall, queries.shape[0])
