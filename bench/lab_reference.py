@@ -240,7 +240,7 @@ async def run_ours(
     from model_store.recommender import ModelRecommender
 
     pool = await create_pool(database_url, min_size=1, max_size=4)
-    rec = await ModelRecommender.open(pool)
+    rec = await ModelRecommender.open(pool, ef_search=EF_SEARCH)  # the lab server's width: like for like
     try:
 
         async def batch_path() -> list[dict[str, Any]]:

@@ -1,24 +1,32 @@
-"""pgvector HNSW top-10 against the exact top-10: recall@10, queries/s, and the exact scan's queries/s.
+"""pgvector HNSW top-10 against the exact top-10: recall@10 at the default search width, queries/s,
+the exact scan's queries/s, and the index build time with and without the loader's
+``maintenance_work_mem``.
 
 Items: random L2-normalised 32-d float32 vectors (the model's embedding size), bulk-loaded with binary
 COPY (asyncpg + the pgvector codec, as the loader does) into a scratch table of the embedded
 PostgreSQL, then indexed exactly as ``model_store.loader`` indexes a version:
 ``USING hnsw (embedding vector_ip_ops) WITH (m = HNSW_M, ef_construction = HNSW_EF_CONSTRUCTION)``.
-The build runs with ``maintenance_work_mem = 1GB`` so the graph fits in memory (pgvector's advice;
-the server default of 64 MB makes the 1M build spill) -- the loader does not set it; its tables are
-far smaller.
 
-Queries: random normalised vectors, one ``ORDER BY embedding <#> $1 LIMIT 10`` per query from one
-connection, with the recommender's session settings (``hnsw.ef_search`` 100,
-``hnsw.iterative_scan = strict_order``); also at pgvector's default ``ef_search`` 40 and at 200 and
-400 (``RECSYS_EF_SEARCH``: what a catalog of a million items needs for the recall 100 gives at
-100k). The truth is the numpy exact top-10 by inner product. The exact scan is the same query with
-index scans disabled (a sequential scan + top-N sort in PostgreSQL). The index is built once per
-size (build time has one run); query figures have several runs over the same queries.
+Build, twice per size: with the server's ``maintenance_work_mem`` (64 MB, what the loader used before
+it sized it: a large graph no longer fits and pgvector finishes the build on disk, with a notice), then
+with the loader's ``SET LOCAL maintenance_work_mem`` from ``model_store.loader.build_memory_kb``.
+
+The default search width: ``model_store.loader.tune_ef_search`` on the built index, as
+``recsys load-vectors`` runs it (its default recall target, ``RECALL_SAMPLE`` sample queries drawn
+apart from the measured ones); the seconds it adds to a load are shown. Then one
+``ORDER BY embedding <#> $1 LIMIT 10`` per query from one connection, with the recommender's session
+settings (``hnsw.iterative_scan = strict_order``), at the chosen width, at pgvector's default 40 and
+at 100 (the fixed width before the loader chose one), 200 and 400. The truth is the numpy exact
+top-10 by inner product. The exact scan is the same query with index scans disabled (a sequential scan
++ top-N sort in PostgreSQL). Query figures have several runs over the same queries.
+
+Sizes: 10k and 100k with ``--quick``; 100k, 300k and 1M otherwise; ``BENCH_PGVECTOR_SIZES``
+(comma-separated item counts) chooses others (a 1M run with both builds takes about an hour on two cores).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -29,7 +37,7 @@ from bench._harness import Figure, Report, bench_stack, run_async
 DIM = 32
 K = 10
 TABLE = "bench_pgvector_recall"
-EF_SEARCH = (40, 100, 200, 400)  # pgvector's default, ours, and what a larger catalog may need
+EF_SEARCH = (40, 100, 200, 400)  # pgvector's default, the fixed width we had, and wider ones
 
 
 def _vectors(n: int, seed: int) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -50,16 +58,45 @@ def _truth(items: np.ndarray[Any, Any], queries: np.ndarray[Any, Any]) -> list[s
 
 async def _load(conn: Any, items: np.ndarray[Any, Any]) -> float:
     await conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-    await conn.execute(f"CREATE TABLE {TABLE} (id integer PRIMARY KEY, embedding vector({DIM}) NOT NULL)")
+    await conn.execute(f"CREATE TABLE {TABLE} (id varchar PRIMARY KEY, embedding vector({DIM}) NOT NULL)")
     started = time.perf_counter()
     chunk = 100_000
     for start in range(0, len(items), chunk):
         await conn.copy_records_to_table(
             TABLE,
-            records=[(start + i, v) for i, v in enumerate(items[start : start + chunk])],
+            records=[(str(start + i), v) for i, v in enumerate(items[start : start + chunk])],
             columns=["id", "embedding"],
         )
     return time.perf_counter() - started
+
+
+async def _build(conn: Any, memory_kb: int | None) -> tuple[float, str, bool]:
+    """Build the index (``memory_kb`` None: the server's maintenance_work_mem, else SET LOCAL to it as
+    the loader does): (seconds, the setting the build saw, whether pgvector said the graph spilled)."""
+    from model_store.loader import HNSW_EF_CONSTRUCTION, HNSW_M
+
+    spilled: list[str] = []
+
+    def listen(_conn: Any, message: Any) -> None:
+        if "no longer fits" in str(message.message):
+            spilled.append(str(message.message))
+
+    conn.add_log_listener(listen)
+    try:
+        await conn.execute(f"DROP INDEX IF EXISTS {TABLE}_idx")
+        async with conn.transaction():
+            if memory_kb is not None:
+                await conn.execute(f"SET LOCAL maintenance_work_mem = '{memory_kb}kB'")
+            setting = str(await conn.fetchval("SHOW maintenance_work_mem"))
+            started = time.perf_counter()
+            await conn.execute(
+                f"CREATE INDEX {TABLE}_idx ON {TABLE} USING hnsw (embedding vector_ip_ops) "
+                f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+            )
+            seconds = time.perf_counter() - started
+    finally:
+        conn.remove_log_listener(listen)
+    return seconds, setting, bool(spilled)
 
 
 async def _queries(
@@ -81,35 +118,71 @@ def _recall(found: list[set[int]], truth: list[set[int]]) -> float:
     return sum(len(f & t) for f, t in zip(found, truth, strict=True)) / (K * len(truth))
 
 
+def _label(n: int) -> str:
+    return f"{n // 1000}k" if n < 1_000_000 else f"{n / 1_000_000:g}M"
+
+
 async def _measure(report: Report, url: str, n: int, *, n_queries: int, n_exact: int, runs: int) -> None:
     from infra.pg import connect
-    from model_store.loader import HNSW_EF_CONSTRUCTION, HNSW_M
+    from model_store.loader import RECALL_SAMPLE, RECALL_TARGET, build_memory_kb, tune_ef_search
 
-    label = f"{n // 1000}k" if n < 1_000_000 else f"{n // 1_000_000}M"
+    label = _label(n)
     items = _vectors(n, seed=n)
     queries = _vectors(n_queries, seed=1)
+    sample = _vectors(RECALL_SAMPLE, seed=2)  # the loader's measurement: other queries than ours
     truth = _truth(items, queries)
     conn = await connect(url, timeout_s=30)
     try:
         copy_s = await _load(conn, items)
         report.add(Figure(f"{label}: COPY", "rows/s", [n / copy_s]))
-        await conn.execute("SET maintenance_work_mem = '1GB'")
-        started = time.perf_counter()
-        await conn.execute(
-            f"CREATE INDEX ON {TABLE} USING hnsw (embedding vector_ip_ops) "
-            f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+        before_s, before_mem, before_spilled = await _build(conn, None)
+        before = report.add(
+            Figure(
+                f"{label}: HNSW build, server's maintenance_work_mem",
+                "s",
+                [before_s],
+                note=f"{before_mem}{', spilled to disk' if before_spilled else ', fits'}",
+            )
         )
-        report.add(Figure(f"{label}: HNSW build", "s", [time.perf_counter() - started]))
+        current_kb = int(
+            await conn.fetchval("SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'")
+        )
+        after_s, after_mem, after_spilled = await _build(conn, max(current_kb, build_memory_kb(n, DIM)))
+        after = report.add(
+            Figure(
+                f"{label}: HNSW build, loader's maintenance_work_mem",
+                "s",
+                [after_s],
+                note=f"{after_mem}{', spilled to disk' if after_spilled else ', fits'}",
+            )
+        )
+        report.ratio(f"{label}: build time, loader's / server's memory", after, before)
         await conn.execute(f"ANALYZE {TABLE}")
-        hnsw: dict[int, Figure] = {}
-        for ef in EF_SEARCH:
-            qps, recall = [], []
-            for _ in range(runs):
+
+        started = time.perf_counter()
+        width = await tune_ef_search(conn, TABLE, [str(i) for i in range(n)], items, sample)
+        report.add(
+            Figure(
+                f"{label}: default ef_search (loader)",
+                "",
+                [float(width.ef_search)],
+                note=f"recall {width.recall:.3f} on its {width.queries} queries, target {RECALL_TARGET}, "
+                f"{time.perf_counter() - started:.1f} s of the load",
+            )
+        )
+        widths = sorted({*EF_SEARCH, width.ef_search})
+        qps_of: dict[int, list[float]] = {ef: [] for ef in widths}
+        recall_of: dict[int, list[float]] = {ef: [] for ef in widths}
+        for _ in range(runs):  # the widths interleaved: each run measures them side by side
+            for ef in widths:
                 seconds, found = await _queries(conn, queries, ef, exact=False)
-                qps.append(n_queries / seconds)
-                recall.append(_recall(found, truth))
-            report.add(Figure(f"{label}: recall@10 ef={ef}", "", recall))
-            hnsw[ef] = report.add(Figure(f"{label}: HNSW ef={ef}", "q/s", qps))
+                qps_of[ef].append(n_queries / seconds)
+                recall_of[ef].append(_recall(found, truth))
+        hnsw: dict[int, Figure] = {}
+        for ef in widths:
+            default = " (default)" if ef == width.ef_search else ""
+            report.add(Figure(f"{label}: recall@10 ef={ef}{default}", "", recall_of[ef]))
+            hnsw[ef] = report.add(Figure(f"{label}: HNSW ef={ef}{default}", "q/s", qps_of[ef]))
         qps = []
         exact_recall = []
         for _ in range(runs):
@@ -119,17 +192,27 @@ async def _measure(report: Report, url: str, n: int, *, n_queries: int, n_exact:
         exact = report.add(
             Figure(f"{label}: exact scan", "q/s", qps, note=f"recall {min(exact_recall):.3f} (sanity: 1.0)")
         )
-        report.ratio(f"{label}: HNSW ef=100 / exact", hnsw[100], exact, note="headline: index speed-up")
+        chosen = hnsw[width.ef_search]
+        report.ratio(f"{label}: HNSW default ef / exact", chosen, exact, note="headline: index speed-up")
+        report.ratio(f"{label}: q/s default ef={width.ef_search} / ef=100", chosen, hnsw[100])
+        report.ratio(f"{label}: q/s default ef={width.ef_search} / ef=40", chosen, hnsw[40])
         await conn.execute(f"DROP TABLE {TABLE}")
     finally:
         await conn.close()
 
 
+def _sizes(quick: bool) -> tuple[int, ...]:
+    given = os.environ.get("BENCH_PGVECTOR_SIZES", "").strip()
+    if given:
+        return tuple(int(s) for s in given.split(",") if s.strip())
+    return (10_000, 100_000) if quick else (100_000, 300_000, 1_000_000)
+
+
 def main(quick: bool) -> None:
-    sizes = (10_000, 100_000) if quick else (10_000, 100_000, 1_000_000)
+    sizes = _sizes(quick)
     n_queries = 200 if quick else 500
     runs = 3
-    from model_store.loader import HNSW_EF_CONSTRUCTION, HNSW_M
+    from model_store.loader import HNSW_EF_CONSTRUCTION, HNSW_M, RECALL_TARGET
 
     info = bench_stack()
     report = Report(
@@ -142,6 +225,7 @@ def main(quick: bool) -> None:
             "k": K,
             "hnsw_m": HNSW_M,
             "hnsw_ef_construction": HNSW_EF_CONSTRUCTION,
+            "recall_target": RECALL_TARGET,
             "ef_search": list(EF_SEARCH),
         },
     )

@@ -47,10 +47,13 @@ from infra.pg import connect
 from model_store.artifacts import ArtifactBundle, load_bundle
 
 __all__ = [
+    "BUILD_MEMORY_MAX_KB",
+    "BUILD_MEMORY_MIN_KB",
     "EF_SEARCH_STEPS",
     "HNSW_EF_CONSTRUCTION",
     "HNSW_M",
     "NEIGHBOURS",
+    "RECALL_SAMPLE",
     "RECALL_TARGET",
     "LoadSummary",
     "SearchWidth",
@@ -101,9 +104,9 @@ class SearchWidth:
 def build_memory_kb(items: int, dim: int) -> int:
     """``maintenance_work_mem`` (kB) under which pgvector builds an HNSW graph of ``items`` vectors in
     memory: per element the vector (4 bytes a dimension + header), its level-0 neighbour array
-    (``2 * HNSW_M`` candidates of 16 bytes), the upper levels' share, the element's own header and
-    pgvector's bookkeeping (about 1.1 kB a 32-dimension element, measured at 100k items by the
-    "no longer fits" notice), with a 25% margin; at least PostgreSQL's default, at most 4 GB."""
+    (``2 * HNSW_M`` candidates of 16 bytes), and 512 bytes for the element's header, the upper
+    levels' share and allocation overhead (pgvector's structures come to about 0.9 kB an element at
+    32 dimensions; this counts 1.16 kB), plus 25%; at least PostgreSQL's default, at most 4 GB."""
     per_item = 4 * dim + 8 + 2 * HNSW_M * 16 + 512
     need = int(items * per_item * 1.25) // 1024
     return max(BUILD_MEMORY_MIN_KB, min(BUILD_MEMORY_MAX_KB, need))
@@ -134,11 +137,14 @@ async def tune_ef_search(
 ) -> SearchWidth:
     """The smallest of ``EF_SEARCH_STEPS`` whose recall@``k`` over ``queries`` (HNSW scan on
     ``item_table`` against the exact top-``k``) reaches ``target``; the largest step when none does.
-    Runs on ``conn`` (inside the load's transaction: the table need not be committed)."""
+    A returned item scoring as high as the exact ``k``-th counts as a hit (an item tied with it is as
+    good an answer). Runs on ``conn`` (inside the load's transaction: the table need not be
+    committed)."""
     k = min(k, len(item_ids))
     if k == 0 or queries.shape[0] == 0:
         return SearchWidth(EF_SEARCH_STEPS[-1], 1.0, 0)
     exact = await asyncio.to_thread(_exact_top, item_vectors, queries, k)
+    kth = np.einsum("ij,ij->i", item_vectors[exact[:, -1]], queries) - 1e-5  # float32 rounding
     position = {code: i for i, code in enumerate(item_ids)}
     sql = f"""
         WITH cfg AS MATERIALIZED (
@@ -161,8 +167,9 @@ async def tune_ef_search(
     for ef in EF_SEARCH_STEPS:
         hits = 0
         for row in await conn.fetch(sql, str(ef), vectors):
-            found = {position[i] for i in row["ids"] or ()}
-            hits += len(found.intersection(exact[int(row["ord"]) - 1].tolist()))
+            q = int(row["ord"]) - 1
+            found = [position[i] for i in row["ids"] or ()]
+            hits += min(k, int(np.count_nonzero(item_vectors[found] @ queries[q] >= kth[q]))) if found else 0
         recall = hits / (k * queries.shape[0])
         if recall >= target:
             return SearchWidth(ef, recall, queries.shape[0])
@@ -337,11 +344,23 @@ async def _load_tables(
         await conn.fetchval("SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'")
     )
     memory_kb = max(current_kb, build_memory_kb(len(bundle.item_ids), dim))
-    await conn.execute(f"SET LOCAL maintenance_work_mem = '{memory_kb}kB'")  # this transaction only
-    await conn.execute(
+    create_index = (
         f"CREATE INDEX ON {item_table} USING hnsw (embedding vector_ip_ops) "
         f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
     )
+    try:
+        async with conn.transaction():  # a savepoint: the setting lasts until the load's transaction ends
+            await conn.execute(f"SET LOCAL maintenance_work_mem = '{memory_kb}kB'")
+            await conn.execute(create_index)
+    except asyncpg.InsufficientResourcesError as exc:  # a server that cannot give that much memory
+        log.warning(
+            "building the index with maintenance_work_mem %d kB failed (%s); building it with the "
+            "server's %d kB (slower: the graph is finished on disk)",
+            memory_kb,
+            exc,
+            current_kb,
+        )
+        await conn.execute(create_index)
     await conn.execute(f"ANALYZE {item_table}; ANALYZE {user_table}")
     width = await tune_ef_search(
         conn,

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--recall-target",
         "recall@10 the version's HNSW search width (ef_search) must reach, measured after the index "
         "is built; the version serves with the smallest width that does "
-        "(default: RECSYS_RECALL_TARGET or 0.98)",
+        "(default: 0.98)",
         type=float,
         dest="recall_target",
         metavar="R",

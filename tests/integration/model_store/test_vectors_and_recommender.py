@@ -503,6 +503,39 @@ async def test_the_index_is_built_with_maintenance_work_mem_sized_from_the_catal
     assert after == 1024  # SET LOCAL: the session's own value once the load's transaction ended
 
 
+async def test_a_server_that_cannot_give_the_build_memory_builds_with_its_own(
+    database_url: str, big_catalog: Catalog
+) -> None:
+    from infra.pg import _init_connection, new_database
+    from model_store.loader import load_bundle_into
+
+    seen: list[int] = []
+
+    class Refusing(asyncpg.Connection):  # type: ignore[misc]
+        async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
+            if query.lstrip().upper().startswith("CREATE INDEX"):
+                memory = await self.fetchval(
+                    "SELECT setting FROM pg_settings WHERE name = 'maintenance_work_mem'"
+                )
+                seen.append(int(memory))
+                if int(memory) > 1024:  # what a server short of memory answers (SQLSTATE 53200)
+                    raise asyncpg.OutOfMemoryError("could not resize shared memory segment")
+            result: str = await super().execute(query, *args, **kwargs)
+            return result
+
+    url = await new_database(database_url, "loader_oom")
+    conn = await asyncpg.connect(url, connection_class=Refusing)
+    try:
+        await _init_connection(conn)
+        await conn.execute("SET maintenance_work_mem = '1MB'")
+        summary = await load_bundle_into(conn, big_catalog.bundle)
+        assert await conn.fetchval("SELECT version FROM model_versions WHERE active") == summary.version
+    finally:
+        await conn.close()
+    assert len(seen) == 2 and seen[0] > 1024 and seen[1] == 1024  # the savepoint undid the setting
+    assert summary.ef_search is not None
+
+
 async def test_the_candidate_cache_answers_exactly_what_the_index_answers(
     ms_pool: asyncpg.Pool[Any], big_catalog: Catalog, big_bundle: Any
 ) -> None:
