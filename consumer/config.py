@@ -25,6 +25,13 @@ class ConsumerSettings(BaseModel):
     worker_id: str | None = Field(None, description="unset = <hostname>-<pid>-<random>; unique per process")
     shard_sync_interval_s: float = Field(30.0, gt=0, le=3600, description="ListShards into the lease table")
     model_refresh_interval_s: float = Field(30.0, gt=0, le=3600, description="look for a newer model")
+    firehose_pack_bytes: int = Field(
+        1000 * 1024,
+        ge=0,
+        le=1000 * 1024,
+        description="output records (one line per event) packed into one Firehose record up to this "
+        "many bytes (Firehose bills each record rounded up to 5 KB); 0 = one event per Firehose record",
+    )
     recommend_k: int = Field(10, ge=1, le=100, description="recommended items per event")
     cache_keys: int = Field(
         10_000,

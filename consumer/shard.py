@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -52,10 +54,26 @@ from core.ports import LatestStore, Recommender
 from core.recommendations import Recommendation, RecommendRequest
 from infra.logs import get_logger
 
-__all__ = ["ConsumerStats", "ShardOutcome", "ShardWorker", "event_id"]
+__all__ = ["ConsumerStats", "ShardOutcome", "ShardWorker", "event_id", "loads_json"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
+
+
+_LONG_DIGITS = re.compile(rb"\d{19}")  # orjson turns integers beyond 64 bits into floats
+
+
+def loads_json(data: bytes) -> Any:
+    """``json.loads``' answer, ~4x faster: orjson, unless the record has a run of 19 digits (an
+    integer orjson would turn into a float, or a long fraction) or orjson refuses it (NaN, a BOM or
+    UTF-16, escaped lone surrogates, bad input): those go to ``json.loads``, so the same records
+    are accepted and refused, with the same values."""
+    if _LONG_DIGITS.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
 
 
 class ShardOutcome(StrEnum):
@@ -264,6 +282,7 @@ class ShardWorker:
             split=deaggregate,
             is_aggregated=is_aggregated,
             suppressed=None if suppression is None else suppression.contains,
+            loads=loads_json,
         )
         for position in plan.positions:
             self._tracker.register(position)

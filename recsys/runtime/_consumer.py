@@ -17,7 +17,7 @@ from consumer.leases import PgLeaseTable
 from consumer.ports import DeadLetterSink, LeaseTable, RecordReader, RecordSink, Suppression
 from consumer.sink import FirehoseSink
 from core.ports import LatestStore, Recommender
-from infra.aws import region
+from infra.aws import fast_timestamps, region
 from infra.latest import PgLatestStore
 from recsys import bootstrap
 from recsys.settings import Settings
@@ -34,7 +34,8 @@ DEFAULT: Any = _Default()
 """Build the production adapter (``suppression=DEFAULT`` loads the list; ``None`` means none)."""
 
 SinkFactory = Callable[..., RecordSink]
-"""``(firehose client, delivery stream, *, timeout_s)`` -> a sink; ``FirehoseSink`` or a subclass."""
+"""``(firehose client, delivery stream, *, timeout_s, pack_bytes)`` -> a sink; ``FirehoseSink`` or a
+subclass."""
 
 
 @contextlib.asynccontextmanager
@@ -54,7 +55,7 @@ async def aws_clients(settings: Settings) -> AsyncIterator[tuple[Any, Any]]:
         retries={"max_attempts": 2, "mode": "standard"},
         max_pool_connections=50,
     )
-    session = get_session()
+    session = fast_timestamps(get_session())  # GetRecords' arrival times without dateutil
     async with contextlib.AsyncExitStack() as stack:
         kinesis = await stack.enter_async_context(session.create_client("kinesis", config=config))
         firehose = await stack.enter_async_context(session.create_client("firehose", config=config))
@@ -130,7 +131,13 @@ async def consumer(
             config,
             leases=leases or PgLeaseTable(pool, config.stream, worker),
             reader=reader or KinesisReader(kinesis, config.stream, timeout_s),
-            sink=sink or make_sink(firehose, config.delivery_stream, timeout_s=timeout_s),
+            sink=sink
+            or make_sink(
+                firehose,
+                config.delivery_stream,
+                timeout_s=timeout_s,
+                pack_bytes=config.tuning.firehose_pack_bytes,
+            ),
             dead_letters=dead_letters or DeadLetterStore(config.dead_letters),
             recommender=recommender,
             latest=latest or PgLatestStore(pool),

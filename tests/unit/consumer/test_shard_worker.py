@@ -12,9 +12,10 @@ import pytest
 
 from consumer.kinesis import IteratorExpired, KinesisRecord, RecordsPage, ShardInfo, StartAt
 from consumer.kpl import pack
-from consumer.shard import ConsumerStats, ShardOutcome, ShardWorker, event_id
+from consumer.shard import ConsumerStats, ShardOutcome, ShardWorker, event_id, loads_json
 from core.checkpointing import Position
-from core.errors import LeaseLost, Throttled
+from core.errors import BadRecord, LeaseLost, Throttled
+from core.events import parse_event
 from recsys.settings import ConsumerSettings
 from recsys.testing import (
     POISON,
@@ -190,3 +191,36 @@ async def test_a_row_the_latest_store_refuses_dead_letters_its_record_instead_of
     assert sorted(latest.rows) == [1, 2, 4]
     assert [(x.reason, x.position) for x in parts["dead"].letters] == [("latest_rejected", Position("3", 0))]
     assert parts["table"].checkpoints[0] == (Position("4", 0), False)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        json.dumps({"customer_number": 103, "browse_history": [{"product_code": "A"}]}).encode(),
+        b'{"customer_number": 103, "customer_number": 104, "browse_history": [{"product_code": "A"}]}',
+        b'{"customer_number": 123456789012345678901234567890, "browse_history": [{"product_code": "A"}]}',
+        b'{"customer_number": 103, "credit_limit": NaN, "browse_history": [{"product_code": "A"}]}',
+        b'{"customer_number": 103, "credit_limit": 1e400, "browse_history": [{"product_code": "A"}]}',
+        b'{"customer_number": 103, "city": "\\ud800", "browse_history": [{"product_code": "A"}]}',
+        b'\xef\xbb\xbf{"customer_number": 103, "browse_history": [{"product_code": "A"}]}',
+        json.dumps({"customer_number": 103, "browse_history": [{"product_code": "A"}]}).encode("utf-16"),
+        b'{"customer_number": 103, "credit_limit": 0.1000000000000000055511151231257827, '
+        b'"browse_history": [{"product_code": "A", "quantity": -0}]}',
+        b'{"customer_number": 103, "big": 18446744073709551616, "browse_history": [{"product_code": "A"}]}',
+        b'{"customer_number": 103, "small": -9223372036854775809, "browse_history": [{"product_code": "A"}]}',
+        b'{"customer_number": 103, "x": "a\tb", "browse_history": [{"product_code": "A"}]}',
+        b"[" * 5000 + b"]" * 5000,
+        b'{"customer_number": 103, "city": "\xff", "browse_history": []}',
+        b"",
+        b"not json",
+    ],
+)
+def test_the_consumers_json_decoder_accepts_and_refuses_what_json_loads_does(data: bytes) -> None:
+    def outcome(loads: Any) -> Any:
+        try:
+            event = parse_event(data, loads)
+        except BadRecord as exc:
+            return ("refused", exc.reason)
+        return ("accepted", event.customer_number, event.features, event.browse_history, repr(event.raw))
+
+    assert outcome(loads_json) == outcome(json.loads)
