@@ -58,6 +58,7 @@ __all__ = ["ConsumerStats", "ShardOutcome", "ShardWorker", "event_id", "loads_js
 
 log = get_logger(__name__)
 T = TypeVar("T")
+_DELIVERIES_IN_FLIGHT = 2  # Firehose deliveries of one shard running beside its next batch
 
 
 _LONG_DIGITS = re.compile(rb"\d{19}")  # orjson turns integers beyond 64 bits into floats
@@ -132,6 +133,9 @@ class ShardWorker:
         self._rng = rng or random.Random()
         self._tracker = CheckpointTracker(lease.checkpoint)
         self._skip_until: Position | None = lease.checkpoint
+        self._deliveries: set[asyncio.Task[None]] = set()  # Firehose deliveries in flight
+        self._delivery_failed: BaseException | None = None  # the first, raised by the loop
+        self._checkpoint_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ the loop
     def _start(self) -> StartAt:
@@ -172,7 +176,9 @@ class ShardWorker:
         if delay > 0:
             await asyncio.sleep(delay)
         started = time.monotonic()
-        return await self._reader.get_records(iterator, self._cfg.get_records_limit), started
+        page = await self._reader.get_records(iterator, self._cfg.get_records_limit)
+        metrics.STAGE_SECONDS.labels("get_records").observe(time.monotonic() - started)
+        return page, started
 
     async def _next(self, fetch: asyncio.Task[tuple[RecordsPage, float]]) -> tuple[RecordsPage, float] | None:
         """The fetched page, or ``None`` if draining began first (the fetch is then cancelled)."""
@@ -227,6 +233,7 @@ class ShardWorker:
                     attempt += 1
                     fetch = asyncio.create_task(self._fetch(iterator, time.monotonic() + delay))
                     continue
+                self._raise_delivery_failure()
                 if got is None:
                     break
                 page, called_at = got
@@ -255,6 +262,7 @@ class ShardWorker:
                 if page.child_shards:
                     await self._on_children(page.child_shards)
                 if page.next_iterator is None:
+                    await self._settle()
                     await self._table.checkpoint(self.lease, None, shard_end=True)
                     self._stats.shards_ended += 1
                     log.info("shard ended; checkpointed at SHARD_END")
@@ -264,8 +272,11 @@ class ShardWorker:
                 fetch.cancel()
                 with contextlib.suppress(asyncio.CancelledError, RecsysError):
                     await fetch
+            for task in self._deliveries:  # lease lost or a failure: what was not acked is replayed
+                task.cancel()
         if held:
             await self.process(held)  # shutdown requested: finish what was read
+        await self._settle()
         return ShardOutcome.DRAINED
 
     # ------------------------------------------------------------------ one batch
@@ -311,12 +322,45 @@ class ShardWorker:
             self._stats.dead_lettered += len(dead)
             metrics.STAGE_SECONDS.labels("dead_letters").observe(time.perf_counter() - t0)
         if deliveries:
-            t0 = time.perf_counter()
-            await self._sink.deliver([(d.record.position, d.payload) for d in deliveries], self._acked)
-            metrics.STAGE_SECONDS.labels("firehose").observe(time.perf_counter() - t0)
+            # the latest rows are stored (the API shows the batch): Firehose runs beside the next
+            # batch, at most _DELIVERIES_IN_FLIGHT of them; the checkpoint follows the acks
+            await self._room()
+            task = asyncio.create_task(self._deliver(deliveries), name=f"deliver-{self.shard_id}")
+            self._deliveries.add(task)
+            task.add_done_callback(self._delivered)
         await self._checkpoint()
         self._stats.batches += 1
         metrics.STAGE_SECONDS.labels("batch").observe(time.perf_counter() - started)
+
+    async def _deliver(self, deliveries: Sequence[Delivery]) -> None:
+        t0 = time.perf_counter()
+        await self._sink.deliver([(d.record.position, d.payload) for d in deliveries], self._acked)
+        metrics.STAGE_SECONDS.labels("firehose").observe(time.perf_counter() - t0)
+        await self._checkpoint()
+
+    def _delivered(self, task: asyncio.Task[None]) -> None:
+        self._deliveries.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._delivery_failed is None:
+            self._delivery_failed = task.exception()
+
+    def _raise_delivery_failure(self) -> None:
+        """A delivery that failed (its checkpoint found the lease lost) fails the shard."""
+        if self._delivery_failed is not None:
+            raise self._delivery_failed
+
+    async def _room(self) -> None:
+        """Wait until fewer than ``_DELIVERIES_IN_FLIGHT`` deliveries are in flight."""
+        while len(self._deliveries) >= _DELIVERIES_IN_FLIGHT:
+            await asyncio.wait(set(self._deliveries), return_when=asyncio.FIRST_COMPLETED)
+            self._raise_delivery_failure()
+        self._raise_delivery_failure()
+
+    async def _settle(self) -> None:
+        """Wait for every delivery in flight, then checkpoint."""
+        while self._deliveries:
+            await asyncio.wait(set(self._deliveries))
+        self._raise_delivery_failure()
+        await self._checkpoint()
 
     def _acked(self, position: Position) -> None:
         self._tracker.ack(position)
@@ -363,19 +407,20 @@ class ShardWorker:
         return kept
 
     async def _checkpoint(self) -> None:
-        position = self._tracker.to_checkpoint()
-        if position is None:
-            return
-        t0 = time.perf_counter()
-        try:
-            await self._table.checkpoint(self.lease, position)
-        except DatabaseUnavailable as exc:
-            metrics.CHECKPOINT_FAILURES.inc()
-            log.warning("checkpoint at %s failed (the next batch retries): %s", position, exc)
-            return
-        self._tracker.checkpointed(position)
-        self._stats.checkpoints += 1
-        metrics.STAGE_SECONDS.labels("checkpoint").observe(time.perf_counter() - t0)
+        async with self._checkpoint_lock:  # one at a time, so a checkpoint never moves back
+            position = self._tracker.to_checkpoint()
+            if position is None:
+                return
+            t0 = time.perf_counter()
+            try:
+                await self._table.checkpoint(self.lease, position)
+            except DatabaseUnavailable as exc:
+                metrics.CHECKPOINT_FAILURES.inc()
+                log.warning("checkpoint at %s failed (the next batch retries): %s", position, exc)
+                return
+            self._tracker.checkpointed(position)
+            self._stats.checkpoints += 1
+            metrics.STAGE_SECONDS.labels("checkpoint").observe(time.perf_counter() - t0)
 
     async def final_checkpoint(self) -> None:
         """Last chance on shutdown: record whatever prefix is acknowledged."""
