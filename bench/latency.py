@@ -93,13 +93,15 @@ async def _watch(url: str, tracker: Tracker, stop: asyncio.Event) -> None:
     await watch_api(url, tracker, stop, clock=time.monotonic, idle_s=0.005)
 
 
-async def _run(prepared: Any, rate: float, windows: int, window_s: float) -> tuple[list[list[float]], Any]:
+async def _run(
+    prepared: Any, rate: float, windows: int, window_s: float, poll_s: float | None
+) -> tuple[list[list[float]], Any]:
     from pydantic import SecretStr
 
     from bench.lab_reference import fresh_streams
     from etl.source import load_catalog
     from recsys.runtime import running
-    from recsys.settings import Settings
+    from recsys.settings import ConsumerSettings, Settings
 
     catalog = await asyncio.to_thread(load_catalog, prepared.source_url)
     stream, delivery, bucket = await asyncio.to_thread(fresh_streams, 2)
@@ -111,6 +113,7 @@ async def _run(prepared: Any, rate: float, windows: int, window_s: float) -> tup
         initial_position="TRIM_HORIZON",
         host="127.0.0.1",
         port=0,
+        consumer=ConsumerSettings() if poll_s is None else ConsumerSettings(poll_interval_s=poll_s),
     )
     stop = asyncio.Event()
     async with running(settings, stop) as up:
@@ -143,34 +146,87 @@ async def _run(prepared: Any, rate: float, windows: int, window_s: float) -> tup
     return per_window, (settings.consumer, stats)
 
 
+def _stage_totals() -> dict[str, tuple[float, float]]:
+    """(seconds, observations) per stage of the consumer's stage histogram, so far."""
+    from consumer.metrics import STAGE_SECONDS
+
+    totals: dict[str, list[float]] = {}
+    for metric in STAGE_SECONDS.collect():
+        for sample in metric.samples:
+            stage = sample.labels.get("stage", "")
+            slot = totals.setdefault(stage, [0.0, 0.0])
+            if sample.name.endswith("_sum"):
+                slot[0] = sample.value
+            elif sample.name.endswith("_count"):
+                slot[1] = sample.value
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+BEFORE_POLL_S = 0.25  # the default before this benchmark's comparison was added
+STAGES = ("get_records", "decode", "recommend", "latest", "firehose", "batch")
+
+
 def main(quick: bool) -> None:
     from infra.logs import configure_logging
+    from recsys.settings import ConsumerSettings
 
     configure_logging("WARNING")
     rate = 20.0 if quick else 50.0
     windows = 3
     window_s = 10.0 if quick else 30.0
     prepared = prepared_model(1.0)
-    per_window, (cfg, stats) = run_async(_run(prepared, rate, windows, window_s))
-    poll = cfg.poll_interval_s
+    default_poll = ConsumerSettings().poll_interval_s
     report = Report(
         "latency",
         scale={
             "rate_per_s": rate,
             "windows": windows,
             "window_s": window_s,
-            "events": sum(len(w) for w in per_window),
             "shards": 2,
-            "poll_interval_s": poll,
-            "batch_max_wait_ms": cfg.batch_max_wait_ms,
+            "poll_interval_s": [BEFORE_POLL_S, default_poll],
+            "batch_max_wait_ms": ConsumerSettings().batch_max_wait_ms,
             "wiring": "recsys run (consumer + API, the default API loop)",
         },
     )
-    p50 = report.add(Figure("put->visible p50", "ms", [1000 * percentile(w, 0.5) for w in per_window]))
-    p99 = report.add(Figure("put->visible p99", "ms", [1000 * percentile(w, 0.99) for w in per_window]))
-    interval = report.add(Figure("poll interval", "ms", [1000 * poll] * windows))
-    report.ratio("p50 / poll interval", p50, interval, note="headline: poll intervals per click")
-    report.ratio("p99 / poll interval", p99, interval)
-    report.add(Figure("consumer batches", "", [float(stats.batches)], note=f"{stats.records_in} records in"))
+    figures: dict[str, tuple[Any, Any]] = {}
+    for label, poll in ((f"poll {BEFORE_POLL_S * 1000:.0f} ms (before)", BEFORE_POLL_S), ("default", None)):
+        stages_before = _stage_totals()
+        per_window, (cfg, stats) = run_async(_run(prepared, rate, windows, window_s, poll))
+        stages_after = _stage_totals()
+        poll_ms = 1000 * cfg.poll_interval_s
+        events = sum(len(w) for w in per_window)
+        p50 = report.add(
+            Figure(
+                f"{label}: put->visible p50",
+                "ms",
+                [1000 * percentile(w, 0.5) for w in per_window],
+                note=f"poll interval {poll_ms:.0f} ms, {events} events",
+            )
+        )
+        p99 = report.add(
+            Figure(f"{label}: put->visible p99", "ms", [1000 * percentile(w, 0.99) for w in per_window])
+        )
+        figures[label] = (p50, p99)
+        interval = report.add(Figure(f"{label}: poll interval", "ms", [poll_ms] * windows))
+        report.ratio(f"{label}: p50 / poll interval", p50, interval)
+        report.ratio(f"{label}: p99 / poll interval", p99, interval)
+        for stage in STAGES:
+            seconds, count = (
+                stages_after.get(stage, (0.0, 0.0))[i] - stages_before.get(stage, (0.0, 0.0))[i]
+                for i in (0, 1)
+            )
+            if count:
+                report.add(Figure(f"{label}: stage {stage}", "ms per call", [1000 * seconds / count]))
+        report.add(
+            Figure(
+                f"{label}: consumer batches",
+                "",
+                [float(stats.batches)],
+                note=f"{stats.records_in} records in",
+            )
+        )
+    (old50, old99), (new50, new99) = figures.values()
+    report.ratio("p50 default / before", new50, old50, note="headline: same run, same load")
+    report.ratio("p99 default / before", new99, old99)
     report.print()
     print(f"  wrote {report.write()}")
