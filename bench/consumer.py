@@ -16,6 +16,7 @@ run) the real recommender's events/s over the fake one's on 2 shards.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -250,6 +251,28 @@ def _measure(report: Report, *, database_url: str, delivery: str, count: int, ru
         report.ratio("real model vs fake recommender (2 shards)", real, per_shards[2])
 
 
+def _profile(database_url: str, delivery: str, count: int) -> None:
+    """``RECSYS_BENCH_PROFILE=1 python -m bench consumer``: one 2-shard run (after a warm-up)
+    under pyinstrument (a dev dependency); prints the call tree of the consumer's process."""
+    from pyinstrument import Profiler
+
+    from infra.aws import sync_client
+
+    _run(database_url, delivery, 2, min(count, 1000), _fake())
+    stream = f"bench-consumer-{uuid.uuid4().hex[:8]}"
+    _fill(stream, 2, count)  # not profiled: the stream is filled before the consumer starts
+    profiler = Profiler(interval=0.001)
+    profiler.start()
+    try:
+        run = run_async(_consume(database_url, stream, delivery, count, _fake(), pack_bytes=None))
+    finally:
+        profiler.stop()
+        sync_client("kinesis").delete_stream(StreamName=stream, EnforceConsumerDeletion=True)
+    rate, cpu = run.events_per_s, run.steady_cpu_us
+    print(f"  {count} events, 2 shards: {rate:.0f} events/s, {cpu:.1f} us CPU per event (profiled)")
+    print(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
 def main(quick: bool) -> Report:
     from infra.aws import sync_client
     from infra.pg import migrate
@@ -261,6 +284,9 @@ def main(quick: bool) -> Report:
     report = Report("consumer", scale={"events": count, "runs": runs, "shards": list(SHARD_COUNTS)})
     delivery = _delivery_stream()
     try:
+        if os.environ.get("RECSYS_BENCH_PROFILE"):
+            _profile(info.database_url, delivery, count)
+            return report
         _measure(
             report, database_url=info.database_url, delivery=delivery, count=count, runs=runs, quick=quick
         )
