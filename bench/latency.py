@@ -9,12 +9,13 @@ yet visible. An event is visible when the API's ``event_id`` is that event's
 so ordered). The time is taken when the API's answer arrives, so it includes the watcher's own
 polling delay (a few ms while the API is idle).
 
-Two configurations run one after the other in the same run: the poll interval the consumer had
-before (0.25 s) and the default consumer settings (0.2 s: Kinesis's five GetRecords a second per
-shard), each on its own stream and its own ``recsys run`` graph. A warm-up (the consumer taking its
+Two configurations run at the same time, so that both see the same load: the poll interval the
+consumer had before (0.25 s) and the default consumer settings (0.2 s: Kinesis's five GetRecords a
+second per shard), each on its own stream, with its own producer, watcher and ``recsys run`` graph
+(consumer in this process, API in its own child process). A warm-up (the consumer taking its
 leases, the first events through) is not measured. The steady phase is split into windows; each
-window gives one p50 and one p99 (the figure's runs). Each configuration also prints the consumer's
-stage histogram (``recsys_consumer_stage_seconds``) as milliseconds per call. Headline: the
+window gives one p50 and one p99 (the figure's runs). The consumers' stage histogram
+(``recsys_consumer_stage_seconds``, both together) is printed as milliseconds per call. Headline: the
 default's p50 and p99 over the earlier setting's, same run.
 """
 
@@ -61,7 +62,9 @@ class Tracker:
                 self.idle.set()
 
 
-async def _produce(stream: str, catalog: Any, tracker: Tracker, rate: float, seconds: float) -> None:
+async def _produce(
+    stream: str, catalog: Any, customers: list[Any], tracker: Tracker, *, rate: float, seconds: float
+) -> None:
     from consumer.producer import ProduceSummary, make_event, put_records
     from infra.aws import sync_client
 
@@ -73,9 +76,7 @@ async def _produce(stream: str, catalog: Any, tracker: Tracker, rate: float, sec
     started = time.monotonic()
     n = 0
     while time.monotonic() - started < seconds:
-        events = [
-            make_event(rng, rng.choice(catalog.customers), catalog.product_codes) for _ in range(per_tick)
-        ]
+        events = [make_event(rng, rng.choice(customers), catalog.product_codes) for _ in range(per_tick)]
         entries = [
             {"PartitionKey": str(e["customer_number"]), "Data": json.dumps(e).encode()} for e in events
         ]
@@ -96,8 +97,10 @@ async def _watch(url: str, tracker: Tracker, stop: asyncio.Event) -> None:
 
 
 async def _run(
-    prepared: Any, rate: float, windows: int, window_s: float, poll_s: float | None
+    prepared: Any, rate: float, windows: int, window_s: float, *, poll_s: float | None, share: tuple[int, int]
 ) -> tuple[list[list[float]], Any]:
+    """``share`` (i, n): this configuration's events come from every n-th customer from the i-th, so
+    that configurations running at once never write the same customer's latest row."""
     from pydantic import SecretStr
 
     from bench.lab_reference import fresh_streams
@@ -106,6 +109,7 @@ async def _run(
     from recsys.settings import ConsumerSettings, Settings
 
     catalog = await asyncio.to_thread(load_catalog, prepared.source_url)
+    customers = list(catalog.customers)[share[0] :: share[1]]
     stream, delivery, bucket = await asyncio.to_thread(fresh_streams, 2)
     settings = Settings(
         database_url=SecretStr(prepared.database_url),
@@ -122,7 +126,7 @@ async def _run(
         warm = Tracker()
         done = asyncio.Event()
         watcher = asyncio.create_task(_watch(up.url, warm, done))
-        await _produce(stream, catalog, warm, rate, 1.0)
+        await _produce(stream, catalog, customers, warm, rate=rate, seconds=1.0)
         await warm.settle(60)
         done.set()
         await watcher
@@ -133,7 +137,7 @@ async def _run(
         done = asyncio.Event()
         watcher = asyncio.create_task(_watch(up.url, tracker, done))
         started = time.monotonic()
-        await _produce(stream, catalog, tracker, rate, windows * window_s)
+        await _produce(stream, catalog, customers, tracker, rate=rate, seconds=windows * window_s)
         await tracker.settle(60)
         done.set()
         await watcher
@@ -190,11 +194,22 @@ def main(quick: bool) -> None:
             "wiring": "recsys run (consumer + API, the default API loop)",
         },
     )
+    configs = ((f"poll {BEFORE_POLL_S * 1000:.0f} ms (before)", BEFORE_POLL_S), ("default", None))
+
+    async def side_by_side() -> list[tuple[list[list[float]], Any]]:
+        # both at once, each on its own stream with its own consumer and API, and its own half of the
+        # customers: the same load for both
+        runs = (
+            _run(prepared, rate, windows, window_s, poll_s=poll, share=(i, len(configs)))
+            for i, (_, poll) in enumerate(configs)
+        )
+        return list(await asyncio.gather(*runs))
+
+    stages_before = _stage_totals()
+    outcomes = run_async(side_by_side())
+    stages_after = _stage_totals()
     figures: dict[str, tuple[Any, Any]] = {}
-    for label, poll in ((f"poll {BEFORE_POLL_S * 1000:.0f} ms (before)", BEFORE_POLL_S), ("default", None)):
-        stages_before = _stage_totals()
-        per_window, (cfg, stats) = run_async(_run(prepared, rate, windows, window_s, poll))
-        stages_after = _stage_totals()
+    for (label, _), (per_window, (cfg, stats)) in zip(configs, outcomes, strict=True):
         poll_ms = 1000 * cfg.poll_interval_s
         events = sum(len(w) for w in per_window)
         p50 = report.add(
@@ -212,13 +227,6 @@ def main(quick: bool) -> None:
         interval = report.add(Figure(f"{label}: poll interval", "ms", [poll_ms] * windows))
         report.ratio(f"{label}: p50 / poll interval", p50, interval)
         report.ratio(f"{label}: p99 / poll interval", p99, interval)
-        for stage in STAGES:
-            seconds, count = (
-                stages_after.get(stage, (0.0, 0.0))[i] - stages_before.get(stage, (0.0, 0.0))[i]
-                for i in (0, 1)
-            )
-            if count:
-                report.add(Figure(f"{label}: stage {stage}", "ms per call", [1000 * seconds / count]))
         report.add(
             Figure(
                 f"{label}: consumer batches",
@@ -227,6 +235,12 @@ def main(quick: bool) -> None:
                 note=f"{stats.records_in} records in",
             )
         )
+    for stage in STAGES:
+        seconds, count = (
+            stages_after.get(stage, (0.0, 0.0))[i] - stages_before.get(stage, (0.0, 0.0))[i] for i in (0, 1)
+        )
+        if count:
+            report.add(Figure(f"stage {stage} (both consumers)", "ms per call", [1000 * seconds / count]))
     (old50, old99), (new50, new99) = figures.values()
     report.ratio("p50 default / before", new50, old50, note="headline: same run, same load")
     report.ratio("p99 default / before", new99, old99)

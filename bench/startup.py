@@ -13,6 +13,9 @@ lease taken (``processing shard``), then the first page read, recommended and de
 figure is the interpreter's start and ``import recsys.cli`` alone (``python -X importtime`` says
 which modules weigh most).
 
+``RECSYS_BENCH_STARTUP_BASELINE=/path/to/another/checkout`` runs that checkout's ``recsys consume``
+(with this environment) interleaved with this one's and prints the ratios.
+
 Headline: start -> first delivery against the 3 s target (a ratio < 1 is within it).
 """
 
@@ -82,7 +85,7 @@ def _log_times(lines: list[str]) -> dict[str, float]:
     return times
 
 
-def _once(database_url: str) -> dict[str, float]:
+def _once(database_url: str, code: str | None = None) -> dict[str, float]:
     from bench.lab_reference import fresh_streams, put_events
     from infra.aws import sync_client
 
@@ -95,6 +98,8 @@ def _once(database_url: str) -> dict[str, float]:
         "RECSYS_LOG_FORMAT": "json",
         "RECSYS_LOG_LEVEL": "INFO",
     }
+    if code is not None:  # another checkout of the project, run with this one's environment
+        env["PYTHONPATH"] = code
     command = [
         sys.executable,
         "-m",
@@ -154,7 +159,13 @@ def main(quick: bool) -> Report:
     runs = 2 if quick else 5
     prepared = prepared_model(1.0)
     report = Report("startup", scale={"runs": runs, "shards": 2, "events": 20, "target_s": TARGET_S})
-    results = [_once(prepared.database_url) for _ in range(runs)]
+    baseline = os.environ.get("RECSYS_BENCH_STARTUP_BASELINE")
+    results: list[dict[str, float]] = []
+    before: list[dict[str, float]] = []
+    for _ in range(runs):  # interleaved with the baseline's runs, when there is one
+        if baseline:
+            before.append(_once(prepared.database_url, baseline))
+        results.append(_once(prepared.database_url))
     first = report.add(
         Figure(
             "recsys consume: start -> first delivery",
@@ -176,6 +187,21 @@ def main(quick: bool) -> Report:
         if values:
             report.add(Figure(f"  of which: {name}", "s", values))
     report.add(Figure("python -c 'import recsys.cli'", "s", [_import_time() for _ in range(runs)]))
+    if before:
+        then = report.add(
+            Figure(
+                "baseline checkout: start -> first delivery",
+                "s",
+                [r["first delivery"] for r in before],
+                note=f"RECSYS_BENCH_STARTUP_BASELINE={baseline}",
+            )
+        )
+        then_cpu = report.add(Figure("  its CPU seconds until then", "s", [r["cpu"] for r in before]))
+        now_cpu = report.add(
+            Figure("this checkout: CPU seconds until then", "s", [r["cpu"] for r in results])
+        )
+        report.ratio("start -> first delivery: this / baseline", first, then, note="same run, interleaved")
+        report.ratio("CPU until then: this / baseline", now_cpu, then_cpu)
     target = report.add(Figure("target", "s", [TARGET_S] * runs))
     report.ratio("start -> first delivery / target", first, target, note="headline: < 1 is within 3 s")
     report.print()
