@@ -267,17 +267,18 @@ class ShardWorker:
                     self._stats.shards_ended += 1
                     log.info("shard ended; checkpointed at SHARD_END")
                     return ShardOutcome.ENDED
+            if held:
+                await self.process(held)  # shutdown requested: finish what was read
+            await self._settle()
+            return ShardOutcome.DRAINED
         finally:
             if not fetch.done():
                 fetch.cancel()
                 with contextlib.suppress(asyncio.CancelledError, RecsysError):
                     await fetch
-            for task in self._deliveries:  # lease lost or a failure: what was not acked is replayed
+            # lease lost, a failure or the shutdown deadline: what was not acknowledged is replayed
+            for task in self._deliveries:
                 task.cancel()
-        if held:
-            await self.process(held)  # shutdown requested: finish what was read
-        await self._settle()
-        return ShardOutcome.DRAINED
 
     # ------------------------------------------------------------------ one batch
     async def process(self, records: Sequence[KinesisRecord]) -> None:

@@ -47,6 +47,7 @@ def worker(
     table: FakeLeaseTable | None = None,
     recommender: FakeRecommender | None = None,
     latest: MemoryLatestStore | None = None,
+    sink: RecordingSink | None = None,
     **cfg: Any,
 ) -> tuple[ShardWorker, dict[str, Any]]:
     table = table or FakeLeaseTable()
@@ -54,7 +55,7 @@ def worker(
     parts: dict[str, Any] = {
         "reader": FakeReader(pages),
         "table": table,
-        "sink": RecordingSink(),
+        "sink": sink or RecordingSink(),
         "dead": RecordingDeadLetters(),
         "rec": recommender or FakeRecommender(),
         "latest": latest or MemoryLatestStore(),
@@ -224,3 +225,52 @@ def test_the_consumers_json_decoder_accepts_and_refuses_what_json_loads_does(dat
         return ("accepted", event.customer_number, event.features, event.browse_history, repr(event.raw))
 
     assert outcome(loads_json) == outcome(json.loads)
+
+
+class HeldSink(RecordingSink):
+    """Holds its first delivery until ``release`` is set; later ones go through at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def deliver(self, items: Any, on_ack: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            await self.release.wait()
+        await super().deliver(items, on_ack)
+
+
+class SignallingLatest(MemoryLatestStore):
+    """Sets ``stored[customer]`` once that customer's row is stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[int, asyncio.Event] = {}
+
+    def event(self, customer: int) -> asyncio.Event:
+        return self.stored.setdefault(customer, asyncio.Event())
+
+    async def upsert_many(self, rows: Any) -> None:
+        await super().upsert_many(rows)
+        for row in rows:
+            self.event(row.customer_number).set()
+
+
+async def test_a_slow_delivery_does_not_hold_up_the_next_batch_and_the_checkpoint_waits_for_it() -> None:
+    pages: list[RecordsPage | Exception] = [
+        RecordsPage([rec(1, ev(1))], "it", 0, []),
+        RecordsPage([rec(2, ev(2))], None, 0, []),
+    ]
+    sink, latest = HeldSink(), SignallingLatest()
+    w, parts = worker(pages, sink=sink, latest=latest)
+    run = asyncio.create_task(w.run())
+    await asyncio.wait_for(latest.event(2).wait(), 30)  # the second batch is visible...
+    # ...while the first batch's delivery is still held (the second's may have gone through)
+    assert "shardId-1:1" not in [o["event_id"] for o in sink.delivered]
+    assert parts["table"].checkpoints == []  # and nothing is checkpointed past an unacked record
+    sink.release.set()
+    assert await asyncio.wait_for(run, 30) is ShardOutcome.ENDED  # the shard's end waits for it
+    assert sorted(o["event_id"] for o in sink.delivered) == ["shardId-1:1", "shardId-1:2"]
+    assert parts["table"].checkpoints == [(Position("2", 0), False), (None, True)]
