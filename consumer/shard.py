@@ -11,11 +11,16 @@ The lifecycle follows the KCL's record processor:
   isolated by bisection, :func:`~core.batch.answer_each`), the output records and their size rule
   (:func:`~core.batch.finish`). This adapter acts on them: latest recommendations (a row the
   database refuses is isolated the same way) -> dead letters -> Firehose -> checkpoint past what
-  was acknowledged. One bad record is dead-lettered with its reason; it never stops the shard;
+  was acknowledged. The Firehose delivery runs beside the next batch (at most
+  ``_DELIVERIES_IN_FLIGHT`` of a shard): once the latest rows are stored the batch is visible in
+  the API, whatever Firehose takes; the checkpoint follows the acknowledgements, in order. One bad
+  record is dead-lettered with its reason; it never stops the shard;
 - *lease_lost*: ``LeaseLost`` from a checkpoint (or the coordinator cancelling the task): stop at
-  once, no checkpoint;
-- *shard_ended*: a null ``NextShardIterator``: checkpoint ``SHARD_END`` so children may start;
-- *shutdown_requested*: the drain event: finish the batch in hand, checkpoint, return.
+  once, no checkpoint; deliveries in flight are cancelled (their records are replayed);
+- *shard_ended*: a null ``NextShardIterator``: wait for the deliveries, checkpoint ``SHARD_END``
+  so children may start;
+- *shutdown_requested*: the drain event: finish the batch in hand and its delivery, checkpoint,
+  return.
 
 Pacing: at most one GetRecords per ``poll_interval_s`` (>= 0.2 s keeps under Kinesis's five per
 second per shard); throttling and infrastructure failures (AWS, the database) back off (capped,
