@@ -16,8 +16,10 @@ run) the real recommender's events/s over the fake one's on 2 shards.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -26,6 +28,7 @@ from bench._harness import Figure, Report, bench_stack, prepared_model, run_asyn
 from recsys.testing import FakeRecommender
 
 SHARD_COUNTS = (1, 2, 4)
+TARGET_CPU_US = 100.0
 
 
 def _fill(stream: str, shards: int, count: int) -> None:
@@ -54,24 +57,43 @@ def _fill(stream: str, shards: int, count: int) -> None:
             raise RuntimeError("moto rejected records while filling the stream")
 
 
+@dataclass
+class Run:
+    """One consumer run over ``count`` events."""
+
+    events_per_s: float
+    cpu_us: float  # consumer process CPU per event, from building the consumer to the last delivery
+    steady_cpu_us: float  # the same from the first delivery on (start-up's one-off costs left out)
+    firehose_records: int
+    firehose_calls: int
+
+
 async def _consume(
-    database_url: str, stream: str, delivery: str, count: int, recommender: Any
-) -> tuple[float, float]:
+    database_url: str, stream: str, delivery: str, count: int, recommender: Any, *, pack_bytes: int | None
+) -> Run:
     from infra.pg import pool
     from recsys import runtime
     from recsys.settings import ConsumerSettings, Settings
 
+    tuning: dict[str, Any] = {
+        "lease_take_interval_s": 0.3,
+        "lease_renew_interval_s": 1.0,
+        "poll_interval_s": 0.2,
+    }
+    if pack_bytes is not None:
+        tuning["firehose_pack_bytes"] = pack_bytes
     settings = Settings(
         stream=stream,
         delivery_stream=delivery,
         dead_letters=f"s3://bench-consumer/dead/{stream}",
-        consumer=ConsumerSettings(lease_take_interval_s=0.3, lease_renew_interval_s=1.0, poll_interval_s=0.2),
+        consumer=ConsumerSettings(**tuning),
     )
     async with pool(database_url, min_size=2, max_size=10) as pg:
         rec = recommender if recommender is not None else await _real(pg)
         stop = asyncio.Event()
         started = time.perf_counter()  # from building the consumer (its AWS clients included)
         cpu_started = time.process_time()
+        cpu_first: tuple[float, int] | None = None
         async with runtime.consumer(settings, pool=pg, recommender=rec, suppression=None) as consumer:
             task = asyncio.create_task(consumer.run(stop), name="bench-consumer")
             try:
@@ -81,15 +103,25 @@ async def _consume(
                         raise RuntimeError("the consumer stopped early")
                     if time.perf_counter() - started > 600:
                         raise RuntimeError(f"only {consumer.stats.delivered}/{count} delivered in 600 s")
+                    if cpu_first is None and consumer.stats.delivered:
+                        cpu_first = (time.process_time(), consumer.stats.delivered)
                     await asyncio.sleep(0.01)
                 elapsed = time.perf_counter() - started
-                cpu = time.process_time() - cpu_started
+                cpu_end = time.process_time()
             finally:
                 stop.set()
                 await task
                 if recommender is None:
                     await rec.close()
-    return count / elapsed, cpu / count * 1e6
+            sink = consumer._sink  # the benchmark reads the sink's counters
+    first_cpu, first_delivered = cpu_first or (cpu_started, 0)
+    return Run(
+        events_per_s=count / elapsed,
+        cpu_us=(cpu_end - cpu_started) / count * 1e6,
+        steady_cpu_us=(cpu_end - first_cpu) / max(1, count - first_delivered) * 1e6,
+        firehose_records=int(getattr(sink, "records", 0)),
+        firehose_calls=int(getattr(sink, "calls", 0)),
+    )
 
 
 async def _real(pg: Any) -> Any:
@@ -98,14 +130,22 @@ async def _real(pg: Any) -> Any:
     return await ModelRecommender.open(pg)
 
 
-def _run(database_url: str, delivery: str, shards: int, count: int, recommender: Any) -> tuple[float, float]:
-    """(events/s end to end, CPU microseconds per event in the consumer's own process)."""
+def _run(
+    database_url: str,
+    delivery: str,
+    shards: int,
+    count: int,
+    recommender: Any,
+    *,
+    pack_bytes: int | None = None,
+) -> Run:
+    """One run on a fresh stream of ``shards`` shards holding ``count`` events."""
     from infra.aws import sync_client
 
     stream = f"bench-consumer-{uuid.uuid4().hex[:8]}"
     _fill(stream, shards, count)
     try:
-        return run_async(_consume(database_url, stream, delivery, count, recommender))
+        return run_async(_consume(database_url, stream, delivery, count, recommender, pack_bytes=pack_bytes))
     finally:
         sync_client("kinesis").delete_stream(StreamName=stream, EnforceConsumerDeletion=True)
 
@@ -119,27 +159,74 @@ def _delivery_stream() -> str:
     return name
 
 
+def _fake() -> Any:
+    return FakeRecommender("bench-fake", items=10)
+
+
 def _measure(report: Report, *, database_url: str, delivery: str, count: int, runs: int, quick: bool) -> None:
-    rates: dict[int, list[float]] = {n: [] for n in SHARD_COUNTS}
-    cpu: dict[int, list[float]] = {n: [] for n in SHARD_COUNTS}
-    for _ in range(runs):  # interleaved, so a noisy neighbour hits every shard count alike
+    # a warm-up run: the process's one-off imports and botocore's first service-model loads
+    _run(database_url, delivery, 2, min(count, 1000), _fake())
+    results: dict[int, list[Run]] = {n: [] for n in SHARD_COUNTS}
+    unpacked: list[Run] = []
+    for _ in range(runs):  # interleaved, so a noisy neighbour hits every configuration alike
         for shards in SHARD_COUNTS:
-            rate, us = _run(database_url, delivery, shards, count, FakeRecommender("bench-fake", items=10))
-            rates[shards].append(rate)
-            cpu[shards].append(us)
+            results[shards].append(_run(database_url, delivery, shards, count, _fake()))
+        unpacked.append(_run(database_url, delivery, 2, count, _fake(), pack_bytes=0))
     per_shards = {
-        n: report.add(Figure(f"events/s, fake recommender, {n} shard(s)", "events/s", rates[n]))
+        n: report.add(
+            Figure(
+                f"events/s, fake recommender, {n} shard(s)", "events/s", [r.events_per_s for r in results[n]]
+            )
+        )
         for n in SHARD_COUNTS
     }
+    steady = {}
     for n in SHARD_COUNTS:
-        report.add(
+        steady[n] = report.add(
             Figure(
                 f"consumer CPU per event, {n} shard(s)",
                 "us",
-                cpu[n],
-                note="the consumer process only (moto and PostgreSQL are other processes)",
+                [r.steady_cpu_us for r in results[n]],
+                note="headline (2 shards); the consumer process only, from its first delivery on",
             )
         )
+        report.add(
+            Figure(
+                f"  the same with start-up, {n} shard(s)",
+                "us",
+                [r.cpu_us for r in results[n]],
+                note="from building the consumer (AWS clients, leases)",
+            )
+        )
+    two = results[2]
+    report.add(
+        Figure("Firehose records per event, 2 shards", "", [r.firehose_records / count for r in two]),
+    )
+    report.add(
+        Figure("PutRecordBatch calls per event, 2 shards", "", [r.firehose_calls / count for r in two])
+    )
+    one_each = report.add(
+        Figure(
+            "consumer CPU per event, 2 shards, one event per Firehose record",
+            "us",
+            [r.steady_cpu_us for r in unpacked],
+            note="RECSYS_CONSUMER__FIREHOSE_PACK_BYTES=0",
+        )
+    )
+    report.add(
+        Figure(
+            "  Firehose records per event, one event per record",
+            "",
+            [r.firehose_records / count for r in unpacked],
+        )
+    )
+    report.ratio(
+        "CPU per event: packed / one event per record", steady[2], one_each, note="2 shards, same run"
+    )
+    target = report.add(Figure("CPU per event target", "us", [TARGET_CPU_US] * runs))
+    report.ratio(
+        "CPU per event (2 shards) / target", steady[2], target, note="headline: < 1 is within 100 us"
+    )
     for shards in SHARD_COUNTS[1:]:
         report.ratio(
             f"{shards} shards vs 1 shard",
@@ -151,12 +238,39 @@ def _measure(report: Report, *, database_url: str, delivery: str, count: int, ru
         prepared = prepared_model()
         real_runs = [_run(prepared.database_url, delivery, 2, count, None) for _ in range(runs)]
         real = report.add(
-            Figure("events/s, ModelRecommender, 2 shards", "events/s", [r for r, _ in real_runs])
+            Figure("events/s, ModelRecommender, 2 shards", "events/s", [r.events_per_s for r in real_runs])
         )
         report.add(
-            Figure("consumer CPU per event, ModelRecommender, 2 shards", "us", [c for _, c in real_runs])
+            Figure(
+                "consumer CPU per event, ModelRecommender, 2 shards",
+                "us",
+                [r.steady_cpu_us for r in real_runs],
+                note="the trained model's torch forward and pgvector queries included",
+            )
         )
         report.ratio("real model vs fake recommender (2 shards)", real, per_shards[2])
+
+
+def _profile(database_url: str, delivery: str, count: int) -> None:
+    """``RECSYS_BENCH_PROFILE=1 python -m bench consumer``: one 2-shard run (after a warm-up)
+    under pyinstrument (a dev dependency); prints the call tree of the consumer's process."""
+    from pyinstrument import Profiler
+
+    from infra.aws import sync_client
+
+    _run(database_url, delivery, 2, min(count, 1000), _fake())
+    stream = f"bench-consumer-{uuid.uuid4().hex[:8]}"
+    _fill(stream, 2, count)  # not profiled: the stream is filled before the consumer starts
+    profiler = Profiler(interval=0.001)
+    profiler.start()
+    try:
+        run = run_async(_consume(database_url, stream, delivery, count, _fake(), pack_bytes=None))
+    finally:
+        profiler.stop()
+        sync_client("kinesis").delete_stream(StreamName=stream, EnforceConsumerDeletion=True)
+    rate, cpu = run.events_per_s, run.steady_cpu_us
+    print(f"  {count} events, 2 shards: {rate:.0f} events/s, {cpu:.1f} us CPU per event (profiled)")
+    print(profiler.output_text(unicode=False, color=False, show_all=False))
 
 
 def main(quick: bool) -> Report:
@@ -170,6 +284,9 @@ def main(quick: bool) -> Report:
     report = Report("consumer", scale={"events": count, "runs": runs, "shards": list(SHARD_COUNTS)})
     delivery = _delivery_stream()
     try:
+        if os.environ.get("RECSYS_BENCH_PROFILE"):
+            _profile(info.database_url, delivery, count)
+            return report
         _measure(
             report, database_url=info.database_url, delivery=delivery, count=count, runs=runs, quick=quick
         )

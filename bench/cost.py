@@ -381,6 +381,25 @@ def record_sizes() -> tuple[int, int]:
     return round(event_bytes), len(orjson.dumps(record)) + 1  # + the newline
 
 
+def firehose_packing(record_bytes: int) -> tuple[float, float]:
+    """(events per Firehose record, billed bytes per event) at the profile's average rate.
+
+    The consumer packs the output records of one batch (one GetRecords page of a shard) into
+    Firehose records of up to ``firehose_pack_bytes``; at the profile's rate a shard's page holds
+    ``events/s / shards x poll interval`` events, and Firehose rounds each record up to 5 KB. Peak
+    hours pack more events to a record, so the average is the conservative figure."""
+    from consumer.config import ConsumerSettings
+
+    tuning = ConsumerSettings()
+    per_page = PROFILE["events_per_day"] / 86_400 / STACK["shards"] * tuning.poll_interval_s
+    fit = tuning.firehose_pack_bytes // record_bytes
+    per_record = max(1.0, min(per_page, float(fit)))
+    billed = (
+        math.ceil(per_record * record_bytes / FIREHOSE_RECORD_ROUNDING_BYTES) * FIREHOSE_RECORD_ROUNDING_BYTES
+    )
+    return per_record, billed / per_record
+
+
 @dataclass(frozen=True)
 class Line:
     service: str
@@ -434,14 +453,15 @@ def stack_lines(option: Option, bill: dict[str, float], sizes: tuple[int, int]) 
                 "events",
             ),
         ]
-    billed_record = math.ceil(record_bytes / FIREHOSE_RECORD_ROUNDING_BYTES) * FIREHOSE_RECORD_ROUNDING_BYTES
+    per_record, billed_per_event = firehose_packing(record_bytes)
     delivered_gb_day = PROFILE["events_per_day"] * record_bytes / gb
     objects_day = max(86_400 / STACK["buffer_s"], delivered_gb_day * 1024 / STACK["buffer_mib"])
     lines += [
         Line(
             "Firehose",
-            f"{record_bytes} B records billed as {billed_record // 1024} KB each",
-            events_month * billed_record / gb * FIREHOSE_GB,
+            f"{record_bytes} B records, {per_record:.1f} to a Firehose record (one GetRecords page of a "
+            f"shard), billed {billed_per_event / 1024:.2f} KB per event",
+            events_month * billed_per_event / gb * FIREHOSE_GB,
             "events",
         ),
         Line(

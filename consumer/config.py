@@ -14,7 +14,9 @@ class ConsumerSettings(BaseModel):
     lease_duration_s: float = Field(6.0, gt=0.5, le=600)
     lease_renew_interval_s: float = Field(2.0, gt=0.1, le=300)
     lease_take_interval_s: float = Field(2.0, gt=0.1, le=300)
-    poll_interval_s: float = Field(0.25, ge=0.2, le=60, description=">= 0.2 s keeps under 5 GetRecords/s")
+    poll_interval_s: float = Field(
+        0.2, ge=0.2, le=60, description="one GetRecords per shard per interval: >= 0.2 s keeps within 5/s"
+    )
     get_records_limit: int = Field(1000, ge=1, le=10_000)
     batch_max_records: int = Field(500, ge=1, le=10_000, description="requests per recommender call")
     batch_max_wait_ms: int = Field(
@@ -25,6 +27,13 @@ class ConsumerSettings(BaseModel):
     worker_id: str | None = Field(None, description="unset = <hostname>-<pid>-<random>; unique per process")
     shard_sync_interval_s: float = Field(30.0, gt=0, le=3600, description="ListShards into the lease table")
     model_refresh_interval_s: float = Field(30.0, gt=0, le=3600, description="look for a newer model")
+    firehose_pack_bytes: int = Field(
+        1000 * 1024,
+        ge=0,
+        le=1000 * 1024,
+        description="output records (one line per event) packed into one Firehose record up to this "
+        "many bytes (Firehose bills each record rounded up to 5 KB); 0 = one event per Firehose record",
+    )
     recommend_k: int = Field(10, ge=1, le=100, description="recommended items per event")
     cache_keys: int = Field(
         10_000,

@@ -53,7 +53,8 @@ RECORDS_SUPPRESSED = Counter(
 LEASES_HELD = Gauge("recsys_consumer_leases_held", "shard leases held by this worker")
 CHECKPOINT_FAILURES = Counter("recsys_consumer_checkpoint_failures", "checkpoints that could not be written")
 FIREHOSE_FAILED_PUTS = Counter(
-    "recsys_consumer_firehose_failed_puts", "records Firehose rejected in a PutRecordBatch (retried)"
+    "recsys_consumer_firehose_failed_puts",
+    "events in Firehose records rejected in a PutRecordBatch (each record retried with its events)",
 )
 CACHE_LOOKUPS = Counter(
     "recsys_consumer_cache_lookups",

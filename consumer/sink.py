@@ -1,8 +1,16 @@
 """Delivery to Firehose with ``PutRecordBatch``, enforcing Firehose's limits ourselves.
 
 Limits (the real service's; emulators do not enforce them): at most 500 records and 4 MiB per call,
-at most 1,000 KiB per record. Each record is one JSON object ending in a newline, so the S3 objects
-Firehose writes are newline-delimited JSON.
+at most 1,000 KiB per record. Each output record (one event's) is one JSON object ending in a
+newline, so the S3 objects Firehose writes are newline-delimited JSON, one line per event.
+
+**Packing.** Firehose bills every record rounded up to 5 KB and its per-record work (request
+validation, base64, the per-record answer) dominates a call, so consecutive output records are
+concatenated into one Firehose record of up to ``pack_bytes`` (default: Firehose's 1,000 KiB;
+``0`` = one event per Firehose record). Firehose writes a record's bytes to S3 as they are, so the
+objects hold exactly the same lines as without packing. A packed record is one unit of delivery:
+when Firehose accepts it, every event it carries is acknowledged; when Firehose rejects it, exactly
+those events are resent (as the same record).
 
 ``deliver`` returns only when every record was acknowledged. Records Firehose rejects (a per-record
 ``ErrorCode``) are resent alone, after a capped, jittered backoff; a failed call (throttling, network)
@@ -18,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -34,7 +43,9 @@ __all__ = [
     "MAX_BATCH_RECORDS",
     "MAX_RECORD_BYTES",
     "FirehoseSink",
+    "Packed",
     "batches",
+    "pack",
 ]
 
 log = get_logger(__name__)
@@ -46,8 +57,39 @@ MAX_RECORD_BYTES = MAX_OUTPUT_BYTES  # core.batch holds output records to it (on
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class Packed(Generic[T]):
+    """One Firehose record: the keys of the output records it carries, in order, and their bytes."""
+
+    keys: tuple[T, ...]
+    data: bytes
+
+
+def pack(items: Sequence[tuple[T, bytes]], limit: int = MAX_RECORD_BYTES) -> list[Packed[T]]:
+    """Concatenate consecutive ``(key, payload)`` items into Firehose records of at most ``limit``
+    bytes (at most ``MAX_RECORD_BYTES``); ``limit`` 0 gives one record per item. An item longer than
+    ``limit`` (but within ``MAX_RECORD_BYTES``) is a record of its own."""
+    limit = min(limit, MAX_RECORD_BYTES)
+    out: list[Packed[T]] = []
+    keys: list[T] = []
+    parts: list[bytes] = []
+    size = 0
+    for key, payload in items:
+        if len(payload) > MAX_RECORD_BYTES:
+            raise ValueError(f"a record of {len(payload)} bytes exceeds Firehose's {MAX_RECORD_BYTES}")
+        if parts and size + len(payload) > limit:
+            out.append(Packed(tuple(keys), b"".join(parts)))
+            keys, parts, size = [], [], 0
+        keys.append(key)
+        parts.append(payload)
+        size += len(payload)
+    if parts:
+        out.append(Packed(tuple(keys), b"".join(parts)))
+    return out
+
+
 def batches(items: Sequence[tuple[T, bytes]]) -> list[list[tuple[T, bytes]]]:
-    """Split ``(key, payload)`` items, in order, into PutRecordBatch-sized groups."""
+    """Split ``(key, Firehose record)`` items, in order, into PutRecordBatch-sized groups."""
     out: list[list[tuple[T, bytes]]] = []
     current: list[tuple[T, bytes]] = []
     size = 0
@@ -77,6 +119,7 @@ class FirehoseSink:
         backoff_cap_s: float = 5.0,
         rng: random.Random | None = None,
         max_in_flight: int = 4,
+        pack_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self._client = client
         self.delivery_stream = delivery_stream
@@ -84,7 +127,9 @@ class FirehoseSink:
         self._base = backoff_base_s
         self._cap = backoff_cap_s
         self._rng = rng or random.Random()
-        self.calls = 0
+        self._pack_bytes = pack_bytes
+        self.calls = 0  # PutRecordBatch calls made
+        self.records = 0  # Firehose records sent (a resend counts again)
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
     async def put_batch(self, payloads: Sequence[bytes]) -> list[str | None]:
@@ -101,38 +146,49 @@ class FirehoseSink:
             raise InfraError(f"PutRecordBatch answered {len(results)} results for {len(payloads)} records")
         return [r.get("ErrorCode") or None for r in results]
 
-    async def _send(self, group: list[tuple[T, bytes]], on_ack: Callable[[T], None]) -> list[tuple[T, bytes]]:
+    async def _send(
+        self, group: list[tuple[Packed[T], bytes]], on_ack: Callable[[T], None]
+    ) -> list[Packed[T]]:
         """One call for ``group``; acknowledge what was accepted, return what must be resent."""
         async with self._in_flight:
             self.calls += 1
+            self.records += len(group)
             try:
-                codes = await self.put_batch([payload for _, payload in group])
+                codes = await self.put_batch([data for _, data in group])
             except InfraError as exc:
                 log.warning("PutRecordBatch failed, retrying: %s", exc)
-                metrics.RECORDS_FAILED.labels("firehose").inc(len(group))
-                return group
-        failed: list[tuple[T, bytes]] = []
-        for (key, payload), code in zip(group, codes, strict=True):
+                metrics.RECORDS_FAILED.labels("firehose").inc(sum(len(p.keys) for p, _ in group))
+                return [p for p, _ in group]
+        failed: list[Packed[T]] = []
+        for (packed, _), code in zip(group, codes, strict=True):
             if code is None:
-                on_ack(key)
+                for key in packed.keys:
+                    on_ack(key)
             else:
-                failed.append((key, payload))
+                failed.append(packed)
         if failed:
-            metrics.FIREHOSE_FAILED_PUTS.inc(len(failed))
-            log.warning("Firehose rejected %d of %d records; resending them", len(failed), len(group))
+            events = sum(len(p.keys) for p in failed)
+            metrics.FIREHOSE_FAILED_PUTS.inc(events)
+            log.warning(
+                "Firehose rejected %d of %d records (%d events); resending them",
+                len(failed),
+                len(group),
+                events,
+            )
         return failed
 
     async def deliver(self, items: Sequence[tuple[T, bytes]], on_ack: Callable[[T], None]) -> None:
-        """Deliver every ``(key, payload)``; call ``on_ack(key)`` for each once Firehose accepted it.
+        """Deliver every ``(key, payload)``; call ``on_ack(key)`` for each once Firehose accepted the
+        record carrying it (payloads are packed, see the module doc).
 
         The calls of one delivery run concurrently (at most ``max_in_flight`` at a time).
         """
-        pending = list(items)
+        pending = pack(items, self._pack_bytes)
         attempt = 0
         while pending:
-            groups = batches(pending)
+            groups = batches([(packed, packed.data) for packed in pending])
             results = await asyncio.gather(*(self._send(group, on_ack) for group in groups))
-            pending = [item for failed in results for item in failed]
+            pending = [packed for failed in results for packed in failed]
             if pending:
                 await asyncio.sleep(backoff_delay(attempt, self._base, self._cap, self._rng.random()))
                 attempt += 1

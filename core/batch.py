@@ -22,6 +22,7 @@ the adapter retries those with backoff.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +31,7 @@ from typing import Any, Protocol, TypeVar
 from core.checkpointing import Position, is_after
 from core.deadletters import DeadLetter
 from core.errors import BadRecord, DataRejected, InfraError, ModelNotReady
-from core.events import BrowsingEvent, parse_event
+from core.events import BrowsingEvent, Loads, parse_event
 from core.recommendations import LatestRow, Recommendation
 
 __all__ = [
@@ -140,9 +141,11 @@ def triage(
     split: Splitter,
     is_aggregated: Callable[[bytes], bool],
     suppressed: Callable[[int], bool] | None = None,
+    loads: Loads = json.loads,
 ) -> Triage:
-    """Split, decode and validate a page. Positions covered by ``after`` (the checkpoint the shard
-    resumed from) are skipped; a record that cannot be split is dead-lettered whole (sub 0)."""
+    """Split, decode (with ``loads``, see :func:`~core.events.parse_event`) and validate a page.
+    Positions covered by ``after`` (the checkpoint the shard resumed from) are skipped; a record
+    that cannot be split is dead-lettered whole (sub 0)."""
     out = Triage()
     for rec in records:
         aggregated = is_aggregated(rec.data)
@@ -171,7 +174,7 @@ def triage(
             out.positions.append(item.position)
             out.records_in += 1
             try:
-                event = parse_event(item.data)
+                event = parse_event(item.data, loads)
             except BadRecord as exc:
                 out.dead.append(item.dead(shard_id, exc.reason, exc.detail))
                 continue

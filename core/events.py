@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "MAX_QUANTITY",
     "BrowseItem",
     "BrowsingEvent",
+    "Loads",
     "UserFeatures",
     "parse_event",
 ]
@@ -179,10 +181,17 @@ def _credit_limit(value: Any) -> float | None:
     return credit
 
 
-def parse_event(data: bytes) -> BrowsingEvent:
-    """Decode and validate one record. Raises ``BadRecord`` for anything that is not a valid event."""
+Loads = Callable[[bytes], Any]
+"""Decodes one record's JSON; must accept and refuse exactly what ``json.loads`` does."""
+
+
+def parse_event(data: bytes, loads: Loads = json.loads) -> BrowsingEvent:
+    """Decode and validate one record. Raises ``BadRecord`` for anything that is not a valid event.
+
+    ``loads`` may be a faster decoder with the standard library's results (the consumer's tries
+    orjson first and falls back to ``json.loads`` on whatever orjson refuses)."""
     try:
-        obj = json.loads(data)
+        obj = loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRecord("not_json", str(exc)[:200]) from None
     except RecursionError:

@@ -50,7 +50,7 @@ class SimilarItems:
     def to_json(self) -> dict[str, Any]:
         return {
             "product_code": self.product_code,
-            "similar_items": [item.to_json() for item in self.similar_items],
+            "similar_items": [{"id": i.id, "score": round(i.score, 6)} for i in self.similar_items],
         }
 
 
@@ -75,7 +75,8 @@ class Recommendation:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "recommended_items": [item.to_json() for item in self.recommended_items],
+            # ScoredItem.to_json inlined: this runs for every output record
+            "recommended_items": [{"id": i.id, "score": round(i.score, 6)} for i in self.recommended_items],
             "similar_items": self.similar_items.to_json(),
             "model_version": self.model_version,
         }

@@ -8,6 +8,7 @@ credential chain. Botocore errors are translated with :func:`map_client_error`.
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.config import Config
@@ -15,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from core.errors import AwsError, NotFoundError, RecsysError, Throttled
 
-__all__ = ["client_config", "map_client_error", "region", "sync_client"]
+__all__ = ["client_config", "fast_timestamps", "map_client_error", "parse_timestamp", "region", "sync_client"]
 
 _THROTTLE_CODES = {
     "ProvisionedThroughputExceededException",
@@ -25,6 +26,28 @@ _THROTTLE_CODES = {
     "RequestLimitExceeded",
 }
 _NOT_FOUND_CODES = {"ResourceNotFoundException", "NoSuchBucket", "NoSuchKey", "404", "NotFound"}
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """A timestamp of an AWS answer as a UTC datetime: epoch seconds (Kinesis's
+    ``ApproximateArrivalTimestamp``) directly, anything else by botocore's own parser.
+
+    botocore's default turns every epoch number into a datetime in ``dateutil``'s local zone, which
+    costs ~40 us a record: the largest single cost of reading a GetRecords page of 1,000 records.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    parsed: datetime = botocore_parse(value)
+    return parsed
+
+
+def fast_timestamps(session: Any) -> Any:
+    """Make the (aio)botocore ``session``'s clients parse timestamps with :func:`parse_timestamp`
+    (the same instants, in UTC); returns the session."""
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
+    return session
 
 
 def region() -> str:

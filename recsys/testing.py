@@ -279,6 +279,7 @@ class FakeRecommender:
         self.refuse = refuse
         self.next_version: str | None = None
         self.batches: list[int] = []
+        self._answers: dict[tuple[int, str | None, int, str], Recommendation] = {}
 
     @property
     def model_version(self) -> str:
@@ -294,18 +295,20 @@ class FakeRecommender:
         out = []
         for r in requests:
             first = r.browse_history[0].product_code if r.browse_history else None
-            customer = r.customer_number or 0
-            out.append(
-                Recommendation(
-                    tuple(
-                        ScoredItem(f"P{(customer + i) % 97}", round(0.9 - i / 100, 6))
-                        for i in range(self.items)
-                    ),
-                    SimilarItems(first, (ScoredItem(f"near-{first}", 0.5),) if first else ()),
-                    self._version,
-                )
-            )
+            key = ((r.customer_number or 0) % 97, first, self.items, self._version)
+            answer = self._answers.get(key)
+            if answer is None:  # built once per key: the fake costs (nearly) nothing per request
+                answer = self._answers[key] = self._answer(*key)
+            out.append(answer)
         return out
+
+    @staticmethod
+    def _answer(customer: int, first: str | None, items: int, version: str) -> Recommendation:
+        return Recommendation(
+            tuple(ScoredItem(f"P{(customer + i) % 97}", round(0.9 - i / 100, 6)) for i in range(items)),
+            SimilarItems(first, (ScoredItem(f"near-{first}", 0.5),) if first else ()),
+            version,
+        )
 
     async def refresh(self) -> bool:
         if self.next_version is None or self.next_version == self._version:

@@ -72,6 +72,9 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     parse_initial_position(settings.initial_position)  # a bad value is reported before connecting
+    from recsys import runtime
+
+    runtime.preload_model_code()  # torch's import overlaps the database and AWS set-up below
     settings = bootstrap.with_database(settings)
     if bootstrap.prepare_aws(settings):
         from consumer.setup import ensure_delivery_stream
@@ -98,12 +101,27 @@ async def _consume(settings: Settings) -> ConsumerStats:
     exporter = _metrics_server(settings.metrics_port)
     try:
         async with runtime.consumer(settings) as consumer:
-            runtime.freeze_heap()  # start-up's objects out of the GC's way (bench: ~1.5x recommend_batch)
-            await consumer.run(stop)
+            freezer = asyncio.create_task(_freeze_heap_once_up(consumer, stop))
+            try:
+                await consumer.run(stop)
+            finally:
+                freezer.cancel()
     finally:
         if exporter is not None:
             await asyncio.shield(asyncio.to_thread(_close_metrics_server, exporter))
     return consumer.stats
+
+
+async def _freeze_heap_once_up(consumer: Any, stop: asyncio.Event) -> None:
+    """Start-up's objects out of the GC's way (bench: ~1.5x recommend_batch), once the first batch
+    is through (or after 10 s): the full collection it costs does not delay the first delivery."""
+    from recsys import runtime
+
+    for _ in range(100):  # 10 s at most
+        if consumer.stats.batches or stop.is_set():
+            break
+        await asyncio.sleep(0.1)
+    runtime.freeze_heap()
 
 
 def _metrics_server(port: int | None) -> tuple[Any, threading.Thread] | None:

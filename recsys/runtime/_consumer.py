@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import importlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -17,12 +20,15 @@ from consumer.leases import PgLeaseTable
 from consumer.ports import DeadLetterSink, LeaseTable, RecordReader, RecordSink, Suppression
 from consumer.sink import FirehoseSink
 from core.ports import LatestStore, Recommender
-from infra.aws import region
+from infra.aws import fast_timestamps, region
 from infra.latest import PgLatestStore
 from recsys import bootstrap
 from recsys.settings import Settings
 
-__all__ = ["DEFAULT", "SinkFactory", "aws_clients", "consumer", "database"]
+if TYPE_CHECKING:
+    from model_store.recommender import ModelRecommender
+
+__all__ = ["DEFAULT", "SinkFactory", "aws_clients", "consumer", "database", "preload_model_code"]
 
 
 class _Default:
@@ -34,7 +40,8 @@ DEFAULT: Any = _Default()
 """Build the production adapter (``suppression=DEFAULT`` loads the list; ``None`` means none)."""
 
 SinkFactory = Callable[..., RecordSink]
-"""``(firehose client, delivery stream, *, timeout_s)`` -> a sink; ``FirehoseSink`` or a subclass."""
+"""``(firehose client, delivery stream, *, timeout_s, pack_bytes)`` -> a sink; ``FirehoseSink`` or a
+subclass."""
 
 
 @contextlib.asynccontextmanager
@@ -54,7 +61,7 @@ async def aws_clients(settings: Settings) -> AsyncIterator[tuple[Any, Any]]:
         retries={"max_attempts": 2, "mode": "standard"},
         max_pool_connections=50,
     )
-    session = get_session()
+    session = fast_timestamps(get_session())  # GetRecords' arrival times without dateutil
     async with contextlib.AsyncExitStack() as stack:
         kinesis = await stack.enter_async_context(session.create_client("kinesis", config=config))
         firehose = await stack.enter_async_context(session.create_client("firehose", config=config))
@@ -72,6 +79,45 @@ async def database(
     await migrate(url)
     async with pool(url, min_size=min_size, max_size=max_size) as opened:
         yield opened
+
+
+def preload_model_code() -> None:
+    """Import the model's code (torch) in a background thread, so that it overlaps whatever the
+    process does before it needs the model (parsing settings, migrations, AWS clients). Idempotent;
+    a failed import is reported where the model is opened."""
+    if not _PRELOADING:
+        thread = threading.Thread(target=_import_model_code, name="recsys-preload", daemon=True)
+        _PRELOADING.append(thread)
+        thread.start()
+
+
+_PRELOADING: list[threading.Thread] = []
+
+
+def _import_model_code() -> None:
+    with contextlib.suppress(Exception):
+        importlib.import_module("model_store.recommender")
+
+
+async def _open_model(pool: asyncpg.Pool[Any], settings: Settings) -> ModelRecommender:
+    """The active model version; its code is imported in a thread (the loop keeps serving)."""
+    module = await asyncio.to_thread(importlib.import_module, "model_store.recommender")
+    model: ModelRecommender = await module.ModelRecommender.open(
+        pool,
+        ef_search=settings.ef_search,
+        exclude_bought=settings.exclude_bought,
+        cache_keys=settings.consumer.cache_keys,
+        observe=metrics.observe_cache,
+    )
+    return model
+
+
+async def _discard(opening: asyncio.Task[ModelRecommender]) -> None:
+    """Cancel a model still opening, or close it if it opened."""
+    opening.cancel()
+    with contextlib.suppress(BaseException):
+        model = await opening
+        await model.close()
 
 
 @contextlib.asynccontextmanager
@@ -104,33 +150,40 @@ async def consumer(
     async with contextlib.AsyncExitStack() as stack:
         if pool is None:
             pool = await stack.enter_async_context(database(settings))
-        if recommender is None:
-            from model_store.recommender import ModelRecommender
+        # start-up: the model (importing torch, reading the version) opens while the suppression
+        # list and the AWS clients are made; a failure of either side closes what the other opened
+        opening = asyncio.create_task(_open_model(pool, settings)) if recommender is None else None
+        try:
+            if suppression is DEFAULT:
+                from infra.suppression import SuppressionList
 
-            model = await ModelRecommender.open(
-                pool,
-                ef_search=settings.ef_search,
-                exclude_bought=settings.exclude_bought,
-                cache_keys=settings.consumer.cache_keys,
-                observe=metrics.observe_cache,
-            )
-            stack.push_async_callback(model.close)
-            recommender = model
-        if suppression is DEFAULT:
-            from infra.suppression import SuppressionList
-
-            suppression = await SuppressionList.load(pool)
-        if (reader is None and kinesis is None) or (sink is None and firehose is None):
-            made_kinesis, made_firehose = await stack.enter_async_context(aws_clients(settings))
-            kinesis = kinesis or made_kinesis
-            firehose = firehose or made_firehose
+                suppression = await SuppressionList.load(pool)
+            if (reader is None and kinesis is None) or (sink is None and firehose is None):
+                made_kinesis, made_firehose = await stack.enter_async_context(aws_clients(settings))
+                kinesis = kinesis or made_kinesis
+                firehose = firehose or made_firehose
+            if opening is not None:
+                model = await opening
+                stack.push_async_callback(model.close)
+                recommender = model
+        except BaseException:
+            if opening is not None:
+                await _discard(opening)
+            raise
+        assert recommender is not None  # given, or opened above
         timeout_s = config.tuning.aws_call_timeout_s
         worker = worker_id or config.tuning.worker_id or default_worker_id()
         yield Consumer(
             config,
             leases=leases or PgLeaseTable(pool, config.stream, worker),
             reader=reader or KinesisReader(kinesis, config.stream, timeout_s),
-            sink=sink or make_sink(firehose, config.delivery_stream, timeout_s=timeout_s),
+            sink=sink
+            or make_sink(
+                firehose,
+                config.delivery_stream,
+                timeout_s=timeout_s,
+                pack_bytes=config.tuning.firehose_pack_bytes,
+            ),
             dead_letters=dead_letters or DeadLetterStore(config.dead_letters),
             recommender=recommender,
             latest=latest or PgLatestStore(pool),

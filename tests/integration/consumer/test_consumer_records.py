@@ -106,7 +106,7 @@ class _Customer:
 
 
 class FlakySink(FirehoseSink):
-    """Rejects every other record of its first call, then holds the resend until released."""
+    """Rejects every other Firehose record of its first call, then holds the resend until released."""
 
     attempts: ClassVar[list[list[bytes]]] = []
     release: ClassVar[asyncio.Event] = asyncio.Event()
@@ -130,13 +130,20 @@ class FlakySink(FirehoseSink):
         return await super().put_batch(payloads)
 
 
-async def test_only_rejected_records_are_resent_and_the_checkpoint_waits_for_them(
+def _event_ids(records: Sequence[bytes]) -> list[str]:
+    """The events a list of Firehose records carries: one JSON line each."""
+    return [json.loads(line)["event_id"] for record in records for line in record.splitlines()]
+
+
+async def test_only_rejected_records_are_resent_with_exactly_their_events_and_the_checkpoint_waits(
     make_env: Any, pool: asyncpg.Pool[Any], h: Any
 ) -> None:
+    """Output records are packed several to a Firehose record (one line per event); a rejected
+    Firehose record is resent with exactly the events it carried, and the checkpoint waits for it."""
     FlakySink.attempts = []
     FlakySink.release = asyncio.Event()
     FlakySink.resending = asyncio.Event()
-    env = make_env(shards=1)
+    env = make_env(shards=1, firehose_pack_bytes=1500)  # a few events per Firehose record
     ids = env.put([json.dumps(h.event(300 + i, i)).encode() for i in range(20)])
     stop = asyncio.Event()
     async with h.consumer(env, pool, make_sink=FlakySink) as consumer:
@@ -144,16 +151,20 @@ async def test_only_rejected_records_are_resent_and_the_checkpoint_waits_for_the
         try:
             await h.wait_for(FlakySink.resending.is_set, 60, "the resend of rejected records")
             first, resend = FlakySink.attempts
-            assert len(first) == 20
-            assert resend == first[1::2]  # only the rejected ones, in order
+            assert 2 < len(first) < 20  # packed: fewer Firehose records than events
+            assert all(record.endswith(b"\n") and len(record) <= 1500 for record in first)
+            assert _event_ids(first) == ids  # every event once, in order, one line each
+            assert resend == first[1::2]  # only the rejected records, each with the same events
             row = await pool.fetchrow(
                 "SELECT checkpoint_seq FROM kinesis_leases WHERE stream = $1", env.stream
             )
-            assert row["checkpoint_seq"] is None  # half the batch is acknowledged: no checkpoint yet
-            assert {o["event_id"] for o in env.outputs()} == set(ids[0::2])
+            assert row["checkpoint_seq"] is None  # part of the batch is unacknowledged: no checkpoint
+            assert sorted(o["event_id"] for o in env.outputs()) == sorted(_event_ids(first[0::2]))
             FlakySink.release.set()
             await h.wait_for(
-                lambda: {o["event_id"] for o in env.outputs()} == set(ids), 60, "the resent records"
+                lambda: sorted(o["event_id"] for o in env.outputs()) == sorted(ids),
+                60,
+                "the resent records",
             )
             await h.wait_for(
                 lambda: _checkpoint(pool, env.stream, ids[-1].split(":")[1]),
@@ -165,6 +176,7 @@ async def test_only_rejected_records_are_resent_and_the_checkpoint_waits_for_the
             stop.set()
             await task
     assert len(FlakySink.attempts) == 2
+    assert consumer.stats.delivered == 20  # each event acknowledged once
 
 
 async def _checkpoint(pool: asyncpg.Pool[Any], stream: str, seq: str) -> bool:

@@ -3,6 +3,7 @@ default task is the recommended size, and every resource of the stack is priced 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +134,17 @@ def test_every_resource_type_of_the_stack_is_priced_or_free(template: dict[str, 
     assert cost.pipeline_run_usd() > 0 and cost.endpoints_monthly_usd(0) > 0
 
 
-def test_firehose_bills_each_small_record_as_5_kb() -> None:
+def test_firehose_bills_packed_records_rounded_up_to_5_kb() -> None:
     event_bytes, record_bytes = cost.record_sizes()
     assert 100 < event_bytes < record_bytes < cost.FIREHOSE_RECORD_ROUNDING_BYTES
     best = cost.recommended(cost.DOCUMENTED)
     lines = cost.stack_lines(best, cost.profile_bill(best), (event_bytes, record_bytes))
     (firehose,) = [line for line in lines if line.service == "Firehose"]
     events_month = cost.PROFILE["events_per_day"] * cost.DAYS_PER_MONTH
-    assert firehose.monthly_usd == pytest.approx(events_month * 5 * 1024 / 1024**3 * cost.FIREHOSE_GB)
+    per_record, billed_per_event = cost.firehose_packing(record_bytes)
+    # a shard's page at the profile's ~58 events/s over 2 shards, every 0.2 s: ~5.8 events a record
+    assert 5 < per_record < 7
+    billed = math.ceil(per_record * record_bytes / cost.FIREHOSE_RECORD_ROUNDING_BYTES) * 5 * 1024
+    assert billed_per_event == pytest.approx(billed / per_record)
+    assert record_bytes <= billed_per_event < 5 * 1024  # less than one 5 KB record per event
+    assert firehose.monthly_usd == pytest.approx(events_month * billed_per_event / 1024**3 * cost.FIREHOSE_GB)

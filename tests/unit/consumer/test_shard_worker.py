@@ -12,9 +12,10 @@ import pytest
 
 from consumer.kinesis import IteratorExpired, KinesisRecord, RecordsPage, ShardInfo, StartAt
 from consumer.kpl import pack
-from consumer.shard import ConsumerStats, ShardOutcome, ShardWorker, event_id
+from consumer.shard import ConsumerStats, ShardOutcome, ShardWorker, event_id, loads_json
 from core.checkpointing import Position
-from core.errors import LeaseLost, Throttled
+from core.errors import BadRecord, LeaseLost, Throttled
+from core.events import parse_event
 from recsys.settings import ConsumerSettings
 from recsys.testing import (
     POISON,
@@ -46,6 +47,7 @@ def worker(
     table: FakeLeaseTable | None = None,
     recommender: FakeRecommender | None = None,
     latest: MemoryLatestStore | None = None,
+    sink: RecordingSink | None = None,
     **cfg: Any,
 ) -> tuple[ShardWorker, dict[str, Any]]:
     table = table or FakeLeaseTable()
@@ -53,7 +55,7 @@ def worker(
     parts: dict[str, Any] = {
         "reader": FakeReader(pages),
         "table": table,
-        "sink": RecordingSink(),
+        "sink": sink or RecordingSink(),
         "dead": RecordingDeadLetters(),
         "rec": recommender or FakeRecommender(),
         "latest": latest or MemoryLatestStore(),
@@ -190,3 +192,85 @@ async def test_a_row_the_latest_store_refuses_dead_letters_its_record_instead_of
     assert sorted(latest.rows) == [1, 2, 4]
     assert [(x.reason, x.position) for x in parts["dead"].letters] == [("latest_rejected", Position("3", 0))]
     assert parts["table"].checkpoints[0] == (Position("4", 0), False)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        json.dumps({"customer_number": 103, "browse_history": [{"product_code": "A"}]}).encode(),
+        b'{"customer_number": 103, "customer_number": 104, "browse_history": [{"product_code": "A"}]}',
+        b'{"customer_number": 123456789012345678901234567890, "browse_history": [{"product_code": "A"}]}',
+        b'{"customer_number": 103, "credit_limit": NaN, "browse_history": [{"product_code": "A"}]}',
+        b'{"customer_number": 103, "credit_limit": 1e400, "browse_history": [{"product_code": "A"}]}',
+        b'{"customer_number": 103, "city": "\\ud800", "browse_history": [{"product_code": "A"}]}',
+        b'\xef\xbb\xbf{"customer_number": 103, "browse_history": [{"product_code": "A"}]}',
+        json.dumps({"customer_number": 103, "browse_history": [{"product_code": "A"}]}).encode("utf-16"),
+        b'{"customer_number": 103, "credit_limit": 0.1000000000000000055511151231257827, '
+        b'"browse_history": [{"product_code": "A", "quantity": -0}]}',
+        b'{"customer_number": 103, "big": 18446744073709551616, "browse_history": [{"product_code": "A"}]}',
+        b'{"customer_number": 103, "small": -9223372036854775809, "browse_history": [{"product_code": "A"}]}',
+        b'{"customer_number": 103, "x": "a\tb", "browse_history": [{"product_code": "A"}]}',
+        b"[" * 5000 + b"]" * 5000,
+        b'{"customer_number": 103, "city": "\xff", "browse_history": []}',
+        b"",
+        b"not json",
+    ],
+)
+def test_the_consumers_json_decoder_accepts_and_refuses_what_json_loads_does(data: bytes) -> None:
+    def outcome(loads: Any) -> Any:
+        try:
+            event = parse_event(data, loads)
+        except BadRecord as exc:
+            return ("refused", exc.reason)
+        return ("accepted", event.customer_number, event.features, event.browse_history, repr(event.raw))
+
+    assert outcome(loads_json) == outcome(json.loads)
+
+
+class HeldSink(RecordingSink):
+    """Holds its first delivery until ``release`` is set; later ones go through at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def deliver(self, items: Any, on_ack: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            await self.release.wait()
+        await super().deliver(items, on_ack)
+
+
+class SignallingLatest(MemoryLatestStore):
+    """Sets ``stored[customer]`` once that customer's row is stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[int, asyncio.Event] = {}
+
+    def event(self, customer: int) -> asyncio.Event:
+        return self.stored.setdefault(customer, asyncio.Event())
+
+    async def upsert_many(self, rows: Any) -> None:
+        await super().upsert_many(rows)
+        for row in rows:
+            self.event(row.customer_number).set()
+
+
+async def test_a_slow_delivery_does_not_hold_up_the_next_batch_and_the_checkpoint_waits_for_it() -> None:
+    pages: list[RecordsPage | Exception] = [
+        RecordsPage([rec(1, ev(1))], "it", 0, []),
+        RecordsPage([rec(2, ev(2))], None, 0, []),
+    ]
+    sink, latest = HeldSink(), SignallingLatest()
+    w, parts = worker(pages, sink=sink, latest=latest)
+    run = asyncio.create_task(w.run())
+    await asyncio.wait_for(latest.event(2).wait(), 30)  # the second batch is visible...
+    # ...while the first batch's delivery is still held (the second's may have gone through)
+    assert "shardId-1:1" not in [o["event_id"] for o in sink.delivered]
+    assert parts["table"].checkpoints == []  # and nothing is checkpointed past an unacked record
+    sink.release.set()
+    assert await asyncio.wait_for(run, 30) is ShardOutcome.ENDED  # the shard's end waits for it
+    assert sorted(o["event_id"] for o in sink.delivered) == ["shardId-1:1", "shardId-1:2"]
+    assert parts["table"].checkpoints == [(Position("2", 0), False), (None, True)]

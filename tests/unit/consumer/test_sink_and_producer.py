@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from consumer.kinesis import parse_initial_position
 from consumer.kpl import deaggregate
 from consumer.producer import ProduceSummary, produce, put_records
-from consumer.sink import MAX_BATCH_BYTES, MAX_RECORD_BYTES, FirehoseSink, batches
+from consumer.sink import MAX_BATCH_BYTES, MAX_RECORD_BYTES, FirehoseSink, batches, pack
 from core.errors import ConfigError
 
 
@@ -66,13 +66,47 @@ class FakeFirehose:
 async def test_only_rejected_records_are_resent_and_each_is_acked_once() -> None:
     payloads = [f"{i}\n".encode() for i in range(700)]
     client = FakeFirehose(reject_once={payloads[3], payloads[650]})
-    sink = FirehoseSink(client, "d", backoff_base_s=0.0, rng=random.Random(1))
+    sink = FirehoseSink(client, "d", backoff_base_s=0.0, rng=random.Random(1), pack_bytes=0)
     acked: list[int] = []
     await sink.deliver(list(enumerate(payloads)), acked.append)
     assert [len(c) for c in client.calls] == [500, 200, 2]
     assert client.calls[2] == [payloads[3], payloads[650]]
     assert sorted(acked) == list(range(700)) and len(acked) == 700
     assert sorted(client.stored) == sorted(payloads)
+
+
+def test_packing_keeps_every_line_in_order_within_the_record_limit() -> None:
+    payloads = [(i, f'{{"n": {i}, "pad": "{"x" * (i % 50)}"}}\n'.encode()) for i in range(1000)]
+    packed = pack(payloads, 4096)
+    assert 1 < len(packed) < 1000
+    assert all(len(p.data) <= 4096 for p in packed)
+    assert b"".join(p.data for p in packed) == b"".join(d for _, d in payloads)  # same bytes, same order
+    assert [k for p in packed for k in p.keys] == list(range(1000))
+    for p in packed:  # a record's lines are exactly the events it names
+        assert [json.loads(line)["n"] for line in p.data.splitlines()] == list(p.keys)
+    # the default is Firehose's own limit; 0 (or a limit below one record) is one event per record
+    assert len(pack(payloads)) == 1
+    assert [p.keys for p in pack(payloads[:3], 0)] == [(0,), (1,), (2,)]
+    assert [p.keys for p in pack([(0, b"y" * 5000), (1, b"z\n")], 4096)] == [(0,), (1,)]
+    big = [(i, b"b" * 600_000) for i in range(3)]
+    assert [p.keys for p in pack(big)] == [(0,), (1,), (2,)]  # never beyond MAX_RECORD_BYTES
+    with pytest.raises(ValueError, match="exceeds"):
+        pack([(0, b"z" * (MAX_RECORD_BYTES + 1))])
+
+
+async def test_a_rejected_packed_record_resends_exactly_its_events_and_acks_each_once() -> None:
+    payloads = [f"{i:04d}\n".encode() for i in range(1000)]  # 5 bytes each: 20 per 100-byte record
+    probe = pack(list(enumerate(payloads)), 100)
+    rejected = {probe[3].data, probe[40].data}
+    client = FakeFirehose(reject_once=rejected)
+    sink = FirehoseSink(client, "d", backoff_base_s=0.0, rng=random.Random(1), pack_bytes=100)
+    acked: list[int] = []
+    await sink.deliver(list(enumerate(payloads)), acked.append)
+    assert [len(c) for c in client.calls] == [50, 2]  # 1000 events in 50 records, one call
+    assert client.calls[1] == [probe[3].data, probe[40].data]  # the same records, the same events
+    assert sorted(acked) == list(range(1000)) and len(acked) == 1000  # every event acked once
+    assert b"".join(sorted(client.stored)) == b"".join(payloads)
+    assert sink.calls == 2 and sink.records == 52
 
 
 async def test_a_throttled_call_is_retried_whole() -> None:

@@ -13,6 +13,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from consumer.kinesis import KinesisRecord
 from consumer.kpl import deaggregate, is_aggregated
+from consumer.shard import loads_json
 from core.batch import MAX_OUTPUT_BYTES, answer_each, finish, triage
 from core.recommendations import RecommendRequest
 from recsys.testing import FakeRecommender
@@ -87,3 +89,19 @@ def test_every_record_is_delivered_or_dead_lettered_never_raised(
     data: st.DataObject, hostile_record: st.SearchStrategy[bytes]
 ) -> None:
     asyncio.run(_record_path(data.draw(st.lists(hostile_record, min_size=1, max_size=5))))
+
+
+@FUZZ
+@given(data=st.data())
+def test_the_consumers_json_decoder_gives_what_json_loads_gives(
+    data: st.DataObject, hostile_record: st.SearchStrategy[bytes]
+) -> None:
+    record = data.draw(hostile_record)
+
+    def outcome(loads: Any) -> Any:
+        try:
+            return ("value", repr(loads(record)))
+        except (ValueError, RecursionError) as exc:
+            return ("refused", type(exc).__name__)
+
+    assert outcome(loads_json) == outcome(json.loads)
