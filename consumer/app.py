@@ -300,17 +300,20 @@ class Consumer:
             lease = await self._table.take(observed)
             if lease is not None:
                 await self._adopt(lease, _cause(by_id[observed.shard_id], self.worker_id))
-        if (
-            plan.request is not None
-            and now >= self._next_request
-            and await self._table.request_handoff(plan.request)
-        ):
-            self._next_request = now + self.cfg.balance_cooldown_s
-            log.info(
-                "asked %s to hand a lease over",
-                plan.request.owner,
-                extra={"fields": {"shard_id": plan.request.shard_id}},
-            )
+        if plan.requests and now >= self._next_request:
+            asked = 0
+            for wanted in plan.requests:
+                if await self._table.request_handoff(wanted):
+                    asked += 1
+                    log.info(
+                        "asked %s to hand a lease over",
+                        wanted.owner,
+                        extra={
+                            "fields": {"shard_id": wanted.shard_id, "records_per_s": round(wanted.load, 1)}
+                        },
+                    )
+            if asked:
+                self._next_request = now + self.cfg.balance_cooldown_s
         self.rounds += 1
 
     def _start_worker(self, lease: HeldLease, draining: asyncio.Event) -> None:

@@ -9,18 +9,20 @@ The rules (the Kinesis Client Library's, with shorter defaults and one fix):
   checkpointed at ``SHARD_END``): parents before children, so per-key order survives resharding.
 - Live workers are the owners of unexpired, unended leases plus the planner itself. Each worker
   aims at ``ceil(eligible / live workers)`` leases. It takes free or expired leases first; when
-  there are none and the most loaded worker holds at least two more than it, it *requests* one
-  lease from that worker (``TakePlan.request``): the owner finishes its batch, checkpoints and hands
-  the lease over (``handoff_to``), so a planned move never replays a record. One request at a time:
-  a worker with a request pending asks for nothing more, and a lease already requested is not
-  requested again. A lease on its way to a worker counts as that worker's.
+  there are none it *requests* leases from busier workers (``TakePlan.requests``): each owner
+  finishes its batch, checkpoints and hands the lease over (``handoff_to``), so a planned move never
+  replays a record. By count (nothing measured yet): up to its fair share, each from the worker
+  holding the most, while that one holds at least two more. A worker with a request pending asks
+  for nothing more, and a lease already requested is not requested again. A lease on its way to a
+  worker counts as that worker's.
 - **By load once load is measured.** Owners write each shard's records/s with their renewals. When
   the live leases carry at least ``LoadPolicy.min_rps`` in total, balancing moves load, not lease
   counts: a worker asks the busiest worker it can relieve for the *hottest* lease whose move narrows
   the gap between the two by at least ``band`` x the mean load per worker (hysteresis: a balanced
-  state is left alone, and no move can be undone by the reverse move). A worker whose CPU is at or
-  above ``cpu_ceiling`` asks for nothing (it has no spare CPU); an unknown CPU (not warmed up yet)
-  counts as spare. Free and expired leases are taken as before, hottest first.
+  state is left alone, and no move can be undone by the reverse move), and plans further moves on
+  the loads that leaves, as long as each qualifies. A worker whose CPU is at or above
+  ``cpu_ceiling`` asks for nothing (it has no spare CPU); an unknown CPU (not warmed up yet) counts
+  as spare. Free and expired leases are taken as before, hottest first.
 """
 
 from __future__ import annotations
@@ -58,13 +60,16 @@ class LeaseView:
 @dataclass(frozen=True, slots=True)
 class TakePlan:
     take: tuple[LeaseView, ...] = ()
-    request: LeaseView | None = None  # ask its owner to hand it over (a graceful move)
+    requests: tuple[LeaseView, ...] = ()  # ask their owners to hand them over (graceful moves)
     target: int = 0
     live_workers: int = 1
 
     @property
     def empty(self) -> bool:
-        return not self.take and self.request is None
+        return not self.take and not self.requests
+
+
+_MAX_REQUESTS = 16  # handoff requests one planning round may make
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +184,7 @@ def plan_takes(
     others = [(count, worker) for worker, count in counts.items() if worker != me]
     if free or pending or not others:
         return TakePlan(target=target, live_workers=workers)
+    requests: list[LeaseView] = []
     if sum(loads.values()) >= policy.min_rps:  # by load: however many leases that makes
         if my_cpu is not None and my_cpu >= policy.cpu_ceiling:
             return TakePlan(target=target, live_workers=workers)  # no spare CPU
@@ -186,8 +192,15 @@ def plan_takes(
         unsettled = {_holder(x, me, held_ids, expired) for x in ready if x.shard_id in settling}
         if me in unsettled:
             return TakePlan(target=target, live_workers=workers)  # our own figures are not in yet
-        request = _by_load(ready, me, loads, expired, margin, unsettled=unsettled)
-        if request is None:  # as even as loads get: even out idle leases where that costs no balance
+        # as many moves as each narrow a gap by the margin, planned on the loads they leave behind
+        while len(requests) < _MAX_REQUESTS:
+            chosen = _by_load(ready, me, loads, expired, margin, unsettled=unsettled, taken=requests)
+            if chosen is None:
+                break
+            requests.append(chosen)
+            loads[chosen.owner or ""] -= chosen.load
+            loads[me] += chosen.load
+        if not requests:  # as even as loads get: even out idle leases where that costs no balance
             most, victim = max(others)
             if most - counts[me] >= 2 and victim not in unsettled:
                 cold = [
@@ -199,22 +212,29 @@ def plan_takes(
                     and loads[me] + lease.load <= loads[victim] - lease.load  # never widens the gap
                 ]
                 if cold:
-                    request = min(cold, key=lambda lease: (lease.load, lease.shard_id))
-        return TakePlan(request=request, target=target, live_workers=workers)
-    most, victim = max(others)
-    if need <= 0 or most - counts[me] < 2:
-        return TakePlan(target=target, live_workers=workers)
-    theirs = sorted(
-        (
-            lease
-            for lease in ready
-            if lease.owner == victim and lease.handoff_to is None and lease.shard_id not in expired
-        ),
-        key=lambda lease: lease.shard_id,
-    )
-    if not theirs:
-        return TakePlan(target=target, live_workers=workers)
-    return TakePlan(request=theirs[0], target=target, live_workers=workers)
+                    requests.append(min(cold, key=lambda lease: (lease.load, lease.shard_id)))
+        return TakePlan(requests=tuple(requests), target=target, live_workers=workers)
+    # by count (nothing measured yet): up to our fair share, each from the worker with the most
+    while need > len(requests):
+        most, victim = max((counts[w], w) for w in counts if w != me)
+        if most - (counts[me] + len(requests)) < 2:
+            break
+        theirs = sorted(
+            (
+                lease
+                for lease in ready
+                if lease.owner == victim
+                and lease.handoff_to is None
+                and lease.shard_id not in expired
+                and lease not in requests
+            ),
+            key=lambda lease: lease.shard_id,
+        )
+        if not theirs:
+            break
+        requests.append(theirs[0])
+        counts[victim] -= 1
+    return TakePlan(requests=tuple(requests), target=target, live_workers=workers)
 
 
 def _by_load(
@@ -225,6 +245,7 @@ def _by_load(
     margin: float,
     *,
     unsettled: Set[str | None],
+    taken: Sequence[LeaseView],
 ) -> LeaseView | None:
     """The hottest lease of the busiest worker we can relieve whose move narrows our gap by ``margin``.
 
@@ -244,6 +265,7 @@ def _by_load(
             if lease.owner == victim
             and lease.handoff_to is None
             and lease.shard_id not in expired
+            and lease not in taken
             and margin / 2 <= lease.load <= gap - margin / 2
         ]
         if fits:

@@ -248,7 +248,7 @@ async def test_skewed_traffic_is_balanced_by_load_and_then_left_alone(
 ) -> None:
     """One shard carries 10x the others: the hot shard ends with a worker of its own (the best split
     of 10 + 7 x 1 over two workers), and once balanced no lease moves for many more rounds."""
-    env = make_env(shards=8, cpu_warmup_s=600, load_window_s=3.0, balance_cooldown_s=1.0, **LEASES)
+    env = make_env(shards=8, cpu_warmup_s=600, load_window_s=5.0, balance_cooldown_s=1.0, **LEASES)
     keys = _keys_per_shard(env)
     hot = f"shardId-{0:012d}"
     traffic = Traffic(env, h, per_tick=0)

@@ -48,9 +48,9 @@ def test_expired_leases_of_a_dead_worker_are_taken() -> None:
 def test_request_one_from_the_most_loaded_worker_only_when_two_apart() -> None:
     rows = [lease(f"s{i}", "a") for i in range(4)]
     plan = plan_takes(rows, "b", held=(), expired=set())
-    assert plan.request is not None and plan.request.owner == "a" and not plan.take
+    assert [x.owner for x in plan.requests] == ["a", "a"] and not plan.take  # up to its fair share
     rows3 = [lease("s0", "a"), lease("s1", "a"), lease("s2", "b"), lease("s3", "b")]
-    assert plan_takes(rows3, "c", held=(), expired=set()).request is not None
+    assert len(plan_takes(rows3, "c", held=(), expired=set()).requests) == 1
     balanced = [lease("s0", "a"), lease("s1", "a"), lease("s2", "b"), lease("s3", "c")]
     assert plan_takes(balanced, "c", held={"s3"}, expired=set()).empty
 
@@ -60,13 +60,13 @@ def test_one_request_at_a_time_and_a_requested_lease_counts_for_the_requester() 
     assert plan_takes(rows, "b", held=(), expired=set()).empty  # its request is still pending
     # c sees a with 5 (one of them on its way to b) and b with 1: it asks a, never for s0
     plan = plan_takes(rows, "c", held=(), expired=set())
-    assert plan.request is not None and plan.request.shard_id != "s0" and plan.live_workers == 3
+    assert plan.requests and "s0" not in {x.shard_id for x in plan.requests} and plan.live_workers == 3
 
 
 def test_an_expired_lease_is_taken_not_requested() -> None:
     rows = [lease("s0", "dead"), lease("s1", "dead")]
     plan = plan_takes(rows, "me", held=(), expired={"s0", "s1"})
-    assert plan.request is None and [x.shard_id for x in plan.take] == ["s0", "s1"]
+    assert not plan.requests and [x.shard_id for x in plan.take] == ["s0", "s1"]
 
 
 def test_children_wait_for_every_parent_to_end() -> None:
@@ -99,8 +99,8 @@ def test_rounds_of_planning_converge_to_a_balance(shards: int, workers: int) -> 
             plan = plan_takes(rows, me, held, expired={s for s, o in owners.items() if o is None})
             for x in plan.take:
                 owners[x.shard_id] = me
-            if plan.request is not None:  # the owner hands it over (at once, in this simulation)
-                owners[plan.request.shard_id] = me
+            for x in plan.requests:  # the owner hands it over (at once, in this simulation)
+                owners[x.shard_id] = me
     counts = [sum(1 for o in owners.values() if o == w) for w in names]
     assert None not in owners.values()
     assert max(counts) - min(counts) <= 1
@@ -125,8 +125,8 @@ def _simulate(loads: dict[str, float], names: list[str], rounds: int) -> tuple[d
             plan = plan_takes(rows, me, held, expired={s for s, o in owners.items() if o is None})
             for x in plan.take:
                 owners[x.shard_id] = me
-            if plan.request is not None:
-                owners[plan.request.shard_id] = me
+            for x in plan.requests:
+                owners[x.shard_id] = me
                 moves_late += r >= rounds // 2
     return owners, moves_late
 
@@ -172,9 +172,9 @@ def test_balancing_by_load_settles_within_the_band(shard_loads: list[float], wor
 def test_a_worker_with_spare_cpu_asks_for_the_hottest_lease_and_a_busy_one_asks_for_none() -> None:
     rows = [lease("s0", "a", load=5.0), lease("s1", "a", load=50.0), lease("s2", "a", load=20.0)]
     plan = plan_takes(rows, "b", held=(), expired=set(), my_cpu=0.3)
-    assert plan.request is not None and plan.request.shard_id == "s1"
+    assert plan.requests[0].shard_id == "s1"  # the hottest first
     assert plan_takes(rows, "b", held=(), expired=set(), my_cpu=0.95).empty
-    assert plan_takes(rows, "b", held=(), expired=set(), my_cpu=None).request is not None  # not warmed up
+    assert plan_takes(rows, "b", held=(), expired=set(), my_cpu=None).requests  # not warmed up
 
 
 def test_cpu_is_not_reported_until_warmed_up() -> None:
@@ -213,4 +213,4 @@ def test_a_worker_that_just_gained_or_lost_a_lease_is_left_alone_until_its_figur
     obs.observe(moved, now=1.0)
     assert obs.moved_within(10.0, now=1.0) == {"s2"}
     assert plan_takes(moved, "c", held={"s2"}, expired=set(), settling={"s2"}).empty
-    assert plan_takes(moved, "c", held={"s2"}, expired=set()).request is not None
+    assert plan_takes(moved, "c", held={"s2"}, expired=set()).requests
