@@ -112,6 +112,8 @@ class Consumer:
         self._cpu_now: float | None = None
         self._policy = LoadPolicy(band=self.cfg.balance_band, cpu_ceiling=self.cfg.cpu_ceiling)
         self._next_request = 0.0  # monotonic: no handoff request before (the balancing cooldown)
+        self._renew_soon = False  # a lease notification concerns us: renew (and so look) at once
+        self._listen_retry_at = 0.0  # monotonic: when to try LISTEN again after a failure
         self.moves: dict[str, int] = {}  # leases this worker gained, by cause (tests and benchmarks read it)
         self._observer = ExpiryObserver(self.cfg.lease_duration_s)
         self._wake = asyncio.Event()
@@ -152,6 +154,10 @@ class Consumer:
             if self._wake.is_set():
                 self._wake.clear()
                 take.due = min(take.due, time.monotonic()) if take.outage.since is None else take.due
+            if self._renew_soon:
+                self._renew_soon = False
+                if renew.outage.since is None:
+                    renew.due = min(renew.due, time.monotonic())
             for what, step, action in steps:
                 if stop.is_set() or not step.is_due(time.monotonic()):
                     continue
@@ -273,9 +279,30 @@ class Consumer:
             task.cancel()
         metrics.LEASES_HELD.set(len(self.held))
 
+    def _on_lease_event(self, kind: str, worker: str) -> None:
+        """A lease notification (``LeaseTable.listen``): a released lease may be taken now; a
+        request to us or a lease handed to us is seen by a renewal, so renew now."""
+        if kind == "released":
+            self._wake.set()
+        elif worker == self.worker_id:
+            self._renew_soon = True
+            self._wake.set()
+
+    async def _listen(self) -> None:
+        """Keep the lease notifications coming (a lost connection is reopened, at most every 30 s)."""
+        now = time.monotonic()
+        if now < self._listen_retry_at:
+            return
+        try:
+            await self._table.listen(self._on_lease_event)
+        except RecsysError as exc:
+            self._listen_retry_at = now + 30.0
+            log.info("lease notifications unavailable (the rounds still find every move): %s", exc)
+
     async def _take_round(self, draining: asyncio.Event) -> None:
         if draining.is_set():
             return
+        await self._listen()
         rows = await self._table.list()
         views = [row.view() for row in rows]
         by_id = {row.shard_id: row for row in rows}

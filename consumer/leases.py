@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
 from core.checkpointing import SHARD_END, TRIM_HORIZON, Position
-from core.errors import DatabaseUnavailable, LeaseLost
+from core.errors import DatabaseUnavailable, LeaseLost, RecsysError
 from core.leases import LeaseView
 
-__all__ = ["HeldLease", "LeaseRow", "PgLeaseTable", "Renewal"]
+__all__ = ["CHANNEL", "HeldLease", "LeaseRow", "PgLeaseTable", "Renewal"]
 
 _ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
@@ -114,13 +114,56 @@ def _row(rec: asyncpg.Record) -> LeaseRow:
     )
 
 
-class PgLeaseTable:
-    """The lease rows of one stream, as seen by worker ``worker_id``."""
+CHANNEL = "kinesis_leases"  # NOTIFY payload: "<stream>|<released|requested|handed>|<worker or empty>"
 
-    def __init__(self, pool: asyncpg.Pool[Any], stream: str, worker_id: str) -> None:
+
+class PgLeaseTable:
+    """The lease rows of one stream, as seen by worker ``worker_id``.
+
+    With ``listen_url``, :meth:`listen` holds one connection of its own (not the pool's) on
+    ``LISTEN kinesis_leases``: a release, a handoff request and a handover each send a notification
+    in the statement that makes them, so the workers concerned act at once instead of at their next
+    take round or renewal. Without it (or while that connection is down) the rounds alone do it."""
+
+    def __init__(
+        self, pool: asyncpg.Pool[Any], stream: str, worker_id: str, *, listen_url: str | None = None
+    ) -> None:
         self._pool = pool
         self.stream = stream
         self.worker_id = worker_id
+        self._listen_url = listen_url
+        self._listener: asyncpg.Connection[Any] | None = None
+
+    async def listen(self, on_event: Callable[[str, str], None]) -> bool:
+        """Call ``on_event(kind, worker)`` for this stream's lease notifications; True while
+        listening (False without ``listen_url``). Idempotent; call again after a failure."""
+        if self._listen_url is None:
+            return False
+        if self._listener is not None and not self._listener.is_closed():
+            return True
+        from infra.pg import connect
+
+        prefix = self.stream + "|"
+
+        def deliver(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            if isinstance(payload, str) and payload.startswith(prefix):
+                kind, _, worker = payload[len(prefix) :].partition("|")
+                on_event(kind, worker)
+
+        try:
+            conn = await connect(self._listen_url)
+            await conn.add_listener(CHANNEL, deliver)
+        except (*_ERRORS, RecsysError) as exc:
+            raise DatabaseUnavailable(f"listening for lease notifications failed: {exc}") from exc
+        self._listener = conn
+        return True
+
+    async def close(self) -> None:
+        """Stop listening (the pool is the caller's)."""
+        conn, self._listener = self._listener, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(*_ERRORS):
+                await conn.close(timeout=5)
 
     async def _execute(self, what: str, query: str, *args: Any) -> list[asyncpg.Record]:
         try:
@@ -258,13 +301,14 @@ class PgLeaseTable:
                        checkpoint_seq = COALESCE($5, checkpoint_seq),
                        checkpoint_sub = CASE WHEN $5::text IS NULL THEN checkpoint_sub ELSE $6 END
                    WHERE stream = $1 AND shard_id = $2 AND owner = $3 AND lease_counter = $4
-                   RETURNING shard_id""",
+                   RETURNING shard_id, pg_notify($7, $1 || '|released|')""",
                 self.stream,
                 lease.shard_id,
                 self.worker_id,
                 lease.counter,
                 seq,
                 sub,
+                CHANNEL,
             )
             lease.lost = True
             return bool(rows)
@@ -333,11 +377,12 @@ class PgLeaseTable:
             "requesting a handoff",
             """UPDATE kinesis_leases SET handoff_to = $3, handoff_at = now()
                WHERE stream = $1 AND shard_id = $2 AND owner = $4 AND handoff_to IS NULL AND NOT ended
-               RETURNING shard_id""",
+               RETURNING shard_id, pg_notify($5, $1 || '|requested|' || owner)""",
             self.stream,
             observed.shard_id,
             self.worker_id,
             observed.owner,
+            CHANNEL,
         )
         return bool(rows)
 
@@ -370,13 +415,15 @@ class PgLeaseTable:
                        checkpoint_sub = CASE WHEN $5::text IS NULL THEN checkpoint_sub ELSE $6 END
                    WHERE stream = $1 AND shard_id = $2 AND owner = $3 AND lease_counter = $4
                      AND handoff_to IS NOT NULL
-                   RETURNING extract(epoch FROM now() - handoff_at)::float8 AS waited""",
+                   RETURNING extract(epoch FROM now() - handoff_at)::float8 AS waited,
+                             pg_notify($7, $1 || '|handed|' || owner)""",
                 self.stream,
                 lease.shard_id,
                 self.worker_id,
                 lease.counter,
                 seq,
                 sub,
+                CHANNEL,
             )
             if not rows:
                 return None

@@ -112,6 +112,16 @@ class LeaseTable(Protocol):
         handled. The caller never passes a record that is not acknowledged. Raises ``LeaseLost``."""
         ...
 
+    async def listen(self, on_event: Callable[[str, str], None]) -> bool:
+        """Call ``on_event(kind, worker)`` when a lease of the stream is ``released``, ``requested``
+        from ``worker`` or ``handed`` to ``worker``, as soon as it happens; False when this table
+        cannot tell (then the coordinator's rounds alone find out). Raises ``DatabaseUnavailable``."""
+        ...
+
+    async def close(self) -> None:
+        """Stop listening."""
+        ...
+
     async def release(self, lease: HeldLease) -> bool:
         """Give the lease up at once (a successor need not wait for it to expire), writing
         ``lease.unrecorded`` as its checkpoint in the same update; False when it was no longer

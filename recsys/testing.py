@@ -225,6 +225,12 @@ class FakeLeaseTable:
         if lease.unrecorded is not None:
             row.checkpoint = (lease.unrecorded.sequence, lease.unrecorded.sub)
 
+    async def listen(self, on_event: Callable[[str, str], None]) -> bool:
+        return False
+
+    async def close(self) -> None:
+        return None
+
     async def renew_all(
         self, leases: Sequence[HeldLease], loads: Mapping[str, float], cpu: float | None
     ) -> Renewal:

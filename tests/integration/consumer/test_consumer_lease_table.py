@@ -104,3 +104,35 @@ async def test_a_renewal_round_is_one_statement_over_the_workers_own_rows(
     assert [(x.shard_id, x.checkpoint) for x in gained.adopted] == [("s00", Position("42", 1))]
     written = {r.shard_id: r.load_rps for r in await a.list()}
     assert written["s00"] == 2.5  # the figure its previous owner wrote, until the new owner's window
+
+
+async def test_releases_requests_and_handovers_are_notified_at_once(
+    pool: asyncpg.Pool[Any], database_url: str, h: Any
+) -> None:
+    stream = f"notify-{uuid.uuid4().hex[:8]}"
+    a = PgLeaseTable(pool, stream, "a", listen_url=database_url)
+    b = PgLeaseTable(pool, stream, "b")
+    other = PgLeaseTable(pool, f"other-{stream}", "a")  # another stream's notifications are not ours
+    heard: list[tuple[str, str]] = []
+    try:
+        assert await a.listen(lambda kind, worker: heard.append((kind, worker)))
+        assert await a.listen(lambda kind, worker: heard.append((kind, worker)))  # idempotent
+        await a.add_shards([("s0", ()), ("s1", ())])
+        await other.add_shards([("s0", ())])
+        rows = await a.list()
+        mine = [x for x in [await a.take(r.view()) for r in rows] if x is not None]
+        (o,) = await other.list()
+        theirs = await other.take(o.view())
+        assert theirs is not None and await other.release(theirs)
+        first = next(r for r in await b.list() if r.shard_id == "s0")
+        assert await b.request_handoff(first.view())
+        await h.wait_for(lambda: ("requested", "a") in heard, 10, "the request notified")
+        await a.renew_all(mine, {}, None)
+        assert await a.hand_over(mine[0]) is not None
+        await h.wait_for(lambda: ("handed", "b") in heard, 10, "the handover notified")
+        assert await a.release(mine[1])
+        await h.wait_for(lambda: ("released", "") in heard, 10, "the release notified")
+        assert heard == [("requested", "a"), ("handed", "b"), ("released", "")]
+    finally:
+        await a.close()
+    assert not await PgLeaseTable(pool, stream, "c").listen(lambda kind, worker: None)  # no listen_url
