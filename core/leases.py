@@ -200,19 +200,29 @@ def plan_takes(
             requests.append(chosen)
             loads[chosen.owner or ""] -= chosen.load
             loads[me] += chosen.load
-        if not requests:  # as even as loads get: even out idle leases where that costs no balance
-            most, victim = max(others)
-            if most - counts[me] >= 2 and victim not in unsettled:
-                cold = [
-                    lease
-                    for lease in ready
-                    if lease.owner == victim
-                    and lease.handoff_to is None
-                    and lease.shard_id not in expired
-                    and loads[me] + lease.load <= loads[victim] - lease.load  # never widens the gap
-                ]
-                if cold:
-                    requests.append(min(cold, key=lambda lease: (lease.load, lease.shard_id)))
+        # as even as loads get: even out lease counts where that widens no load gap (idle leases,
+        # and leases whose load is not measured yet), up to our fair share
+        while not any(x.load > 0 for x in requests):
+            mine = counts[me] + len(requests)
+            most, victim = max((counts[w], w) for w in counts if w != me)
+            if mine >= target or most - mine < 2:
+                break
+            cold = [
+                lease
+                for lease in ready
+                if lease.owner == victim
+                and lease.handoff_to is None
+                and lease.shard_id not in expired
+                and lease not in requests
+                and loads[me] + lease.load <= loads[victim] - lease.load  # never widens the gap
+            ]
+            if not cold:
+                break
+            chosen = min(cold, key=lambda lease: (lease.load, lease.shard_id))
+            requests.append(chosen)
+            counts[victim] -= 1
+            loads[victim] -= chosen.load
+            loads[me] += chosen.load
         return TakePlan(requests=tuple(requests), target=target, live_workers=workers)
     # by count (nothing measured yet): up to our fair share, each from the worker with the most
     while need > len(requests):
