@@ -22,6 +22,27 @@ class ConsumerSettings(BaseModel):
     batch_max_wait_ms: int = Field(
         200, ge=0, le=60_000, description="how long records of a lagging shard may wait for the next page"
     )
+    cpu_warmup_s: float = Field(
+        20.0,
+        ge=0,
+        le=600,
+        description="CPU is not reported for balancing until this long after start (the start-up transient)",
+    )
+    load_window_s: float = Field(
+        10.0, gt=0, le=600, description="records/s per shard are measured over this window for balancing"
+    )
+    balance_band: float = Field(
+        0.2,
+        ge=0.05,
+        le=1.0,
+        description="a load move must narrow a gap by this share of the mean load per worker",
+    )
+    balance_cooldown_s: float = Field(
+        4.0, ge=0, le=600, description="after asking for a lease, wait this long before asking again"
+    )
+    cpu_ceiling: float = Field(
+        0.8, gt=0, le=64, description="cores busy at or above which a worker asks for no more leases"
+    )
     shutdown_deadline_s: float = Field(25.0, gt=0, le=110, description="below the ECS stopTimeout")
     aws_call_timeout_s: float = Field(10.0, gt=0, le=120)
     worker_id: str | None = Field(None, description="unset = <hostname>-<pid>-<random>; unique per process")

@@ -13,7 +13,9 @@ __all__ = [
     "CACHE_LOOKUPS",
     "CHECKPOINT_FAILURES",
     "FIREHOSE_FAILED_PUTS",
+    "HANDOFF_SECONDS",
     "LEASES_HELD",
+    "LEASE_MOVES",
     "MILLIS_BEHIND",
     "RECORDS_DEAD_LETTERED",
     "RECORDS_FAILED",
@@ -21,6 +23,8 @@ __all__ = [
     "RECORDS_OUT",
     "RECORDS_SUPPRESSED",
     "STAGE_SECONDS",
+    "WORKER_CPU",
+    "WORKER_RECORDS_PER_S",
     "observe_cache",
 ]
 
@@ -51,6 +55,24 @@ RECORDS_SUPPRESSED = Counter(
     "records of suppressed customers, skipped",
 )
 LEASES_HELD = Gauge("recsys_consumer_leases_held", "shard leases held by this worker")
+LEASE_MOVES = Counter(
+    "recsys_consumer_lease_moves",
+    "leases this worker gained, by cause: balance (handed over on its request), handoff (released by "
+    "a stopping worker), expiry (its owner stopped renewing: unplanned), initial (never owned before)",
+    ["cause"],
+)
+HANDOFF_SECONDS = Histogram(
+    "recsys_consumer_handoff_seconds",
+    "from a handoff request to the owner handing the lease over (the batch in hand finished)",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
+)
+WORKER_RECORDS_PER_S = Gauge(
+    "recsys_consumer_worker_records_per_second", "records/s this worker reads over its leases (its load)"
+)
+WORKER_CPU = Gauge(
+    "recsys_consumer_worker_cpu",
+    "this process's CPU in cores busy, reported for balancing (after warm-up)",
+)
 CHECKPOINT_FAILURES = Counter("recsys_consumer_checkpoint_failures", "checkpoints that could not be written")
 FIREHOSE_FAILED_PUTS = Counter(
     "recsys_consumer_firehose_failed_puts",

@@ -13,11 +13,11 @@ Errors: implementations raise only ``core.errors`` types; infrastructure failure
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from consumer.kinesis import RecordsPage, ShardInfo, StartAt
-from consumer.leases import HeldLease, LeaseRow
+from consumer.leases import HeldLease, LeaseRow, Renewal
 from core.checkpointing import Position
 from core.deadletters import DeadLetter
 from core.leases import LeaseView
@@ -81,6 +81,30 @@ class LeaseTable(Protocol):
         """Bump the counter (liveness). Raises ``LeaseLost`` if another worker moved it."""
         ...
 
+    async def renew_all(
+        self, leases: Sequence[HeldLease], loads: Mapping[str, float], cpu: float | None
+    ) -> Renewal:
+        """Renew every lease this worker holds at once, reading only the worker's own rows; write
+        each shard's records/s (``loads``; a shard not in it keeps its last figure) and the worker's
+        CPU. Held leases no longer ours come back as lost (marked lost), handoff requests on ours as
+        requested, rows handed over to us as adopted (new held leases)."""
+        ...
+
+    async def request_handoff(self, observed: LeaseView) -> bool:
+        """Ask the owner of ``observed`` to hand it over (its counter untouched); False when it
+        moved, ended, or another worker asked first."""
+        ...
+
+    async def cancel_requests(self) -> int:
+        """Withdraw this worker's pending handoff requests; how many there were."""
+        ...
+
+    async def hand_over(self, lease: HeldLease) -> float | None:
+        """Checkpoint at ``lease.unrecorded`` and make the requester the owner, in one conditional
+        write; the seconds since the request, or None when the lease was not ours any more or the
+        request was withdrawn. The lease is unusable afterwards."""
+        ...
+
     async def checkpoint(
         self, lease: HeldLease, position: Position | None, *, shard_end: bool = False
     ) -> None:
@@ -88,9 +112,20 @@ class LeaseTable(Protocol):
         handled. The caller never passes a record that is not acknowledged. Raises ``LeaseLost``."""
         ...
 
+    async def listen(self, on_event: Callable[[str, str], None]) -> bool:
+        """Call ``on_event(kind, worker)`` when a lease of the stream is ``released``, ``requested``
+        from ``worker`` or ``handed`` to ``worker``, as soon as it happens; False when this table
+        cannot tell (then the coordinator's rounds alone find out). Raises ``DatabaseUnavailable``."""
+        ...
+
+    async def close(self) -> None:
+        """Stop listening."""
+        ...
+
     async def release(self, lease: HeldLease) -> bool:
-        """Give the lease up at once (a successor need not wait for it to expire); False when it
-        was no longer ours. The lease is unusable afterwards."""
+        """Give the lease up at once (a successor need not wait for it to expire), writing
+        ``lease.unrecorded`` as its checkpoint in the same update; False when it was no longer
+        ours. The lease is unusable afterwards."""
         ...
 
 

@@ -309,6 +309,7 @@ class ShardWorker:
             metrics.RECORDS_SUPPRESSED.inc(len(plan.suppressed))
             self._stats.suppressed += len(plan.suppressed)
         metrics.RECORDS_IN.inc(plan.records_in)
+        self.lease.records_in += plan.records_in  # the shard's load, reported with renewals
         metrics.BATCH_SIZE.observe(plan.records_in)
         self._stats.records_in += plan.records_in
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
@@ -427,6 +428,10 @@ class ShardWorker:
             self._tracker.checkpointed(position)
             self._stats.checkpoints += 1
             metrics.STAGE_SECONDS.labels("checkpoint").observe(time.perf_counter() - t0)
+
+    def unrecorded(self) -> Position | None:
+        """Acknowledged past the last written checkpoint (a release or handoff writes it)."""
+        return self._tracker.to_checkpoint()
 
     async def final_checkpoint(self) -> None:
         """Last chance on shutdown: record whatever prefix is acknowledged."""

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import orjson
 
 from consumer.kinesis import RecordsPage, ShardInfo, StartAt
-from consumer.leases import HeldLease, LeaseRow
+from consumer.leases import HeldLease, LeaseRow, Renewal
 from consumer.ports import DeadLetterSink, LeaseTable, RecordReader, RecordSink, Suppression
 from core.checkpointing import SHARD_END, TRIM_HORIZON, Position
 from core.deadletters import DeadLetter
@@ -101,6 +101,9 @@ class _Row:
     parents: tuple[str, ...] = ()
     ended: bool = False
     switches: int = 0
+    handoff_to: str | None = None
+    load: float = 0.0
+    cpu: float | None = None
 
 
 class FakeLeaseTable:
@@ -155,7 +158,17 @@ class FakeLeaseTable:
         self._up()
         return [
             LeaseRow(
-                shard_id, r.owner, r.counter, r.checkpoint[0], r.checkpoint[1], r.parents, r.ended, r.switches
+                shard_id,
+                r.owner,
+                r.counter,
+                r.checkpoint[0],
+                r.checkpoint[1],
+                r.parents,
+                r.ended,
+                r.switches,
+                r.handoff_to,
+                r.load,
+                r.cpu,
             )
             for shard_id, r in sorted(self.rows.items())
         ]
@@ -202,9 +215,82 @@ class FakeLeaseTable:
             row = self._check(lease)
         except LeaseLost:
             return False
-        row.owner, row.counter = None, row.counter + 1
+        self._record(row, lease)
+        row.owner, row.counter, row.handoff_to = None, row.counter + 1, None
         lease.lost = True
         return True
+
+    @staticmethod
+    def _record(row: _Row, lease: HeldLease) -> None:
+        if lease.unrecorded is not None:
+            row.checkpoint = (lease.unrecorded.sequence, lease.unrecorded.sub)
+
+    async def listen(self, on_event: Callable[[str, str], None]) -> bool:
+        return False
+
+    async def close(self) -> None:
+        return None
+
+    async def renew_all(
+        self, leases: Sequence[HeldLease], loads: Mapping[str, float], cpu: float | None
+    ) -> Renewal:
+        self._up()
+        held = {x.shard_id: x for x in leases if not x.lost}
+        lost: list[HeldLease] = []
+        requested: list[tuple[HeldLease, str]] = []
+        adopted: list[HeldLease] = []
+        for shard_id, row in sorted(self.rows.items()):
+            if row.owner != self.worker_id:
+                continue
+            row.counter += 1
+            row.cpu = cpu
+            if shard_id in loads:
+                row.load = loads[shard_id]
+            lease = held.pop(shard_id, None)
+            if lease is not None and lease.counter == row.counter - 1:
+                lease.counter = row.counter
+                if row.handoff_to is not None and row.handoff_to != self.worker_id:
+                    lease.handoff_to = row.handoff_to
+                    requested.append((lease, row.handoff_to))
+                continue
+            if lease is not None:
+                lease.lost = True
+                lost.append(lease)
+            if not row.ended:
+                adopted.append(HeldLease(shard_id, row.counter, row.checkpoint[0], row.checkpoint[1]))
+        for lease in held.values():
+            lease.lost = True
+            lost.append(lease)
+        return Renewal(tuple(lost), tuple(requested), tuple(adopted))
+
+    async def request_handoff(self, observed: LeaseView) -> bool:
+        self._up()
+        row = self.rows.get(observed.shard_id)
+        if row is None or row.owner != observed.owner or row.handoff_to is not None or row.ended:
+            return False
+        row.handoff_to = self.worker_id
+        return True
+
+    async def cancel_requests(self) -> int:
+        self._up()
+        mine = [r for r in self.rows.values() if r.handoff_to == self.worker_id and r.owner != self.worker_id]
+        for row in mine:
+            row.handoff_to = None
+        return len(mine)
+
+    async def hand_over(self, lease: HeldLease) -> float | None:
+        self._up()
+        try:
+            row = self._check(lease)
+        except LeaseLost:
+            return None
+        if row.handoff_to is None:
+            return None
+        self._record(row, lease)
+        row.owner, row.handoff_to = row.handoff_to, None
+        row.counter, row.switches = row.counter + 1, row.switches + 1
+        lease.lost = True
+        return 0.0
 
 
 class RecordingSink:

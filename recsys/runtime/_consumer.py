@@ -148,8 +148,10 @@ async def consumer(
     parse_initial_position(settings.initial_position)  # a bad value is reported before connecting
     config = settings.for_consumer()
     async with contextlib.AsyncExitStack() as stack:
+        listen_url: str | None = None  # lease notifications on a connection of their own
         if pool is None:
             pool = await stack.enter_async_context(database(settings))
+            listen_url = bootstrap.database_url(settings)
         # start-up: the model (importing torch, reading the version) opens while the suppression
         # list and the AWS clients are made; a failure of either side closes what the other opened
         opening = asyncio.create_task(_open_model(pool, settings)) if recommender is None else None
@@ -173,9 +175,11 @@ async def consumer(
         assert recommender is not None  # given, or opened above
         timeout_s = config.tuning.aws_call_timeout_s
         worker = worker_id or config.tuning.worker_id or default_worker_id()
+        table = PgLeaseTable(pool, config.stream, worker, listen_url=listen_url)
+        stack.push_async_callback(table.close)
         yield Consumer(
             config,
-            leases=leases or PgLeaseTable(pool, config.stream, worker),
+            leases=leases or table,
             reader=reader or KinesisReader(kinesis, config.stream, timeout_s),
             sink=sink
             or make_sink(

@@ -67,3 +67,72 @@ async def test_an_ended_shard_is_never_taken_again(pool: asyncpg.Pool[Any]) -> N
     (row,) = await a.list()
     assert row.ended and row.checkpoint_seq == "SHARD_END"
     assert await a.take(row.view()) is None
+
+
+class _Counting(PgLeaseTable):
+    """The real table, counting the statements it sends."""
+
+    statements = 0
+
+    async def _execute(self, what: str, query: str, *args: Any) -> list[asyncpg.Record]:
+        self.statements += 1
+        return await super()._execute(what, query, *args)
+
+
+@pytest.mark.parametrize("shards", [1, 8, 64])
+async def test_a_renewal_round_is_one_statement_over_the_workers_own_rows(
+    pool: asyncpg.Pool[Any], shards: int
+) -> None:
+    stream = f"renew-{uuid.uuid4().hex[:8]}"
+    a, b = _Counting(pool, stream, "a"), PgLeaseTable(pool, stream, "b")
+    await a.add_shards([(f"s{i:02d}", ()) for i in range(shards + 1)])
+    rows = await a.list()
+    held = [x for x in [await a.take(r.view()) for r in rows[:shards]] if x is not None]
+    theirs = await b.take(rows[shards].view())  # another worker's row: never read or written by a's renewal
+    assert theirs is not None and len(held) == shards
+    a.statements = 0
+    found = await a.renew_all(held, {x.shard_id: 2.5 for x in held}, 0.4)
+    assert a.statements == 1 and found.lost == () and found.adopted == () and found.requested == ()
+    # a request, then the handover: the requester finds the lease among its own rows in its renewal
+    first = next(r for r in await b.list() if r.shard_id == "s00")
+    assert first.owner == "a" and await b.request_handoff(first.view())
+    found = await a.renew_all(held, {}, None)
+    assert [(x.shard_id, to) for x, to in found.requested] == [("s00", "b")]
+    held[0].unrecorded = Position("42", 1)
+    assert await a.hand_over(held[0]) is not None
+    gained = await b.renew_all([theirs], {}, None)
+    assert [(x.shard_id, x.checkpoint) for x in gained.adopted] == [("s00", Position("42", 1))]
+    written = {r.shard_id: r.load_rps for r in await a.list()}
+    assert written["s00"] == 2.5  # the figure its previous owner wrote, until the new owner's window
+
+
+async def test_releases_requests_and_handovers_are_notified_at_once(
+    pool: asyncpg.Pool[Any], database_url: str, h: Any
+) -> None:
+    stream = f"notify-{uuid.uuid4().hex[:8]}"
+    a = PgLeaseTable(pool, stream, "a", listen_url=database_url)
+    b = PgLeaseTable(pool, stream, "b")
+    other = PgLeaseTable(pool, f"other-{stream}", "a")  # another stream's notifications are not ours
+    heard: list[tuple[str, str]] = []
+    try:
+        assert await a.listen(lambda kind, worker: heard.append((kind, worker)))
+        assert await a.listen(lambda kind, worker: heard.append((kind, worker)))  # idempotent
+        await a.add_shards([("s0", ()), ("s1", ())])
+        await other.add_shards([("s0", ())])
+        rows = await a.list()
+        mine = [x for x in [await a.take(r.view()) for r in rows] if x is not None]
+        (o,) = await other.list()
+        theirs = await other.take(o.view())
+        assert theirs is not None and await other.release(theirs)
+        first = next(r for r in await b.list() if r.shard_id == "s0")
+        assert await b.request_handoff(first.view())
+        await h.wait_for(lambda: ("requested", "a") in heard, 10, "the request notified")
+        await a.renew_all(mine, {}, None)
+        assert await a.hand_over(mine[0]) is not None
+        await h.wait_for(lambda: ("handed", "b") in heard, 10, "the handover notified")
+        assert await a.release(mine[1])
+        await h.wait_for(lambda: ("released", "") in heard, 10, "the release notified")
+        assert heard == [("requested", "a"), ("handed", "b"), ("released", "")]
+    finally:
+        await a.close()
+    assert not await PgLeaseTable(pool, stream, "c").listen(lambda kind, worker: None)  # no listen_url

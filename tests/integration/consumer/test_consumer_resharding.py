@@ -87,3 +87,51 @@ async def test_split_and_merge_mid_stream(
         assert stamps == sorted(stamps)
     # kinesis-mock's sequence numbers are real-sized: checkpoints compare them as numbers
     assert all(len(eid.split(":")[1]) > 40 for eid in ids)
+
+
+async def test_update_shard_count_while_two_workers_consume(
+    kinesis_mock: str, monkeypatch: pytest.MonkeyPatch, make_env: Any, pool: asyncpg.Pool[Any], h: Any
+) -> None:
+    """UpdateShardCount 2 -> 4 (UNIFORM_SCALING) under two workers: they follow the new shards,
+    parents before children, and lose nothing."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", kinesis_mock)
+    env = make_env(shards=2)
+    kinesis = sync_client("kinesis")
+    counter = iter(range(10_000))
+
+    def put_round(n: int) -> list[str]:
+        events = [h.event(800 + i % 40, next(counter)) for i in range(n)]
+        return env.put(
+            [json.dumps(e).encode() for e in events], key=lambda i: str(events[i]["customer_number"])
+        )
+
+    ids = put_round(200)
+    stops = [asyncio.Event(), asyncio.Event()]
+    async with h.consumer(env, pool, worker_id="u0") as a, h.consumer(env, pool, worker_id="u1") as b:
+        tasks = [asyncio.create_task(a.run(stops[0])), asyncio.create_task(b.run(stops[1]))]
+        try:
+            await h.wait_for(lambda: len(env.outputs()) >= 50, 60, "the first deliveries")
+            kinesis.update_shard_count(
+                StreamName=env.stream, TargetShardCount=4, ScalingType="UNIFORM_SCALING"
+            )
+            await asyncio.to_thread(wait_stream_active, kinesis, env.stream)
+            ids += put_round(300)
+            await h.wait_for(lambda: {o["event_id"] for o in env.outputs()} >= set(ids), 240, "every event")
+        finally:
+            for stop in stops:
+                stop.set()
+            await asyncio.gather(*tasks)
+    out = env.outputs()
+    assert {o["event_id"] for o in out} == set(ids)
+    rows = await pool.fetch(
+        "SELECT shard_id, ended, parent_shard_ids FROM kinesis_leases WHERE stream = $1", env.stream
+    )
+    open_shards = [r for r in rows if not r["ended"]]
+    assert len(open_shards) == 4 and all(r["parent_shard_ids"] for r in open_shards)
+    by_customer: dict[int, list[tuple[int, str]]] = {}
+    for o in out:
+        n = int(o["session_id"].rsplit("-", 1)[1])
+        by_customer.setdefault(o["customer_number"], []).append((n, o["processed_at"]))
+    for events in by_customer.values():  # parents before children: per-key order holds
+        stamps = [stamp for _, stamp in sorted(events)]
+        assert stamps == sorted(stamps)
