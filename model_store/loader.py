@@ -36,6 +36,7 @@ from infra.logs import get_logger
 from infra.objectstore import open_store
 from infra.pg import connect
 from model_store.artifacts import ArtifactBundle, load_bundle
+from model_store.customer_answers import ensure_customer_answers, store_customer_answers
 
 __all__ = [
     "HNSW_EF_CONSTRUCTION",
@@ -145,6 +146,7 @@ async def load_bundle_into(
         async with conn.transaction():
             if has_row and complete:
                 log.info("version %s is already loaded; switching to it", version)
+                await ensure_customer_answers(conn, version)
             else:
                 neighbours = await _load_tables(conn, bundle, has_row)
             await activate_version(conn, version)
@@ -232,6 +234,7 @@ async def _load_tables(conn: asyncpg.Connection[Any], bundle: ArtifactBundle, ha
         records=[(version, r, p.id, p.score, p.count) for r, p in enumerate(bundle.popular)],
         columns=["version", "rank", "id", "score", "ratings"],
     )
+    await store_customer_answers(conn, version, item_table, user_table)
     return len(ids)
 
 

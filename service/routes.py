@@ -107,9 +107,15 @@ def build_routers(config: ServiceConfig) -> list[APIRouter]:
         there is none, computed now from the customer's profile and the current model
         (`source=model`); for a customer the model does not know, the most popular items
         (`source=popular`)."""
-        answer = await answer_for(customer_number, limit, services.latest, services.model)
+        answer = await answer_for(
+            customer_number,
+            limit,
+            services.answers,
+            services.model,
+            precomputed=services.config.exclude_bought,
+        )
         RECOMMENDATIONS.labels(answer.source.value).inc()
-        return OrjsonResponse(answer.to_json())
+        return Response(answer.body(), media_type="application/json")
 
     @data.post(
         "/user_embeddings",

@@ -13,7 +13,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from core.errors import ConfigError
-from infra.latest import PgLatestStore
+from infra.latest import PgStoredAnswers
 from recsys import bootstrap
 from recsys.settings import Settings
 from service.app import create_app
@@ -75,7 +75,7 @@ async def api_services(
                     await slot.loaded.close()
 
             stack.push_async_callback(stop_maintenance)
-        yield Services(config, pool, PgLatestStore(pool), slot)
+        yield Services(config, pool, PgStoredAnswers(pool), slot)
 
 
 def api_app(

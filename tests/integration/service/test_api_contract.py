@@ -35,7 +35,7 @@ async def _store_latest(pool: asyncpg.Pool[Any], customer: int, n: int = 12) -> 
             similar_items=SimilarItems(
                 "S10_1678", tuple(ScoredItem(f"S24_{3000 + i}", 0.8 - i / 100) for i in range(n))
             ),
-            model_version="stream-v7",
+            model_version="fake-v1",  # the fake model's: an answer of another version is stale
         ),
         event_id=f"shardId-000000000000:{customer}",
         event_time=datetime(2026, 11, 1, 12, 0, tzinfo=UTC),
@@ -57,7 +57,7 @@ async def test_stream_path_answers_what_the_consumer_stored(api_client: AppClien
     body = resp.json()
     assert body["source"] == "stream"
     assert body["customer_number"] == customer
-    assert body["model_version"] == "stream-v7"
+    assert body["model_version"] == "fake-v1"
     assert body["event_id"] == row.event_id
     assert datetime.fromisoformat(body["computed_at"]) == row.computed_at
     assert [i["id"] for i in body["recommended_items"]] == [f"S18_{2000 + i}" for i in range(5)]
