@@ -84,6 +84,33 @@ async def test_stream_path_needs_no_model(api_client: AppClient, api_pool: Any) 
     assert model.headers["retry-after"]
 
 
+async def test_the_fast_path_answers_as_the_route_does(api_client: AppClient, api_pool: Any) -> None:
+    """Plain requests are answered past FastAPI (service.fast_path); the same request written so that
+    only FastAPI understands it (a leading zero, an extra parameter) gets the same answer."""
+    customer = _customer()
+    await _store_latest(api_pool, customer)
+    async with api_client() as client:
+        pairs = [
+            (await client.get(f"/recommendations/{customer}?limit=5"),
+             await client.get(f"/recommendations/0{customer}?limit=05")),
+            (await client.get(f"/recommendations/{KNOWN_CUSTOMER}?limit=3"),
+             await client.get(f"/recommendations/{KNOWN_CUSTOMER}?limit=3&unused=1")),
+            (await client.get(f"/recommendations/{UNKNOWN_CUSTOMER}"),
+             await client.get(f"/recommendations/{UNKNOWN_CUSTOMER}?unused=1")),
+        ]  # fmt: skip
+    for fast, routed in pairs:
+        assert fast.status_code == routed.status_code == 200
+        assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+        assert fast.headers["x-request-id"] and routed.headers["x-request-id"]
+        a, b = fast.json(), routed.json()
+        if a["source"] != "stream":  # computed now
+            assert abs(
+                datetime.fromisoformat(a.pop("computed_at")) - datetime.fromisoformat(b.pop("computed_at"))
+            ) < timedelta(seconds=30)
+        assert a == b
+    assert [p[0].json()["source"] for p in pairs] == ["stream", "model", "popular"]
+
+
 async def test_model_path_for_a_known_customer_without_stream_answer(api_client: AppClient) -> None:
     fake = FakeRecommender(version="fake-v2")
     before = datetime.now(UTC) - timedelta(seconds=1)
