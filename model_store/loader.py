@@ -4,7 +4,8 @@ Per version: ``item_emb__<tag>`` and ``user_emb__<tag>`` tables (binary COPY thr
 codec; a hybrid version's user rows also hold the customer's training items, ``bought``, which the
 recommender leaves out of their answers; the lab's ``user_emb`` view shows ``id, embedding`` only),
 an HNSW index on the items, the exact item-to-item neighbours (top ``NEIGHBOURS``), the popular
-items, and a ``model_versions`` row holding the weights and feature parameters. Everything
+items, every known customer's own answer (``model_store.customer_answers``), and a
+``model_versions`` row holding the weights and feature parameters. Everything
 is written in ONE transaction that ends by making the version the active one and re-pointing the
 lab's ``item_emb`` / ``user_emb`` views: a reader sees the old version or the new one, never a mix,
 and a crashed load leaves nothing behind. Loads are serialised by an advisory lock.

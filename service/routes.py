@@ -103,10 +103,10 @@ def build_routers(config: ServiceConfig) -> list[APIRouter]:
         customer_number: Annotated[int, Path(ge=0, le=INT32_MAX, description="the shop's customer number")],
         limit: Limit = api.default_limit,
     ) -> Response:
-        """What the stream computed from the customer's latest browsing event (`source=stream`); when
-        there is none, computed now from the customer's profile and the current model
-        (`source=model`); for a customer the model does not know, the most popular items
-        (`source=popular`)."""
+        """What the stream computed from the customer's latest browsing event with the current model
+        version (`source=stream`; an answer of another version is never served as current); else
+        the current version's own answer for a customer it knows (`source=model`); for a customer
+        the model does not know, the most popular items (`source=popular`)."""
         answer = await answer_for(
             customer_number,
             limit,
