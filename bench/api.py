@@ -308,7 +308,7 @@ def _shapes() -> list[Shape]:
 async def _alone(prepared: Any, duration: float, runs: int) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """The trivial endpoint, the stream path and the model path, each load shape, interleaved."""
     from infra.pg import create_pool
-    from recsys.runtime import api_app
+    from recsys.runtime import api_app, freeze_heap
     from recsys.settings import Settings
 
     url = prepared.database_url
@@ -337,6 +337,7 @@ async def _alone(prepared: Any, duration: float, runs: int) -> dict[tuple[str, s
                     raise RuntimeError(f"{kind_paths[0]} answered from {answer['source']}, not {kind}")
         paths["trivial"] = [f"/trivial/{c}" for c in known]
         async with _serve(_trivial_app(sample)) as triv_url:
+            freeze_heap()  # as `recsys serve` does once it is up
             urls = {"trivial": triv_url, "stream": rec_url, "model": rec_url}
             for _ in range(runs):  # interleaved, so drift hits every target alike
                 for label, connections, rate in _shapes():
@@ -410,10 +411,15 @@ async def _loaded(
     return results, consumed, peak
 
 
-async def _measure(quick: bool, report: Report, prepared: Any) -> None:
-    duration = 3.0 if quick else 5.0
-    runs = 2 if quick else 3
-    alone = await _alone(prepared, duration, runs)
+def _timing(quick: bool) -> tuple[float, int]:
+    """(seconds per run, runs)."""
+    return (3.0, 2) if quick else (5.0, 3)
+
+
+async def _measure(
+    quick: bool, report: Report, prepared: Any, alone: dict[tuple[str, str], list[dict[str, Any]]]
+) -> None:
+    duration, runs = _timing(quick)
     body_bytes = alone.pop(("_", "body"))[0]["bytes"]
 
     def fig(name: str, unit: str, rows: list[dict[str, Any]], key: str, note: str = "") -> Figure:
@@ -498,7 +504,12 @@ def main(quick: bool) -> None:
     bench_stack()
     prepared = prepared_model(1.0)
     report = Report("api", scale={"quick": quick})
-    run_async(_measure(quick, report, prepared))
+    import uvloop
+
+    # alone: both servers on the loop `recsys serve` runs on; then the consumer's processes as
+    # `recsys run` and `recsys consume` run them (asyncio), the API as `recsys serve` (uvloop)
+    alone = uvloop.run(_alone(prepared, *_timing(quick)))
+    run_async(_measure(quick, report, prepared, alone))
     report.print()
     print(f"  wrote {report.write()}")
     print(json.dumps({f.name: round(f.median, 3) for f in report.figures}))

@@ -2,28 +2,31 @@
 
 The real app (its own pool and model handle, as ``recsys serve`` builds it) on uvicorn in this
 process; the same closed-loop client as ``bench api`` (another process, 64 connections) keeps it
-busy while pyinstrument samples this process's main thread every 0.2 ms. The time of many requests
-adds up to the profile of one: printed as pyinstrument's call tree (frames under 2 % of the time
-left out) for the stream path and for the model path, and written to
-``bench/results/api_profile-<path>.txt``.
+busy while pyinstrument samples this process's main thread every 0.2 ms of its CPU time (so time
+the machine gave to other processes, or spent waiting for the database, is left out). The CPU time of
+many requests adds up to the profile of one: printed as pyinstrument's call tree (frames under 2 % of
+the time left out) for the stream path and for the model path, and written to
+``bench/results/api_profile-<path>.txt``. Run on the code before a change to see what it moved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
-from bench._harness import RESULTS, bench_stack, prepared_model, run_async
+from bench._harness import RESULTS, bench_stack, prepared_model
 
 CONNECTIONS = 64
 
 
 async def _profile(prepared: Any, duration: float) -> dict[str, str]:
     from pyinstrument import Profiler
+    from pyinstrument.stack_sampler import get_stack_sampler
 
     from bench.api import _customers, _serve, _store_answers, drive
     from infra.pg import create_pool
-    from recsys.runtime import api_app
+    from recsys.runtime import api_app, freeze_heap
     from recsys.settings import Settings
 
     pool = await create_pool(prepared.database_url, min_size=1, max_size=2)
@@ -38,10 +41,12 @@ async def _profile(prepared: Any, duration: float) -> dict[str, str]:
     out: dict[str, str] = {}
     async with _serve(app) as url:
         await asyncio.wait_for(app.state.services.model.wait_loaded(), 60)
+        freeze_heap()  # as `recsys serve` does once it is up
         for name, customers in (("stream", stream), ("model", model)):
             paths = [f"/recommendations/{c}" for c in customers]
             await drive(url, paths, 1.0, 0.5, connections=CONNECTIONS)  # warm up
             profiler = Profiler(interval=0.0002, async_mode="disabled")
+            get_stack_sampler().timer_func = time.thread_time  # this thread's CPU time, not the wall's
             profiler.start()
             result = await drive(url, paths, duration, 0.5, connections=CONNECTIONS)
             profiler.stop()
@@ -71,7 +76,9 @@ def _trimmed(text: str, share: float = 0.02) -> str:
 def main(quick: bool) -> None:
     bench_stack()
     prepared = prepared_model(1.0)
-    profiles = run_async(_profile(prepared, 3.0 if quick else 8.0))
+    import uvloop  # the loop `recsys serve` runs on
+
+    profiles = uvloop.run(_profile(prepared, 3.0 if quick else 8.0))
     RESULTS.mkdir(exist_ok=True)
     for name, text in profiles.items():
         trimmed = _trimmed(text)
