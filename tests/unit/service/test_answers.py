@@ -138,3 +138,10 @@ def test_answer_json_is_the_documented_shape() -> None:
     assert body["source"] == "stream"
     assert body["computed_at"] == "2026-11-26T06:00:00+00:00"
     assert body["recommended_items"][0] == {"id": "R0", "score": 1.0}
+
+
+def test_the_precomputed_depth_is_the_one_the_loader_stores() -> None:
+    from model_store.customer_answers import DEPTH
+    from service.answers import PRECOMPUTED_DEPTH
+
+    assert PRECOMPUTED_DEPTH == DEPTH
