@@ -1,5 +1,9 @@
 """The ``latest_recommendations`` table: written by the consumer, read by the API.
 
+:class:`PgStoredAnswers` is the API's read: the streamed answer, items as stored JSON text (nothing
+decoded and encoded again), together with the model version's precomputed answer for the customer
+(``customer_answers``, written by ``recsys load-vectors``), in one round trip.
+
 A row is replaced only by a strictly newer event (``event_time``, then ``event_id``), so a replay
 after a crash, or two workers briefly processing the same shard, never moves a customer backwards.
 """
@@ -7,6 +11,8 @@ after a crash, or two workers briefly processing the same shard, never moves a c
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -15,7 +21,7 @@ import orjson
 from core.errors import DatabaseUnavailable, DataRejected
 from core.recommendations import LatestRow, Recommendation, ScoredItem, SimilarItems, Source
 
-__all__ = ["LatestRow", "PgLatestStore"]
+__all__ = ["LatestRow", "PgLatestStore", "PgStoredAnswers", "StoredAnswers", "StreamedAnswer"]
 
 _UPSERT = """
 INSERT INTO latest_recommendations AS cur
@@ -100,3 +106,70 @@ class PgLatestStore:
         return LatestRow(
             customer_number, recommendation, rec["event_id"], rec["event_time"], rec["computed_at"]
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedAnswer:
+    """A customer's stored streamed answer, its items still JSON text as stored (``recommended``: an
+    array of ``{id, score}``; ``similar``: ``{product_code, similar_items}``) with their lengths."""
+
+    model_version: str
+    event_id: str
+    computed_at: datetime
+    recommended: str
+    similar: str
+    recommended_count: int
+    similar_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswers:
+    """What is stored for a customer: the streamed answer (of whichever version computed it) and
+    the given model version's precomputed answer (``None``: the version has none for them)."""
+
+    stream: StreamedAnswer | None
+    model: tuple[ScoredItem, ...] | None
+
+
+_LOOKUP = """
+SELECT l.model_version, l.event_id, l.computed_at,
+       l.recommended_items::text AS recommended, l.similar_items::text AS similar,
+       jsonb_array_length(l.recommended_items) AS recommended_count,
+       jsonb_array_length(COALESCE(l.similar_items->'similar_items', '[]'::jsonb)) AS similar_count,
+       a.item_ids[1:$3] AS item_ids, a.scores[1:$3] AS scores
+FROM (SELECT $1::int AS customer_number) q
+LEFT JOIN latest_recommendations l ON l.customer_number = q.customer_number
+LEFT JOIN customer_answers a ON a.customer_number = q.customer_number AND a.version = $2
+"""
+
+
+class PgStoredAnswers:
+    """The API's read of ``latest_recommendations`` and ``customer_answers``: one round trip."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+
+    async def lookup(self, customer_number: int, model_version: str | None, limit: int) -> StoredAnswers:
+        """The customer's streamed answer, and ``model_version``'s precomputed one cut to ``limit``."""
+        try:
+            rec = await self._pool.fetchrow(_LOOKUP, customer_number, model_version, limit)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailable(f"reading stored recommendations failed: {exc}") from exc
+        assert rec is not None  # the outer side always has its one row
+        stream = None
+        if rec["model_version"] is not None:
+            stream = StreamedAnswer(
+                rec["model_version"],
+                rec["event_id"],
+                rec["computed_at"],
+                rec["recommended"],
+                rec["similar"],
+                rec["recommended_count"],
+                rec["similar_count"],
+            )
+        model = None
+        if rec["item_ids"] is not None:
+            model = tuple(
+                ScoredItem(i, float(s)) for i, s in zip(rec["item_ids"], rec["scores"], strict=True)
+            )
+        return StoredAnswers(stream, model)

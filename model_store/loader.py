@@ -4,7 +4,8 @@ Per version: ``item_emb__<tag>`` and ``user_emb__<tag>`` tables (binary COPY thr
 codec; a hybrid version's user rows also hold the customer's training items, ``bought``, which the
 recommender leaves out of their answers; the lab's ``user_emb`` view shows ``id, embedding`` only),
 an HNSW index on the items, the exact item-to-item neighbours (top ``NEIGHBOURS``), the popular
-items, and a ``model_versions`` row holding the weights and feature parameters. Everything
+items, every known customer's own answer (``model_store.customer_answers``), and a
+``model_versions`` row holding the weights and feature parameters. Everything
 is written in ONE transaction that ends by making the version the active one and re-pointing the
 lab's ``item_emb`` / ``user_emb`` views: a reader sees the old version or the new one, never a mix,
 and a crashed load leaves nothing behind. Loads are serialised by an advisory lock.
@@ -45,6 +46,7 @@ from infra.logs import get_logger
 from infra.objectstore import open_store
 from infra.pg import connect
 from model_store.artifacts import ArtifactBundle, load_bundle
+from model_store.customer_answers import ensure_customer_answers, store_customer_answers
 
 __all__ = [
     "BUILD_MEMORY_MAX_KB",
@@ -277,6 +279,7 @@ async def load_bundle_into(
         async with conn.transaction():
             if has_row and complete:
                 log.info("version %s is already loaded; switching to it", version)
+                await ensure_customer_answers(conn, version)
             else:
                 neighbours = await _load_tables(conn, bundle, has_row, recall_target)
             await activate_version(conn, version)
@@ -410,6 +413,8 @@ async def _load_tables(
         records=[(version, r, p.id, p.score, p.count) for r, p in enumerate(bundle.popular)],
         columns=["version", "rank", "id", "score", "ratings"],
     )
+    # scanned at the width just chosen, as the recommender scans the version per request
+    await store_customer_answers(conn, version, item_table, user_table, ef_search=width.ef_search)
     return len(ids)
 
 

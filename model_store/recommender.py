@@ -643,6 +643,8 @@ class ModelRecommender:
         """Model recommendations from a known customer's stored vector (same version), without the
         items they bought (unless that filter is off); None when the version has no vector for them."""
         state = self._state
+        if state.kind == "hybrid" and not state.knows(customer_number):
+            return None  # the version holds no vector for them: nothing to ask the database
         k = max(0, min(int(k), MAX_K))
         rows = await self._fetch(state, [None], [k], [], customers=[int(customer_number)])
         row = next((r for r in rows if r["kind"] == 0), None)

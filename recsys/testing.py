@@ -467,8 +467,9 @@ def _ranked(seed: str, k: int, banned: frozenset[str] = frozenset()) -> list[Sco
 class FakeServingRecommender:
     """``ServingRecommender`` with deterministic answers from hashes over :data:`SERVING_ITEMS`;
     knows :data:`KNOWN_CUSTOMERS` (or answers ``known`` customers with the given answers; its
-    popular items are ``popular`` when given). State: ``asked_customers``, ``popular_asked``,
-    ``closed``."""
+    popular items are ``popular`` when given). ``active``: the version a ``refresh()`` switches to
+    (``None``: its own; a test sets it to load a newer one). State: ``asked_customers``,
+    ``popular_asked``, ``refreshes``, ``closed``."""
 
     def __init__(
         self,
@@ -482,6 +483,8 @@ class FakeServingRecommender:
         self.popular = popular
         self.asked_customers: list[int] = []
         self.popular_asked: list[int] = []
+        self.active: str | None = None
+        self.refreshes = 0
         self.closed = False
 
     @property
@@ -528,7 +531,11 @@ class FakeServingRecommender:
         return _ranked(f"vector/{[round(x, 3) for x in vector]}", k)
 
     async def refresh(self) -> bool:
-        return False
+        self.refreshes += 1
+        if self.active is None or self.active == self._version:
+            return False
+        self._version = self.active
+        return True
 
     async def close(self) -> None:
         self.closed = True

@@ -19,6 +19,7 @@ from infra.logs import get_logger
 from service.auth import BearerAuthMiddleware
 from service.config import ServiceConfig
 from service.errors import install_error_handlers
+from service.fast_path import HOT_ROUTE, RecommendationsFastPath
 from service.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from service.responses import OrjsonResponse
 from service.routes import build_routers
@@ -68,9 +69,17 @@ def create_app(config: ServiceConfig, services: ServicesFactory) -> FastAPI:
         default_response_class=OrjsonResponse,
     )
     install_error_handlers(app)
-    for router in build_routers(config):
+    routers = build_routers(config)
+    for router in routers:
         app.include_router(router)
-    # added innermost first: request context -> body guard -> bearer auth -> routes
+    # added innermost first: request context -> body guard -> bearer auth -> fast path -> routes
+    hot = next(r for router in routers for r in router.routes if getattr(r, "path", None) == HOT_ROUTE)
+    app.add_middleware(
+        RecommendationsFastPath,
+        route=hot,
+        default_limit=config.api.default_limit,
+        max_limit=config.api.max_limit,
+    )
     if config.api_token is not None:
         open_paths = {"/healthz", "/readyz", "/metrics", app.openapi_url, app.docs_url, app.redoc_url}
         open_paths.add(app.swagger_ui_oauth2_redirect_url)

@@ -11,8 +11,20 @@ from typing import Protocol
 from core.events import UserFeatures
 from core.ports import Recommender
 from core.recommendations import Recommendation, ScoredItem
+from infra.latest import StoredAnswers
 
-__all__ = ["LabRecommender", "ServingRecommender"]
+__all__ = ["AnswerLookup", "LabRecommender", "ServingRecommender"]
+
+
+class AnswerLookup(Protocol):
+    """What is stored for a customer (``infra.latest.PgStoredAnswers``; ``service.answers.LatestOnly``
+    over any ``LatestStore``)."""
+
+    async def lookup(self, customer_number: int, model_version: str | None, limit: int) -> StoredAnswers:
+        """The customer's streamed answer (any version) and ``model_version``'s precomputed answer
+        (its first ``limit`` items; ``None`` when the version holds none for the customer). One
+        round trip; raises ``DatabaseUnavailable``."""
+        ...
 
 
 class LabRecommender(Recommender, Protocol):

@@ -103,13 +103,19 @@ def build_routers(config: ServiceConfig) -> list[APIRouter]:
         customer_number: Annotated[int, Path(ge=0, le=INT32_MAX, description="the shop's customer number")],
         limit: Limit = api.default_limit,
     ) -> Response:
-        """What the stream computed from the customer's latest browsing event (`source=stream`); when
-        there is none, computed now from the customer's profile and the current model
-        (`source=model`); for a customer the model does not know, the most popular items
-        (`source=popular`)."""
-        answer = await answer_for(customer_number, limit, services.latest, services.model)
+        """What the stream computed from the customer's latest browsing event with the current model
+        version (`source=stream`; an answer of another version is never served as current); else
+        the current version's own answer for a customer it knows (`source=model`); for a customer
+        the model does not know, the most popular items (`source=popular`)."""
+        answer = await answer_for(
+            customer_number,
+            limit,
+            services.answers,
+            services.model,
+            precomputed=services.config.exclude_bought,
+        )
         RECOMMENDATIONS.labels(answer.source.value).inc()
-        return OrjsonResponse(answer.to_json())
+        return Response(answer.body(), media_type="application/json")
 
     @data.post(
         "/user_embeddings",

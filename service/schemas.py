@@ -94,8 +94,9 @@ class SimilarItemsOut(BaseModel):
 class RecommendationsOut(BaseModel):
     customer_number: int
     source: Literal["stream", "model", "popular"] = Field(
-        description="stream: stored by the consumer from the customer's latest event; model: computed "
-        "now from the customer's profile; popular: the customer is unknown to the model"
+        description="stream: stored by the consumer from the customer's latest event, by the current "
+        "model version; model: the current version's answer for a customer it knows; popular: the "
+        "customer is unknown to the model"
     )
     model_version: str = Field(description="the model version that produced the answer")
     computed_at: datetime = Field(description="when the answer was computed (UTC)")

@@ -62,6 +62,7 @@ PURPOSE = {
     "pymysql": "SQLAlchemy's driver for the shop's MySQL database",
     "orjson": "JSON for events, records and API answers",
     "uvicorn": "the API's HTTP server",
+    "uvloop": "the API's event loop (libuv)",
     "prometheus-client": "`/metrics`",
     "s3transfer": "boto3's S3 uploads and downloads",
     "starlette": "FastAPI's web framework",

@@ -45,5 +45,5 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"API on {up.url}  (docs {up.url}/docs, metrics {up.url}/metrics, {auth})", flush=True)
                 await up.wait()
 
-    run_async(main())
+    run_async(main(), fast_loop=True)  # the API is socket events all the way: measured in bench api
     return 0

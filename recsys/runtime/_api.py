@@ -13,7 +13,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from core.errors import ConfigError
-from infra.latest import PgLatestStore
+from infra.latest import PgStoredAnswers
 from recsys import bootstrap
 from recsys.settings import Settings
 from service.app import create_app
@@ -49,6 +49,7 @@ async def api_services(
                 config.database_url.get_secret_value(),
                 min_size=config.api.pool_min_size,
                 max_size=config.api.pool_max_size,
+                reset_sessions=False,  # the API's statements set nothing beyond their transaction
             )
             stack.push_async_callback(pool.close)
         slot = ModelSlot(recommender)
@@ -75,7 +76,7 @@ async def api_services(
                     await slot.loaded.close()
 
             stack.push_async_callback(stop_maintenance)
-        yield Services(config, pool, PgLatestStore(pool), slot)
+        yield Services(config, pool, PgStoredAnswers(pool), slot)
 
 
 def api_app(
@@ -129,8 +130,10 @@ async def api(
             stack.enter_context(stop_when_closed(tuning.parent_fd, stop))
         if pool is None:
             url = bootstrap.database_url(settings)
-            pool = await stack.enter_async_context(
-                open_pool(url, min_size=tuning.pool_min_size, max_size=tuning.pool_max_size)
+            pool = await stack.enter_async_context(  # its statements set nothing beyond their transaction
+                open_pool(
+                    url, min_size=tuning.pool_min_size, max_size=tuning.pool_max_size, reset_sessions=False
+                )
             )
         if sock is None:
             if tuning.listen_fd is not None:

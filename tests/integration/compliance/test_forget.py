@@ -77,6 +77,7 @@ async def snapshot(world: World) -> Snapshot:
         for table, column in [
             ("latest_recommendations", "customer_number"),
             ("customer_notes", "customer_number"),
+            ("customer_answers", "customer_number"),  # each version's precomputed answers
         ]:
             rows = await conn.fetch(f"SELECT {column} AS c FROM {table}")
             pg[table] = Counter(int(r["c"]) for r in rows)

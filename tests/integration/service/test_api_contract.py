@@ -35,7 +35,7 @@ async def _store_latest(pool: asyncpg.Pool[Any], customer: int, n: int = 12) -> 
             similar_items=SimilarItems(
                 "S10_1678", tuple(ScoredItem(f"S24_{3000 + i}", 0.8 - i / 100) for i in range(n))
             ),
-            model_version="stream-v7",
+            model_version="fake-v1",  # the fake model's: an answer of another version is stale
         ),
         event_id=f"shardId-000000000000:{customer}",
         event_time=datetime(2026, 11, 1, 12, 0, tzinfo=UTC),
@@ -57,7 +57,7 @@ async def test_stream_path_answers_what_the_consumer_stored(api_client: AppClien
     body = resp.json()
     assert body["source"] == "stream"
     assert body["customer_number"] == customer
-    assert body["model_version"] == "stream-v7"
+    assert body["model_version"] == "fake-v1"
     assert body["event_id"] == row.event_id
     assert datetime.fromisoformat(body["computed_at"]) == row.computed_at
     assert [i["id"] for i in body["recommended_items"]] == [f"S18_{2000 + i}" for i in range(5)]
@@ -82,6 +82,33 @@ async def test_stream_path_needs_no_model(api_client: AppClient, api_pool: Any) 
     assert model.status_code == 503
     assert model.json()["error"] == "model_not_ready"
     assert model.headers["retry-after"]
+
+
+async def test_the_fast_path_answers_as_the_route_does(api_client: AppClient, api_pool: Any) -> None:
+    """Plain requests are answered past FastAPI (service.fast_path); the same request written so that
+    only FastAPI understands it (a leading zero, an extra parameter) gets the same answer."""
+    customer = _customer()
+    await _store_latest(api_pool, customer)
+    async with api_client() as client:
+        pairs = [
+            (await client.get(f"/recommendations/{customer}?limit=5"),
+             await client.get(f"/recommendations/0{customer}?limit=05")),
+            (await client.get(f"/recommendations/{KNOWN_CUSTOMER}?limit=3"),
+             await client.get(f"/recommendations/{KNOWN_CUSTOMER}?limit=3&unused=1")),
+            (await client.get(f"/recommendations/{UNKNOWN_CUSTOMER}"),
+             await client.get(f"/recommendations/{UNKNOWN_CUSTOMER}?unused=1")),
+        ]  # fmt: skip
+    for fast, routed in pairs:
+        assert fast.status_code == routed.status_code == 200
+        assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+        assert fast.headers["x-request-id"] and routed.headers["x-request-id"]
+        a, b = fast.json(), routed.json()
+        if a["source"] != "stream":  # computed now
+            assert abs(
+                datetime.fromisoformat(a.pop("computed_at")) - datetime.fromisoformat(b.pop("computed_at"))
+            ) < timedelta(seconds=30)
+        assert a == b
+    assert [p[0].json()["source"] for p in pairs] == ["stream", "model", "popular"]
 
 
 async def test_model_path_for_a_known_customer_without_stream_answer(api_client: AppClient) -> None:
