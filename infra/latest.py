@@ -28,6 +28,7 @@ INSERT INTO latest_recommendations AS cur
     (customer_number, recommended_items, similar_items, model_version, event_id, event_time, computed_at)
 SELECT * FROM unnest($1::int[], $2::jsonb[], $3::jsonb[], $4::text[], $5::text[], $6::timestamptz[],
                      $7::timestamptz[])
+ORDER BY 1
 ON CONFLICT (customer_number) DO UPDATE SET
     recommended_items = EXCLUDED.recommended_items,
     similar_items = EXCLUDED.similar_items,
@@ -59,7 +60,9 @@ class PgLatestStore:
             cur = newest.get(row.customer_number)
             if cur is None or (cur.event_time, cur.event_id) < (row.event_time, row.event_id):
                 newest[row.customer_number] = row
-        batch = list(newest.values())
+        # rows are locked in customer order, so two shards' batches that share customers queue behind
+        # each other instead of deadlocking (seen with several consumers on one stream)
+        batch = [newest[customer] for customer in sorted(newest)]
         try:
             recommended = [
                 orjson.dumps([i.to_json() for i in r.recommendation.recommended_items]).decode()
