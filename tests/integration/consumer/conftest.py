@@ -48,6 +48,25 @@ class Env:
     def kinesis(self) -> Any:
         return sync_client("kinesis")
 
+    def process_environ(
+        self, state_dir: Path, *, database_url: str | None = None, **consumer: Any
+    ) -> dict[str, str]:
+        """The environment of a `recsys consume`-like child process on this stream: this process's
+        environment, the stream, delivery and dead letters, and ``RECSYS_CONSUMER__<NAME>`` for each
+        of ``consumer``."""
+        environ = dict(os.environ)
+        environ.update(
+            {
+                "RECSYS_DATABASE_URL": database_url or self.database_url,
+                "RECSYS_STATE_DIR": str(state_dir),
+                "RECSYS_STREAM": self.stream,
+                "RECSYS_DELIVERY_STREAM": self.delivery,
+                "RECSYS_DEAD_LETTERS": f"s3://{self.bucket}/dead",
+                **{f"RECSYS_CONSUMER__{name.upper()}": str(value) for name, value in consumer.items()},
+            }
+        )
+        return environ
+
     def outputs(self) -> list[dict[str, Any]]:
         """Every record Firehose delivered (duplicates included), in no particular order."""
         s3 = sync_client("s3")

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -66,19 +65,7 @@ async def _traffic(env: Any, h: Any) -> AsyncIterator[Traffic]:
 
 
 def _spawn(env: Any, tmp: Path, name: str) -> subprocess.Popen[bytes]:
-    environ = dict(os.environ)
-    environ.update(
-        {
-            "RECSYS_DATABASE_URL": env.database_url,
-            "RECSYS_STATE_DIR": str(tmp),
-            "RECSYS_STREAM": env.stream,
-            "RECSYS_DELIVERY_STREAM": env.delivery,
-            "RECSYS_DEAD_LETTERS": f"s3://{env.bucket}/dead",
-            "RECSYS_CONSUMER__WORKER_ID": name,
-            "RECSYS_CONSUMER__POLL_INTERVAL_S": "0.2",
-            **{f"RECSYS_CONSUMER__{k.upper()}": str(v) for k, v in LEASES.items()},
-        }
-    )
+    environ = env.process_environ(tmp, worker_id=name, poll_interval_s="0.2", **LEASES)
     with (tmp / f"{name}.log").open("ab") as log:
         return subprocess.Popen([sys.executable, str(PROCESS)], env=environ, stdout=log, stderr=log)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import signal
 import subprocess
@@ -74,20 +73,13 @@ async def _spread_then_take_over(
 
 
 def _spawn(env: Any, tmp: Path, **extra: str) -> subprocess.Popen[bytes]:
-    environ = dict(os.environ)
-    environ.update(
-        {
-            "RECSYS_DATABASE_URL": env.database_url,
-            "RECSYS_STATE_DIR": str(tmp),
-            "RECSYS_STREAM": env.stream,
-            "RECSYS_DELIVERY_STREAM": env.delivery,
-            "RECSYS_DEAD_LETTERS": f"s3://{env.bucket}/dead",
-            "RECSYS_CONSUMER__LEASE_DURATION_S": "3",
-            "RECSYS_CONSUMER__LEASE_RENEW_INTERVAL_S": "0.5",
-            "RECSYS_CONSUMER__LEASE_TAKE_INTERVAL_S": "0.3",
-            "RECSYS_CONSUMER__GET_RECORDS_LIMIT": "40",
-            "RECSYS_CONSUMER__WORKER_ID": "process-a",
-        }
+    environ = env.process_environ(
+        tmp,
+        lease_duration_s=3,
+        lease_renew_interval_s=0.5,
+        lease_take_interval_s=0.3,
+        get_records_limit=40,
+        worker_id="process-a",
     )
     environ.update(extra)
     with (tmp / "consumer-a.log").open("ab") as log:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -100,19 +99,13 @@ async def test_a_database_outage_costs_little_cpu_and_few_log_lines_then_everyth
     proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     await proxy.start()
     log_path = tmp_path / "consumer.log"
-    environ = dict(os.environ)
-    environ.update(
-        {
-            "RECSYS_DATABASE_URL": _via(database_url, proxy.port),
-            "RECSYS_STATE_DIR": str(tmp_path),
-            "RECSYS_STREAM": env.stream,
-            "RECSYS_DELIVERY_STREAM": env.delivery,
-            "RECSYS_DEAD_LETTERS": f"s3://{env.bucket}/dead",
-            "RECSYS_CONSUMER__LEASE_DURATION_S": "3",
-            "RECSYS_CONSUMER__LEASE_RENEW_INTERVAL_S": "0.5",
-            "RECSYS_CONSUMER__LEASE_TAKE_INTERVAL_S": "0.3",
-            "RECSYS_CONSUMER__WORKER_ID": "outage-a",
-        }
+    environ = env.process_environ(
+        tmp_path,
+        database_url=_via(database_url, proxy.port),
+        lease_duration_s=3,
+        lease_renew_interval_s=0.5,
+        lease_take_interval_s=0.3,
+        worker_id="outage-a",
     )
     direct: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
     proc = _spawn(environ, log_path)
