@@ -65,13 +65,24 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
         await register_vector(conn)
 
 
-async def connect(url: str, timeout_s: float = 10.0) -> asyncpg.Connection[Any]:
+async def connect(
+    url: str, timeout_s: float = 10.0, *, application_name: str | None = None
+) -> asyncpg.Connection[Any]:
+    """One connection (the pgvector codec registered); ``application_name`` names it in
+    ``pg_stat_activity``."""
     check_url(url)
+    settings = {"application_name": application_name} if application_name else None
     try:
-        conn: asyncpg.Connection[Any] = await asyncpg.connect(url, timeout=timeout_s)
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(
+            url, timeout=timeout_s, server_settings=settings
+        )
     except Exception as exc:
         raise map_pg_error(exc, url) from exc
-    await _init_connection(conn)
+    try:
+        await _init_connection(conn)
+    except BaseException:  # cancelled or failed half-way: the connection is not left open
+        conn.terminate()
+        raise
     return conn
 
 

@@ -20,6 +20,16 @@ class ApiSettings(BaseModel):
         5.0, gt=0, le=3600, description="how often a server without a model retries opening it"
     )
     model_refresh_s: float = Field(30.0, gt=0, le=86_400, description="how often to look for a newer model")
+    answer_cache_mb: int = Field(
+        64,
+        ge=0,
+        le=65_536,
+        description="memory for stored answers kept between requests (dropped when the database "
+        "announces a change); 0 reads every answer from the database",
+    )
+    answer_cache_ttl_s: float = Field(
+        30.0, gt=0, le=86_400, description="a kept answer is read again from the database after this"
+    )
     ready_timeout_s: float = Field(2.0, gt=0, le=60, description="time limit of the /readyz database check")
     shutdown_timeout_s: float = Field(10.0, gt=0, le=110, description="graceful drain of open requests")
     max_body_bytes: int = Field(

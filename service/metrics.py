@@ -16,12 +16,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from infra.logs import get_logger
 
 __all__ = [
+    "ANSWER_CACHE_BYTES",
+    "ANSWER_CACHE_LIVE",
     "CONSUMER_METRICS_UP",
     "MODEL_INFO",
     "RECOMMENDATIONS",
     "REQUESTS",
     "REQUEST_SECONDS",
     "UNMATCHED",
+    "answer_cache_lookups",
     "exposition",
     "set_model_version",
 ]
@@ -51,6 +54,29 @@ CONSUMER_METRICS_UP = Gauge(
     "1 when this /metrics includes the consumer's metrics fetched from its process (recsys run "
     "--api-loop process); 0 when that process did not answer, or none runs beside this API",
 )
+ANSWER_CACHE_LOOKUPS = Counter(
+    "recsys_api_answer_cache_lookups_total",
+    "Stored-answer lookups of GET /recommendations: hit (answered from memory), miss (read from the "
+    "database and kept), bypass (read from the database: the change listener is down, or a limit "
+    "deeper than the kept answers)",
+    ["result"],
+)
+ANSWER_CACHE_BYTES = Gauge(
+    "recsys_api_answer_cache_bytes", "Estimated bytes of the stored answers kept in memory"
+)
+ANSWER_CACHE_LIVE = Gauge(
+    "recsys_api_answer_cache_live",
+    "1 while the API listens to the database's answer-change notifications (answers are kept in "
+    "memory); 0 while it does not (every answer is read from the database)",
+)
+
+
+def answer_cache_lookups(result: str) -> Counter:
+    """The lookup counter's child for ``result`` (bound once: it is counted per request)."""
+    child: Counter = ANSWER_CACHE_LOOKUPS.labels(result)
+    return child
+
+
 MODEL_INFO = Gauge("recsys_api_model_info", "1 for the model version the API answers with", ["model_version"])
 
 _current: list[str | None] = [None]

@@ -13,12 +13,15 @@ import asyncpg
 from fastapi import FastAPI
 
 from core.errors import ConfigError
+from infra.answer_changes import AnswerChanges
 from infra.latest import PgStoredAnswers
 from recsys import bootstrap
 from recsys.settings import Settings
+from service.answer_cache import AnswerCache
+from service.answers import PRECOMPUTED_DEPTH
 from service.app import create_app
 from service.config import ServiceConfig
-from service.ports import ServingRecommender
+from service.ports import AnswerLookup, ServingRecommender
 from service.state import ModelSlot, Opener, Services
 
 __all__ = ["ApiRunning", "api", "api_app", "api_services"]
@@ -76,7 +79,33 @@ async def api_services(
                     await slot.loaded.close()
 
             stack.push_async_callback(stop_maintenance)
-        yield Services(config, pool, PgStoredAnswers(pool), slot)
+        yield Services(config, pool, await _answers(config, pool, stack), slot)
+
+
+async def _answers(
+    config: ServiceConfig, pool: asyncpg.Pool[Any], stack: contextlib.AsyncExitStack
+) -> AnswerLookup:
+    """The stored answers' read: kept in memory while the answer-change listener is live, unless
+    ``RECSYS_API__ANSWER_CACHE_MB`` is 0 (or no database URL says where to listen)."""
+    stored = PgStoredAnswers(pool)
+    if config.api.answer_cache_mb == 0 or config.database_url is None:
+        return stored
+    cache = AnswerCache(
+        stored,
+        max_bytes=config.api.answer_cache_mb * 1024 * 1024,
+        ttl_s=config.api.answer_cache_ttl_s,
+        depth=PRECOMPUTED_DEPTH,
+    )
+    changes = AnswerChanges(config.database_url.get_secret_value(), cache.changed, cache.set_live)
+    task = asyncio.create_task(changes.run(), name="api-answer-changes")
+
+    async def stop_listening() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop_listening)
+    return cache
 
 
 def api_app(
