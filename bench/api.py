@@ -16,7 +16,12 @@ Targets:
   of the same size as a real answer: the ceiling of FastAPI + uvicorn on this machine;
 - *stream answers*: the real app, as ``recsys serve`` builds it (its own pool and model handle),
   for the customers the active version knows that have a stored streamed answer (half of them);
-- *model answers*: the same app for the other half, which have none: answered from the model.
+- *model answers*: the same app for the other half, which have none: answered from the model;
+- *stream answers, database*: the stream path of a second app with ``RECSYS_API__ANSWER_CACHE_MB=0``:
+  every request reads PostgreSQL (what a request costs when its customer's answer is not kept in
+  memory: a first request, or one after the customer's answer changed). In the first two every
+  request after the first of each customer is answered from memory (the benchmark's customers are
+  few and asked again and again); the hit share is printed.
 
 Then the stream path while the consumer works through a backlog of events on the moto Kinesis stream
 as fast as it can, in both deployment shapes: ``recsys run`` (``--api-loop process``, the default:
@@ -327,9 +332,11 @@ async def _alone(prepared: Any, duration: float, runs: int) -> dict[tuple[str, s
     }
     # the real app as `recsys serve` builds it: its own pool and its own model handle
     app = api_app(Settings(database_url=url, port=0))
+    from_db = api_app(Settings(database_url=url, port=0, api={"answer_cache_mb": 0}))
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    async with _serve(app) as rec_url:
+    async with _serve(app) as rec_url, _serve(from_db) as db_url:
         await asyncio.wait_for(app.state.services.model.wait_loaded(), 60)
+        await asyncio.wait_for(from_db.state.services.model.wait_loaded(), 60)
         async with httpx.AsyncClient() as client:  # a real answer: the trivial endpoint's size
             sample = (await client.get(f"{rec_url}{paths['stream'][0]}")).content
             for kind, kind_paths in paths.items():
@@ -337,18 +344,35 @@ async def _alone(prepared: Any, duration: float, runs: int) -> dict[tuple[str, s
                 if answer["source"] != kind:
                     raise RuntimeError(f"{kind_paths[0]} answered from {answer['source']}, not {kind}")
         paths["trivial"] = [f"/trivial/{c}" for c in known]
+        paths["stream_db"] = paths["stream"]
+        hits_before = _answer_lookups()
         async with _serve(_trivial_app(sample)) as triv_url:
             freeze_heap()  # as `recsys serve` does once it is up
-            urls = {"trivial": triv_url, "stream": rec_url, "model": rec_url}
+            urls = {"trivial": triv_url, "stream": rec_url, "model": rec_url, "stream_db": db_url}
             for _ in range(runs):  # interleaved, so drift hits every target alike
                 for label, connections, rate in _shapes():
-                    for kind in ("trivial", "stream", "model"):
+                    for kind in KINDS:
                         result = await drive(
                             urls[kind], paths[kind], duration, connections=connections, rate=rate
                         )
                         out.setdefault((label, kind), []).append(result)
     out[("_", "body")] = [{"bytes": len(sample)}]
+    after = _answer_lookups()
+    out[("_", "lookups")] = [{k: after[k] - hits_before[k] for k in after}]
     return out
+
+
+KINDS = ("trivial", "stream", "model", "stream_db")
+
+
+def _answer_lookups() -> dict[str, float]:
+    """The stored-answer lookups of this process's apps so far, by result (hit, miss, bypass)."""
+    from prometheus_client import REGISTRY
+
+    return {
+        result: REGISTRY.get_sample_value("recsys_api_answer_cache_lookups_total", {"result": result}) or 0.0
+        for result in ("hit", "miss", "bypass")
+    }
 
 
 async def _loaded(
@@ -422,15 +446,27 @@ async def _measure(
 ) -> None:
     duration, runs = _timing(quick)
     body_bytes = alone.pop(("_", "body"))[0]["bytes"]
+    lookups = alone.pop(("_", "lookups"))[0]
+    kept = lookups["hit"] + lookups["miss"]
+    print(
+        f"  stored answers: {lookups['hit']:.0f} from memory, {lookups['miss']:.0f} read and kept, "
+        f"{lookups['bypass']:.0f} bypassed (listener down): {lookups['hit'] / max(kept, 1):.4f} of "
+        "the memory path's lookups were hits"
+    )
 
     def fig(name: str, unit: str, rows: list[dict[str, Any]], key: str, note: str = "") -> Figure:
         return report.add(Figure(name, unit, [r[key] for r in rows], note=note))
 
-    names = {"trivial": "trivial endpoint", "stream": "stream answers", "model": "model answers"}
+    names = {
+        "trivial": "trivial endpoint",
+        "stream": "stream answers",
+        "model": "model answers",
+        "stream_db": "stream answers, database",
+    }
     for label, _, rate in _shapes():
         ref_rps = fig(f"trivial endpoint, {label}", "req/s", alone[(label, "trivial")], "rps")
         ref_p99 = fig(f"trivial endpoint, {label} p99", "ms", alone[(label, "trivial")], "p99_ms")
-        for kind in ("stream", "model"):
+        for kind in KINDS[1:]:
             rows = alone[(label, kind)]
             what = f"{names[kind]}, {label}"
             rps = fig(what, "req/s", rows, "rps")

@@ -43,6 +43,14 @@ class ConsumerSettings(BaseModel):
     cpu_ceiling: float = Field(
         0.8, gt=0, le=64, description="cores busy at or above which a worker asks for no more leases"
     )
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="the consumer's CPU priority (nice value of its threads) below the API's, which "
+        "keeps 0, when both share a task (recsys run, or recsys consume beside recsys serve); "
+        "0 = unchanged",
+    )
     shutdown_deadline_s: float = Field(25.0, gt=0, le=110, description="below the ECS stopTimeout")
     aws_call_timeout_s: float = Field(10.0, gt=0, le=120)
     worker_id: str | None = Field(None, description="unset = <hostname>-<pid>-<random>; unique per process")

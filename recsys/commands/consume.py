@@ -74,6 +74,7 @@ def _run(args: argparse.Namespace) -> int:
     parse_initial_position(settings.initial_position)  # a bad value is reported before connecting
     from recsys import runtime
 
+    runtime.lower_priority(settings.consumer.nice)  # below a `recsys serve` beside it (0: unchanged)
     runtime.preload_model_code()  # torch's import overlaps the database and AWS set-up below
     settings = bootstrap.with_database(settings)
     if bootstrap.prepare_aws(settings):

@@ -53,10 +53,16 @@ def _run(args: argparse.Namespace) -> int:
         (mode for mode in runtime.API_LOOPS if mode == args.api_loop), runtime.DEFAULT_API_LOOP
     )
 
+    # the consumer below the API in CPU priority (RECSYS_CONSUMER__NICE); the API child is started
+    # from a thread kept at this process's priority. With the API in this process, nothing is lowered.
+    spawner = runtime.Spawner() if api_loop == "process" else None
+    if spawner is not None:
+        runtime.lower_priority(settings.consumer.nice, keep={spawner.native_id})
+
     async def main() -> None:
         stop = asyncio.Event()
         with stop_on_signals(stop):
-            async with runtime.running(settings, stop, api_loop=api_loop) as up:
+            async with runtime.running(settings, stop, api_loop=api_loop, spawner=spawner) as up:
                 print(
                     f"consuming {settings.stream} -> {settings.delivery_stream}; API on {up.url} "
                     f"(metrics {up.url}/metrics, API loop: {api_loop})",

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from recsys.runtime._api import ApiRunning, api, api_app, api_services
     from recsys.runtime._consumer import DEFAULT, aws_clients, consumer, database, preload_model_code
     from recsys.runtime._heap import freeze_heap
+    from recsys.runtime._priority import Spawner, lower_priority
     from recsys.runtime._run import API_LOOPS, DEFAULT_API_LOOP, ApiLoop, Running, restart_delay, running
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "ApiLoop",
     "ApiRunning",
     "Running",
+    "Spawner",
     "api",
     "api_app",
     "api_services",
@@ -48,6 +50,7 @@ __all__ = [
     "database",
     "freeze_heap",
     "jobs",
+    "lower_priority",
     "preload_model_code",
     "restart_delay",
     "running",
@@ -66,6 +69,8 @@ _WHERE = {
     "preload_model_code": "consumer",
     "database": "consumer",
     "freeze_heap": "heap",
+    "Spawner": "priority",
+    "lower_priority": "priority",
     "API_LOOPS": "run",
     "DEFAULT_API_LOOP": "run",
     "ApiLoop": "run",

@@ -35,6 +35,7 @@ import concurrent.futures
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -49,6 +50,7 @@ from recsys.runtime._api import api as api_process_graph
 from recsys.runtime._consumer import consumer as consumer_graph
 from recsys.runtime._consumer import database
 from recsys.runtime._heap import freeze_heap
+from recsys.runtime._priority import Child, Spawner
 from recsys.settings import Settings
 
 __all__ = ["API_LOOPS", "DEFAULT_API_LOOP", "ApiLoop", "Running", "restart_delay", "running"]
@@ -172,10 +174,11 @@ class _ApiProcess:
     only this process, which drains the consumer first and then stops the child with SIGTERM.
     """
 
-    def __init__(self, settings: Settings, metrics: _ConsumerMetrics) -> None:
+    def __init__(self, settings: Settings, metrics: _ConsumerMetrics, spawner: Spawner) -> None:
         from service.server import bind_socket
 
         self.settings = settings
+        self._spawner = spawner
         try:
             self.sock = bind_socket(settings.host, settings.port)
         except BaseException:
@@ -187,7 +190,7 @@ class _ApiProcess:
         self._metrics = metrics
         self._stopping = asyncio.Event()
         self.ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: Child | None = None
         self.restarts: list[float] = []  # monotonic times of the restarts
 
     def stop(self) -> None:
@@ -222,21 +225,20 @@ class _ApiProcess:
                 env[key] = str(value)
         return env
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "recsys.cli",
-            "serve",
+    async def _spawn(self) -> Child:
+        # from the spawner's thread: the child starts at the priority the process started with,
+        # whatever the consumer's threads were lowered to (recsys.runtime._priority)
+        proc = await self._spawner.spawn(
+            [sys.executable, "-m", "recsys.cli", "serve"],
             env=self._env(),
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
             pass_fds=(self.sock.fileno(), self._parent_r),
             start_new_session=True,
         )
         log.info("API process %d started", proc.pid)
         return proc
 
-    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> None:
+    async def _wait_ready(self, proc: Child) -> None:
         """Until ``/readyz`` says 200 (pool open, model loaded); raises if the child ends first."""
         import httpx
 
@@ -270,7 +272,7 @@ class _ApiProcess:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), delay)
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+    async def _terminate(self, proc: Child) -> None:
         """SIGTERM, then wait for the drain (the API's shutdown timeout and a margin), then SIGKILL."""
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -287,7 +289,7 @@ class _ApiProcess:
 
     async def run(self) -> None:
         """Start the child, report ready, restart it when it dies; on ``stop()``, end it and return."""
-        proc: asyncio.subprocess.Process | None = None
+        proc: Child | None = None
         try:
             proc = self.proc = await self._spawn()
             await self._wait_ready(proc)
@@ -323,13 +325,18 @@ class _ApiProcess:
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, stop: asyncio.Event, *, api_loop: ApiLoop = DEFAULT_API_LOOP
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    api_loop: ApiLoop = DEFAULT_API_LOOP,
+    spawner: Spawner | None = None,
 ) -> AsyncIterator[Running]:
     """Start the consumer and the API; on exit (or ``stop``), drain the consumer, then the API.
 
     One pool and one handle on the active model version for the consumer (and, with ``shared``,
     for the API). Raises ``ModelNotReady`` when no model version is active (run `recsys
-    load-vectors` first).
+    load-vectors` first). ``spawner`` starts the API child (``process``): ``recsys run`` hands in
+    the one it kept at the process's first priority before lowering the consumer's.
     """
     from consumer import metrics
     from service.model import open_recommender
@@ -367,7 +374,10 @@ async def running(
 
             serving: asyncio.Future[None] = asyncio.create_task(serve_shared(), name="api")
         elif api_loop == "process":
-            child = _ApiProcess(settings, _ConsumerMetrics())
+            if spawner is None:
+                spawner = Spawner()
+                stack.callback(spawner.close)
+            child = _ApiProcess(settings, _ConsumerMetrics(), spawner)
             consuming.add_done_callback(lambda _: child.stop())
             serving = asyncio.create_task(child.run(), name="api-process")
             ready = child.ready

@@ -99,6 +99,12 @@ def test_run_process_serves_merges_metrics_restarts_and_drains(model_db: str) ->
     with _recsys_run(model_db, stream, delivery, dead) as proc, httpx.Client(timeout=5) as http:
         url = _banner_url(proc)
         [child] = _api_children(proc)
+        # the consumer runs below the API in CPU priority (RECSYS_CONSUMER__NICE, 10): every thread
+        # of the parent but the one that starts API children; the API child keeps ours
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        nices = sorted(os.getpriority(os.PRIO_PROCESS, t.id) for t in psutil.Process(proc.pid).threads())
+        assert nices[0] == ours and len(nices) > 2 and set(nices[1:]) == {max(ours, 10)}, nices
+        assert child.nice() == ours
         event = {
             "customer_number": customer,
             "city": "Nantes",
@@ -150,6 +156,7 @@ def test_run_process_serves_merges_metrics_restarts_and_drains(model_db: str) ->
 
         second: psutil.Process = until(replaced, 90, "a restarted API process that is ready")
         assert proc.poll() is None, "the parent survives its API child"
+        assert second.nice() == ours, "a restarted API child keeps the API's priority"
         assert http.get(f"{url}/recommendations/{customer}").json()["event_id"] == event_id
 
         proc.send_signal(signal.SIGTERM)
