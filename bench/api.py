@@ -24,10 +24,12 @@ Targets:
   few and asked again and again); the hit share is printed.
 
 Then the stream path while the consumer works through a backlog of events on the moto Kinesis stream
-as fast as it can, in both deployment shapes: ``recsys run`` (``--api-loop process``, the default:
-the API in a supervised child process) and ``separate`` (the consumer in this process as ``recsys
-consume`` runs it, the API a ``recsys serve`` process). (``_loaded`` also takes ``own`` and
-``shared``, the other ``--api-loop`` values.)
+as fast as it can, in both deployment shapes, each started as the task starts it (real processes,
+default settings, so the consumer runs at ``RECSYS_CONSUMER__NICE`` and the load client does not):
+``recsys run`` (the API in its supervised child process) and ``separate`` (``recsys consume
+--metrics-port`` beside ``recsys serve``). The consumer's events/s are read off its
+``recsys_consumer_records_in_total``. ``RECSYS_CONSUMER__NICE=0`` in this process's environment
+runs them without the lowered priority (the before).
 
 Headlines: rps and p99 of each path / the trivial endpoint's at 64 connections; p99 at 300/s; p99
 under consumer load / alone.
@@ -41,6 +43,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -287,12 +290,43 @@ def _prefill(stream: str, source_url: str, events: int) -> float:
     return time.perf_counter() - started
 
 
+def _cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) so far of the machine's processes, by what they are to this
+    benchmark: consumer, API, load client, moto (the AWS emulator), PostgreSQL, this process, other."""
+    import psutil
+
+    me = os.getpid()
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["pid", "name", "cmdline", "cpu_times"]):
+        info = proc.info
+        line = " ".join(info["cmdline"] or [])
+        times = info["cpu_times"]
+        if times is None:
+            continue
+        if info["pid"] == me:
+            role = "bench"
+        elif "recsys.cli serve" in line:
+            role = "api"
+        elif "recsys.cli run" in line or "recsys.cli consume" in line:
+            role = "consumer"
+        elif "multiprocessing" in line:
+            role = "load client"
+        elif "moto" in line:
+            role = "moto"
+        elif (info["name"] or "").startswith("postgres"):
+            role = "postgres"
+        else:
+            role = "other"
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
 def _api_child_peak_mb() -> list[float]:
     """Peak RSS (``VmHWM``) of this process's ``recsys serve`` children."""
     import psutil
 
     out = []
-    for child in psutil.Process().children():
+    for child in psutil.Process().children(recursive=True):
         try:
             if "serve" in child.cmdline():
                 out.append(peak_rss_mb(child.pid))
@@ -375,15 +409,85 @@ def _answer_lookups() -> dict[str, float]:
     }
 
 
+async def _consumer_records(client: httpx.AsyncClient, metrics_url: str) -> float:
+    """``recsys_consumer_records_in_total`` on a /metrics page (the consumer's, or the API's that
+    appends it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = (await client.get(metrics_url)).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "recsys_consumer_records_in"
+        for sample in family.samples
+        if sample.name == "recsys_consumer_records_in_total"
+    )
+
+
+async def _start(args: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "recsys.cli", *args,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 60)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def _consuming(
+    prepared: Any, mode: str, stream: str, delivery: str, dead_letters: str
+) -> AsyncIterator[tuple[str, str]]:
+    """The consumer and the API as the task runs them, each a real process started from here (so
+    their CPU priorities are theirs, and the load client's are not touched): ``process`` is
+    ``recsys run``, ``separate`` is ``recsys consume --metrics-port`` beside ``recsys serve``.
+    Yields (API URL, the /metrics URL that carries the consumer's records counter)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    if "RECSYS_CONSUMER__NICE" in os.environ:  # the before: RECSYS_CONSUMER__NICE=0
+        env["RECSYS_CONSUMER__NICE"] = os.environ["RECSYS_CONSUMER__NICE"]
+    env.update(
+        RECSYS_DATABASE_URL=prepared.database_url, RECSYS_STREAM=stream, RECSYS_DELIVERY_STREAM=delivery,
+        RECSYS_DEAD_LETTERS=dead_letters, RECSYS_PORT="0",
+    )  # fmt: skip
+    if mode == "process":
+        proc = await _start(["run"], env)
+        try:
+            assert proc.stdout is not None
+            line = (await asyncio.wait_for(proc.stdout.readline(), 120)).decode()
+            if "API on " not in line:
+                raise RuntimeError(f"recsys run did not start: {line!r}")
+            url = line.split("API on ", 1)[1].split()[0]
+            yield url, f"{url}/metrics"
+        finally:
+            await _stop(proc)
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    async with _serve_process(prepared.database_url) as url:
+        proc = await _start(["consume", "--metrics-port", str(metrics_port)], env)
+        try:
+            yield url, f"http://127.0.0.1:{metrics_port}/metrics"
+        finally:
+            await _stop(proc)
+
+
 async def _loaded(
     prepared: Any, mode: str, *, duration: float, runs: int, backlog: int, paths: list[str]
 ) -> tuple[dict[str, list[dict[str, Any]]], list[float], list[float]]:
     """The stream path while the consumer works through a backlog as fast as it can: ``recsys run``
-    (``--api-loop process|own|shared``) or ``separate`` (the consumer here, ``recsys serve`` in
-    its own process). Per load shape its runs; the consumer's events/s; the API's peak RSS."""
+    (``process``: its API in a child process) or ``separate`` (``recsys consume`` and ``recsys
+    serve``), each a process of its own, with its default settings (the consumer's threads at
+    ``RECSYS_CONSUMER__NICE``). Per load shape its runs; the consumer's events/s; the API's peak
+    RSS."""
     from consumer.setup import ensure_delivery_stream, ensure_stream
-    from recsys.runtime import consumer, running
-    from recsys.settings import Settings
 
     tag = uuid.uuid4().hex[:6]
     stream, delivery = f"bench-api-{tag}", f"bench-api-out-{tag}"
@@ -391,46 +495,44 @@ async def _loaded(
     await asyncio.to_thread(ensure_delivery_stream, delivery, f"s3://bench-api-{tag}/records")
     put_s = await asyncio.to_thread(_prefill, stream, prepared.source_url, backlog)
     print(f"  {mode}: backlog of {backlog} events put in {put_s:.1f}s", flush=True)
-    settings = Settings(
-        database_url=prepared.database_url, port=0, stream=stream, delivery_stream=delivery,
-        dead_letters=f"s3://bench-api-{tag}/dead-letters",
-    )  # fmt: skip
-    stop = asyncio.Event()
     results: dict[str, list[dict[str, Any]]] = {}
     consumed: list[float] = []
     peak: list[float] = []
-    async with contextlib.AsyncExitStack() as stack:
-        if mode == "separate":
-            api_url = await stack.enter_async_context(_serve_process(prepared.database_url))
-            worker = await stack.enter_async_context(consumer(settings))
-            task = asyncio.create_task(worker.run(stop), name="bench-consumer")
-
-            async def stop_consumer() -> None:
-                stop.set()
-                await task
-
-            stack.push_async_callback(stop_consumer)
-        else:
-            up = await stack.enter_async_context(running(settings, stop, api_loop=mode))  # type: ignore[arg-type]
-            api_url, worker = up.url, up.consumer
-            stack.callback(stop.set)
-        ran_dry = False
-        for _ in range(runs):
-            for label, connections, rate in _shapes()[1:]:  # 64 connections, open loop
-                before = worker.stats.records_in
-                t0 = time.perf_counter()
-                result = await drive(api_url, paths, duration, connections=connections, rate=rate)
-                after = worker.stats.records_in
-                if after >= backlog:  # the consumer ran dry during this run: not "at full load"
-                    print(f"  {mode}: the backlog ran out; the last run's figures are dropped")
-                    ran_dry = True
+    dead = f"s3://bench-api-{tag}/dead-letters"
+    async with _consuming(prepared, mode, stream, delivery, dead) as (api_url, metrics_url):
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(1200):  # the consumer is at full load once its first records are in
+                with contextlib.suppress(httpx.HTTPError):  # its metrics port is not open yet
+                    if await _consumer_records(client, metrics_url) > 0:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError(f"{mode}: the consumer took no record in 120 s")
+            cpu_before = _cpu_by_role()
+            ran_dry = False
+            for _ in range(runs):
+                for label, connections, rate in _shapes()[1:]:  # 64 connections, open loop
+                    before = await _consumer_records(client, metrics_url)
+                    t0 = time.perf_counter()
+                    result = await drive(api_url, paths, duration, connections=connections, rate=rate)
+                    after = await _consumer_records(client, metrics_url)
+                    if after >= backlog:  # the consumer ran dry during this run: not "at full load"
+                        print(f"  {mode}: the backlog ran out; the last run's figures are dropped")
+                        ran_dry = True
+                        break
+                    results.setdefault(label, []).append(result)
+                    consumed.append((after - before) / (time.perf_counter() - t0))
+                if ran_dry:
                     break
-                results.setdefault(label, []).append(result)
-                consumed.append((after - before) / (time.perf_counter() - t0))
-            if ran_dry:
-                break
-        if mode in ("process", "separate"):
-            peak.extend(_api_child_peak_mb())
+            cpu = {role: seconds - cpu_before.get(role, 0.0) for role, seconds in _cpu_by_role().items()}
+            total = sum(cpu.values()) or 1.0
+            print(
+                f"  {mode}: CPU seconds during the loaded runs, by process: "
+                + ", ".join(
+                    f"{role} {seconds:.1f} ({seconds / total:.0%})" for role, seconds in sorted(cpu.items())
+                )
+            )
+        peak.extend(_api_child_peak_mb())
     if not results:
         raise RuntimeError(f"{mode}: the backlog of {backlog} events ran out; raise it")
     return results, consumed, peak
@@ -486,8 +588,6 @@ async def _measure(
     mode_names = {
         "process": "recsys run (API child process)",
         "separate": "recsys consume + recsys serve",
-        "own": "recsys run --api-loop own",
-        "shared": "recsys run --api-loop shared",
     }
     consumed: dict[str, float] = {}
     for mode in modes:
