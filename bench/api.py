@@ -248,12 +248,7 @@ async def _serve_process(database_url: str) -> AsyncIterator[str]:
                 await asyncio.sleep(0.1)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await _stop(proc)
 
 
 async def _customers(pool: Any) -> list[int]:

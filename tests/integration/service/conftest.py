@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +53,17 @@ def until(predicate: Callable[[], T | None], timeout_s: float, what: str) -> T:
         if value:
             return value
         time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def until_async(predicate: Callable[[], Awaitable[T | None]], timeout_s: float, what: str) -> T:
+    """:func:`until` for a condition read with awaits (the app in this loop, asyncpg)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
 
 

@@ -5,11 +5,10 @@ loss of its listener."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import httpx
@@ -24,19 +23,9 @@ from recsys.settings import Settings
 from recsys.testing import FakeServingRecommender
 from service.answer_cache import AnswerCache
 
-T = TypeVar("T")
+from .conftest import until_async
+
 BASE = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-
-
-async def until(check: Callable[[], Awaitable[T | None]], what: str, timeout_s: float = 15.0) -> T:
-    """Poll an observable condition with a deadline (the tests' only way to wait)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _customer() -> int:
@@ -97,7 +86,7 @@ async def test_the_api_keeps_answers_and_follows_every_change(database_url: str)
             async def is_live() -> bool:
                 return cache.live
 
-            await until(is_live, "the listener")
+            await until_async(is_live, 15, "the listener")
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
 
@@ -120,7 +109,9 @@ async def test_the_api_keeps_answers_and_follows_every_change(database_url: str)
                 assert _hits() == hits + 1  # the second read came from memory
 
                 await store.upsert_many([_row(customer, 2)])  # the consumer stores a newer answer
-                await until(shows(2), "the newer streamed answer (the kept one outlives it for an hour)")
+                await until_async(
+                    shows(2), 15, "the newer streamed answer (the kept one outlives it for an hour)"
+                )
                 assert (await answer())["source"] == "stream"
 
                 await pool.execute("DELETE FROM latest_recommendations WHERE customer_number = $1", customer)
@@ -128,11 +119,11 @@ async def test_the_api_keeps_answers_and_follows_every_change(database_url: str)
                 async def forgotten() -> bool:
                     return (await answer())["source"] != "stream"
 
-                await until(forgotten, "the deleted answer to go")
+                await until_async(forgotten, 15, "the deleted answer to go")
 
                 # the listener's connection is killed: nothing kept is trusted until it is back
                 await store.upsert_many([_row(customer, 3)])
-                await until(shows(3), "answer 3")
+                await until_async(shows(3), 15, "answer 3")
                 killed = await pool.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE application_name = $1",
@@ -143,13 +134,13 @@ async def test_the_api_keeps_answers_and_follows_every_change(database_url: str)
                 async def is_down() -> bool:
                     return not cache.live or len(cache) == 0
 
-                await until(is_down, "the lost listener to be noticed")
+                await until_async(is_down, 15, "the lost listener to be noticed")
                 await store.upsert_many([_row(customer, 4)])
-                await until(shows(4), "answer 4 while the listener is down or back")
-                await until(is_live, "the listener to reconnect")
+                await until_async(shows(4), 15, "answer 4 while the listener is down or back")
+                await until_async(is_live, 15, "the listener to reconnect")
                 assert (await answer())["event_id"] == _row(customer, 4).event_id
                 await store.upsert_many([_row(customer, 5)])
-                await until(shows(5), "answer 5 after the reconnection")
+                await until_async(shows(5), 15, "answer 5 after the reconnection")
     finally:
         await pool.close()
 

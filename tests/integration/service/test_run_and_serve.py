@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,7 @@ import pytest
 from infra.aws import sync_client
 from recsys.runtime import ApiLoop, running
 
-from .conftest import run_settings
-
-
-async def _until(predicate: Any, timeout_s: float, what: str) -> Any:
-    """Poll an observable condition of a running system, with a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from .conftest import run_settings, until_async
 
 
 @pytest.mark.parametrize("api_loop", ["own", "shared"])
@@ -69,7 +57,7 @@ async def test_run_consumes_serves_and_drains_on_stop(
             body: dict[str, Any] = (await client.get(f"/recommendations/{customer}")).json()
             return body if body.get("event_id") == last_id else None
 
-        answer = await _until(streamed, 60, "the stream answer of the last event")
+        answer = await until_async(streamed, 60, "the stream answer of the last event")
         metrics = (await client.get("/metrics")).text
         stop.set()
     assert answer["source"] == "stream"
