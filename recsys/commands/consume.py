@@ -72,9 +72,6 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     parse_initial_position(settings.initial_position)  # a bad value is reported before connecting
-    from recsys import runtime
-
-    runtime.preload_model_code()  # torch's import overlaps the database and AWS set-up below
     settings = bootstrap.with_database(settings)
     if bootstrap.prepare_aws(settings):
         from consumer.setup import ensure_delivery_stream
