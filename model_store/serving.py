@@ -17,8 +17,8 @@ the batch (:func:`_linear` gathers those per row, or passes over the batch's non
 zero product added on the way changes at most the sign of a zero sum, and each layer ends by
 adding ``+0.0``, which makes every zero ``+0.0``). The squared norm is summed the same way, column
 by column. Cost, measured against the torch forward it replaces (one thread, a 64-wide tower over
-~120 one-hot inputs): about 2x its time at 500 rows and at 1 row, well under a millisecond at the
-consumer's batch size.
+~120 one-hot inputs): 2-4x its time (~0.15 ms for 1 row, ~2.6 ms for 500), a few microseconds per
+event in a recommendation stage of hundreds (docs/model.md).
 
 The weights travel as plain arrays: :func:`tower_to_npz` writes an ``.npz`` (``np.savez``; what
 ``recsys load-vectors`` stores in ``model_versions.user_tower``) and :func:`tower_from_npz` reads it
