@@ -245,7 +245,7 @@ def _measure(report: Report, *, database_url: str, delivery: str, count: int, ru
                 "consumer CPU per event, ModelRecommender, 2 shards",
                 "us",
                 [r.steady_cpu_us for r in real_runs],
-                note="the trained model's torch forward and pgvector queries included",
+                note="the trained model's forward (NumPy) and pgvector queries included",
             )
         )
         report.ratio("real model vs fake recommender (2 shards)", real, per_shards[2])

@@ -21,11 +21,11 @@ the idle VM) and printed as DOCUMENTED:
   ``recsys run``): ``api.json`` ("API process peak RSS");
 - API requests/s of one process: ``api.json`` ("recommendations alone").
 
-Sizing model (stated, so it can be argued with): the consumer is ONE Python process (asyncio, torch
-on one thread), so a task's throughput is the measured rate x min(vCPU, 1): a quarter vCPU does a
-quarter of the work and a second vCPU buys the consumer nothing. The rates were measured on a
-2-core machine that also ran PostgreSQL and moto, so they understate a dedicated vCPU
-(conservative). A task needs memory >= (consumer + API process peak RSS) x ``HEADROOM``; in the
+Sizing model (stated, so it can be argued with): the consumer is ONE Python process (asyncio, the
+model's NumPy forward on one thread), so a task's throughput is the measured rate x min(vCPU, 1): a
+quarter vCPU does a quarter of the work and a second vCPU buys the consumer nothing. The rates
+were measured on a 2-core machine that also ran PostgreSQL and moto, so they understate a
+dedicated vCPU (conservative). A task needs memory >= (consumer + API process peak RSS) x ``HEADROOM``; in the
 sidecar layout each container reserves its own peak x ``HEADROOM`` (rounded up to 64 MiB) and gets
 a CPU share in proportion to the profile's CPU demand of events and requests. Tasks run at the
 service's autoscaling target CPU (``TARGET_UTILISATION``, the stack's CpuTargetPercent default) and

@@ -12,12 +12,14 @@ scans: the path itself). Also printed: where the batch path's time goes (feature
 ranking), HNSW recall@10 against an exact top-10 at this scale, the load time, and the model-size
 sweep behind the default tower shape (docs/model.md).
 
-The recommendation stage, before/after (issues 12 and 18): the same events through
-``recommend_batch`` on three recommenders, each cache off, interleaved: a features version through
-the NumPy copy of the user tower (the path before; kept here, in :class:`NumpyUserTower`, only as
-the reference), the same version through the trained torch tower, and the hybrid version (every
-event's customer known: their own vector from the user table, their 20 bought items filtered in
-the scan). The main figures above run on the hybrid version.
+The recommendation stage, before/after (issues 12, 16 and 18): the same events through
+``recommend_batch`` on four recommenders, each cache off, interleaved: a features version through
+the NumPy copy of the user tower of before issue 12 (kept here, in :class:`NumpyUserTower`, only as
+the reference), the same version through the trained torch tower (issue 12's serving path, kept
+here in :class:`TorchState`), the same version as serving runs it now (issue 16: the NumPy serving
+tower from the stored arrays, no torch), and the hybrid version (every event's customer known:
+their own vector from the user table, their 20 bought items filtered in the scan). The main
+figures above run on the hybrid version.
 
 The candidate cache, before/after: ``recommend_batch`` with the cache on (the default size) against
 off, each run on a fresh recommender (empty caches) over the same events, interleaved, at two key
@@ -111,6 +113,41 @@ class NumpyState(ModelState):
         return vectors, known, encoded - started, time.perf_counter() - encoded
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TorchState(ModelState):
+    """A version's state whose user tower is the torch ``ServingTower`` (the serving path from issue
+    12 to issue 16, before serving stopped importing torch)."""
+
+    torch_tower: ServingTower | None = None
+
+    def embed_known(
+        self, keys: Sequence[FeatureKey]
+    ) -> tuple[np.ndarray[Any, np.dtype[np.float32]], list[bool], float, float]:
+        assert self.torch_tower is not None
+        started = time.perf_counter()
+        rows = self.user_transform.sparse_rows(self._rows(keys))
+        any_category: list[bool] = np.any(rows.indices >= 0, axis=1).tolist()
+        known = [hit or key[2] is not None for hit, key in zip(any_category, keys, strict=True)]
+        dense = self.user_transform.densify(rows)
+        encoded = time.perf_counter()
+        vectors = self.torch_tower.embed(dense)
+        return vectors, known, encoded - started, time.perf_counter() - encoded
+
+
+async def torch_recommender(pool: asyncpg.Pool[Any], weights: bytes, **kwargs: Any) -> ModelRecommender:
+    """A recommender of the active version that runs the torch tower (one intra-op thread, as the
+    recommender set it then) instead of the NumPy serving tower."""
+    import torch
+
+    torch.set_num_threads(1)
+    rec = await ModelRecommender.open(pool, **kwargs)
+    state = rec._state  # the reference path of a before/after figure
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(ModelState)}
+    tower = ServingTower.from_state_dict(load_state_dict(weights), "user_tower")
+    rec._state = TorchState(**fields, torch_tower=tower)
+    return rec
+
+
 async def numpy_recommender(pool: asyncpg.Pool[Any], weights: bytes, **kwargs: Any) -> ModelRecommender:
     """A recommender of the active version that runs :class:`NumpyUserTower` instead of the torch
     tower: the benchmark's "before" path (it swaps the version's state, which only a benchmark may)."""
@@ -179,7 +216,8 @@ async def _recommender_report(quick: bool, server_url: str) -> Report:
     conn = await connect(url)
     await load_bundle_into(conn, features_bundle)  # the reference paths open on this version
     today = await numpy_recommender(pool, features_bundle.weights, cache_keys=0)
-    torch_features = await ModelRecommender.open(pool, cache_keys=0)
+    torch_features = await torch_recommender(pool, features_bundle.weights, cache_keys=0)
+    served = await ModelRecommender.open(pool, cache_keys=0)
     started = time.perf_counter()
     await load_bundle_into(conn, bundle)  # the hybrid version: active from here on
     load_s = time.perf_counter() - started
@@ -248,13 +286,20 @@ async def _recommender_report(quick: bool, server_url: str) -> Report:
         same = await rec.recommend_batch(events[:50]) == [await rec.recommend_one(e) for e in events[:50]]
         report.add(Figure("batch == one-by-one (50 events)", "bool", [float(same)]))
         await _stage_figures(
-            report, today=today, torch_features=torch_features, hybrid=rec, events=events, runs=runs
+            report,
+            today=today,
+            torch_features=torch_features,
+            served=served,
+            hybrid=rec,
+            events=events,
+            runs=runs,
         )
         await _cache_figures(report, pool, big, n_batch_events, runs)
     finally:
         await rec.close()
         await today.close()
         await torch_features.close()
+        await served.close()
         await pool.close()
         await drop_database(server_url, url)
     return report
@@ -265,16 +310,20 @@ async def _stage_figures(
     *,
     today: ModelRecommender,
     torch_features: ModelRecommender,
+    served: ModelRecommender,
     hybrid: ModelRecommender,
     events: list[RecommendRequest],
     runs: int,
 ) -> None:
-    """The recommendation stage per event, cache off, the same events, interleaved:
+    """The recommendation stage per event, cache off, the same events, interleaved (the order
+    rotated from run to run, the start-up's objects frozen out of the collector's way as in the
+    serving processes):
 
     - ``today``: a features version through the NumPy copy of the tower (the path before issue 12);
     - ``torch_features``: the same version through the torch tower (issue 12);
-    - ``hybrid``: the hybrid version through the torch tower, every event's customer known (their
-      own vector from the user table) and their ``BOUGHT`` items filtered in the scan (issue 18)."""
+    - ``served``: the same version as serving runs it (issue 16: the NumPy serving tower);
+    - ``hybrid``: the hybrid version as serving runs it, every event's customer known (their own
+      vector from the user table) and their ``BOUGHT`` items filtered in the scan (issue 18)."""
     a = await torch_features.recommend_batch(events[:BATCH])
     b = await today.recommend_batch(events[:BATCH])
     # the same items in the same order (scores may differ in the last float32 digit: the two
@@ -283,17 +332,30 @@ async def _stage_figures(
         [i.id for i in r.recommended_items] for r in b
     ]
     report.add(Figure("torch tower == NumPy tower, items (500 events)", "bool", [float(same)]))
-    recs = {"numpy": today, "torch": torch_features, "hybrid": hybrid}
+    c = await served.recommend_batch(events[:BATCH])
+    same = [[i.id for i in r.recommended_items] for r in a] == [
+        [i.id for i in r.recommended_items] for r in c
+    ]
+    report.add(Figure("torch tower == serving tower, items (500 events)", "bool", [float(same)]))
+    recs = {"numpy": today, "torch": torch_features, "served": served, "hybrid": hybrid}
     per_event: dict[str, list[float]] = {name: [] for name in recs}
     model_us: dict[str, list[float]] = {name: [] for name in recs}
-    for _ in range(runs):
-        for name, rec in recs.items():
-            shares: dict[str, float] = {}
-            start = time.perf_counter()
-            for i in range(0, len(events), BATCH):
-                await rec.recommend_batch(events[i : i + BATCH], timings=shares)
-            per_event[name].append(1e6 * (time.perf_counter() - start) / len(events))
-            model_us[name].append(1e6 * shares.get("model", 0.0) / len(events))
+    names = list(recs)
+    gc.freeze()  # as the serving processes run once up: the collector's full passes out of the way
+    try:
+        for run in range(runs):
+            # each run starts at the next recommender: a full collection or a warm cache falls on
+            # whichever runs at that moment, so a fixed order favours some (seen: the second one)
+            for name in names[run % len(names) :] + names[: run % len(names)]:
+                rec = recs[name]
+                shares: dict[str, float] = {}
+                start = time.perf_counter()
+                for i in range(0, len(events), BATCH):
+                    await rec.recommend_batch(events[i : i + BATCH], timings=shares)
+                per_event[name].append(1e6 * (time.perf_counter() - start) / len(events))
+                model_us[name].append(1e6 * shares.get("model", 0.0) / len(events))
+    finally:
+        gc.unfreeze()
     before = report.add(
         Figure("stage per event, features version, NumPy tower (before)", "us", per_event["numpy"])
     )
@@ -301,11 +363,17 @@ async def _stage_figures(
     hybrid_fig = report.add(
         Figure("stage per event, hybrid version (known customers, bought filter)", "us", per_event["hybrid"])
     )
+    now = report.add(
+        Figure("stage per event, features version, serving tower (no torch)", "us", per_event["served"])
+    )
     report.ratio("stage per event, torch / NumPy tower", after, before, note="issue 12 goal: <= 1.10")
+    report.ratio("stage per event, serving tower / torch tower", now, after, note="issue 16")
     report.ratio("stage per event, hybrid / before", hybrid_fig, before, note="issue 18 goal: <= 1.2")
     m_before = report.add(Figure("model step per event, NumPy tower", "us", model_us["numpy"]))
     m_after = report.add(Figure("model step per event, torch tower", "us", model_us["torch"]))
     report.ratio("model step per event, torch / NumPy", m_after, m_before)
+    m_now = report.add(Figure("model step per event, serving tower (no torch)", "us", model_us["served"]))
+    report.ratio("model step per event, serving tower / torch", m_now, m_after)
 
 
 async def _cache_figures(report: Report, pool: asyncpg.Pool[Any], big: Any, n_events: int, runs: int) -> None:

@@ -117,7 +117,9 @@ def _once(database_url: str, code: str | None = None) -> dict[str, float]:
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: the child never blocks on it
         wall0 = time.time()
         started = time.perf_counter()
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        # in the other checkout's folder: ``-m`` puts the working directory first on sys.path,
+        # ahead of PYTHONPATH, so from here the child would import this checkout's code
+        proc = subprocess.Popen(command, env=env, cwd=code, stdout=log, stderr=subprocess.STDOUT, text=True)
         watched = psutil.Process(proc.pid)
         cpu = 0.0
         try:

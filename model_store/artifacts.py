@@ -50,7 +50,8 @@ from core.errors import ArtifactError, NotFoundError
 from infra.logs import get_logger
 from infra.objectstore import ObjectStore, open_store
 from model_store.features import ITEM_SPEC, USER_SPEC, FeatureTransform
-from model_store.model import ModelConfig, ServingTower, load_state_dict
+from model_store.model import ModelConfig, ServingTower, load_state_dict, numpy_tower
+from model_store.serving import tower_to_npz
 from model_store.training import PopularItem, TrainedModel
 
 __all__ = [
@@ -121,6 +122,11 @@ class ArtifactBundle:
         return ServingTower.from_state_dict(state, "user_tower"), ServingTower.from_state_dict(
             state, "item_tower"
         )
+
+    def user_tower_arrays(self) -> bytes:
+        """The user tower's serving copy as an ``.npz`` (``model_store.serving``): what
+        ``recsys load-vectors`` stores in ``model_versions.user_tower`` for the serving processes."""
+        return tower_to_npz(numpy_tower(load_state_dict(self.weights), "user_tower"))
 
     def manifest(self, files: Mapping[str, bytes]) -> dict[str, Any]:
         label = (

@@ -5,7 +5,8 @@ codec; a hybrid version's user rows also hold the customer's training items, ``b
 recommender leaves out of their answers; the lab's ``user_emb`` view shows ``id, embedding`` only),
 an HNSW index on the items, the exact item-to-item neighbours (top ``NEIGHBOURS``), the popular
 items, every known customer's own answer (``model_store.customer_answers``), and a
-``model_versions`` row holding the weights and feature parameters. Everything
+``model_versions`` row holding the weights (the torch state_dict, and the user tower's arrays,
+``user_tower``, which the serving processes read without torch) and feature parameters. Everything
 is written in ONE transaction that ends by making the version the active one and re-pointing the
 lab's ``item_emb`` / ``user_emb`` views: a reader sees the old version or the new one, never a mix,
 and a crashed load leaves nothing behind. Loads are serialised by an advisory lock.
@@ -280,6 +281,12 @@ async def load_bundle_into(
             if has_row and complete:
                 log.info("version %s is already loaded; switching to it", version)
                 await ensure_customer_answers(conn, version)
+                # a version loaded before the arrays were stored gets them now
+                await conn.execute(
+                    "UPDATE model_versions SET user_tower = $2 WHERE version = $1 AND user_tower IS NULL",
+                    version,
+                    bundle.user_tower_arrays(),
+                )
             else:
                 neighbours = await _load_tables(conn, bundle, has_row, recall_target)
             await activate_version(conn, version)
@@ -385,8 +392,9 @@ async def _load_tables(
     await conn.execute(
         """INSERT INTO model_versions (version, item_table, user_table, dimension, items, users, manifest,
                                        model_config, user_features, item_features, weights,
-                                       ef_search, ef_search_recall)
-           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10::jsonb, $11, $12, $13)""",
+                                       ef_search, ef_search_recall, user_tower)
+           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10::jsonb, $11, $12, $13,
+                   $14)""",
         version,
         item_table,
         user_table,
@@ -400,6 +408,7 @@ async def _load_tables(
         bundle.weights,
         width.ef_search,
         width.recall,
+        bundle.user_tower_arrays(),
     )
     idx, scores = await asyncio.to_thread(exact_neighbours, bundle.item_vectors, NEIGHBOURS)
     ids = bundle.item_ids

@@ -1,9 +1,12 @@
 """The two-tower model: a user tower and an item tower, each an MLP ending in an L2-normalised
 embedding; the predicted (scaled) rating is their dot product, in [-1, 1] like the label.
 
-Training uses the torch modules (:class:`TwoTower`); serving runs the same trained :class:`Tower`,
-rebuilt from the state_dict, through :class:`ServingTower` (eval mode, inference mode, one forward per
-batch, float64 so that a row's embedding does not depend on its batch).
+Training uses the torch modules (:class:`TwoTower`): :class:`Tower` is the one definition of a tower.
+Offline (export, ``recsys load-vectors``, the lab import) the trained :class:`Tower`, rebuilt from the
+state_dict, runs through :class:`ServingTower` (eval mode, inference mode, one forward per batch,
+float64 so that a row's embedding does not depend on its batch). The serving processes (consumer,
+API) never import torch: they run the user tower's NumPy copy, ``model_store.serving.NumpyTower``,
+from the arrays :func:`numpy_tower` takes out of the trained tower (a test proves the two agree).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 from torch.nn import functional
 
 from core.errors import ArtifactError
+from model_store.serving import NumpyTower
 
 __all__ = [
     "KINDS",
@@ -32,6 +36,7 @@ __all__ = [
     "TwoTower",
     "linear_layers",
     "load_state_dict",
+    "numpy_tower",
     "save_state_dict",
 ]
 
@@ -231,14 +236,15 @@ def linear_layers(state: Mapping[str, torch.Tensor], prefix: str) -> list[tuple[
 
 
 class ServingTower:
-    """The trained torch tower, as serving runs it: in eval mode, under ``torch.inference_mode``, one
-    forward per batch of feature rows.
+    """The trained torch tower, run for embeddings outside training (the exported vectors, the lab
+    import, and the reference of the serving copy's drift test): in eval mode, under
+    ``torch.inference_mode``, one forward per batch of feature rows; with IDs for the item tower.
 
-    It computes in float64 and rounds the embeddings to float32: a row's result then does not depend
-    on the other rows of its batch (a float32 matrix product may sum in another order for another
-    batch size), so a request gets the same vector alone or in a batch of 500 -- what makes the batch
-    path give exactly the one-by-one path's answer. Threads: whatever ``torch.set_num_threads`` the
-    process set (the recommender sets 1; a forward of 500 rows takes well under a millisecond).
+    It computes in float64 and rounds the embeddings to float32, so a row's result practically never
+    depends on the other rows of its batch (a float32 matrix product may sum in another order for
+    another batch size; in float64 such a difference survives the rounding only very rarely). The
+    serving processes run ``model_store.serving.NumpyTower`` instead, row-independent by
+    construction. Threads: whatever ``torch.set_num_threads`` the process set.
     """
 
     def __init__(self, tower: Tower) -> None:
@@ -270,3 +276,18 @@ class ServingTower:
             out = self._tower(x, None if ids is None else torch.from_numpy(np.asarray(ids, dtype=np.int64)))
         result: npt.NDArray[np.float32] = out.numpy().astype(np.float32)
         return result
+
+
+def numpy_tower(state: Mapping[str, torch.Tensor], prefix: str) -> NumpyTower:
+    """The serving copy of the tower stored under ``prefix`` (``user_tower``): its Linear layers
+    and, hybrid, its ``unknown`` vector as arrays (the trained values, held in float64), checked by
+    building the torch :class:`Tower` first. The ID table is left out: serving calls the tower
+    without IDs."""
+    tower = Tower.from_state_dict(state, prefix)
+    layers = [
+        (m.weight.detach().cpu().numpy().copy(), m.bias.detach().cpu().numpy().copy())
+        for m in tower.layers
+        if isinstance(m, nn.Linear)
+    ]
+    unknown = None if tower.unknown is None else tower.unknown.detach().cpu().numpy().copy()
+    return NumpyTower(layers, unknown)

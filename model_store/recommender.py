@@ -9,10 +9,11 @@ One ``recommend_batch`` call does:
    the version's candidate cache answers the tuples (and browsed codes) it has seen before, so
    steps 2 and 3 run only for the rest (``core.prefix_cache``: a list fetched for depth
    ``d`` answers every depth up to ``d``; bounded, least recently used out, one per version);
-2. model: one forward pass of the trained torch user tower over those tuples (eval mode,
-   ``torch.inference_mode``), in a one-thread executor so the event loop stays free; the forward is
-   row-independent (``ServingTower`` computes in float64), so a request gets bit-identical vectors
-   alone or in any batch;
+2. model: one forward pass of the user tower over those tuples, in NumPy
+   (``model_store.serving.NumpyTower``: the trained torch tower's serving copy, from the arrays
+   ``recsys load-vectors`` stores in ``model_versions.user_tower``; no torch in the process), in a
+   one-thread executor so the event loop stays free; the forward is row-independent by
+   construction, so a request gets bit-identical vectors alone or in any batch;
 3. database: ONE statement -- ``unnest`` of the query vectors with a ``LATERAL`` HNSW top-k per
    vector, ``UNION ALL`` the precomputed neighbours of every browsed code of the batch;
 4. ranking (pure, ``core.recommendations``): browsed and cart items are excluded from the
@@ -25,6 +26,10 @@ recall target on that catalog, ``DEFAULT_EF_SEARCH`` for a version loaded withou
 transaction-locally inside the same statement), so a scan returns the same items in the same order
 whatever LIMIT it is given: the answer for a request does not depend on the rest of its batch, and
 requests with more exclusions than ``ef_search`` still get ``k`` items.
+
+A version loaded before the arrays were stored (``user_tower`` NULL) is read from its torch
+state_dict instead: only that path imports torch (once, logged), and it serves through the same
+NumPy tower.
 
 Hot reload: all of a version's state (weights, feature parameters, its tables, its popular items)
 is one immutable object (its caches start empty); ``refresh()`` builds the new one off the event
@@ -71,7 +76,7 @@ from core.recommendations import (
 )
 from infra.logs import get_logger
 from model_store.features import FeatureTransform, normalise_category
-from model_store.model import ServingTower, load_state_dict
+from model_store.serving import NumpyTower, tower_from_npz
 
 __all__ = ["CACHE_KEYS", "BadVector", "CacheObserver", "ModelRecommender", "ModelState"]
 
@@ -120,7 +125,7 @@ class ModelState:
     user_table: str
     dimension: int
     user_transform: FeatureTransform
-    user_tower: ServingTower
+    user_tower: NumpyTower
     popular: tuple[ScoredItem, ...]
     # this version's answers, reused while it is active (its tables never change once loaded)
     candidates: PrefixCache[CacheKey, ScoredItem]
@@ -175,14 +180,14 @@ def _json(value: Any) -> Any:
 def _build_state(
     row: asyncpg.Record, popular: list[asyncpg.Record], cache_keys: int, known: list[int]
 ) -> ModelState:
-    """CPU part of loading a version (torch.load of the weights): runs in the executor."""
+    """CPU part of loading a version (reading the user tower's arrays): runs in the executor."""
     transform = FeatureTransform.from_json(_json(row["user_features"]))
     unknown = {*transform.spec.categorical, *transform.spec.numeric} - set(_KEY_POSITION)
     if unknown:
         raise DatabaseUnavailable(
             f"version {row['version']}: the user features {sorted(unknown)} are unknown"
         )
-    tower = ServingTower.from_state_dict(load_state_dict(bytes(row["weights"])), "user_tower")
+    tower = _user_tower(row)
     if tower.in_dim != transform.dim:
         raise ArtifactError(
             f"version {row['version']}: the user tower reads {tower.in_dim} inputs, "
@@ -202,6 +207,20 @@ def _build_state(
         known_customers=np.unique(np.asarray(known, dtype=np.int64)),
         ef_search=DEFAULT_EF_SEARCH if row["ef_search"] is None else int(row["ef_search"]),
     )
+
+
+def _user_tower(row: asyncpg.Record) -> NumpyTower:
+    """The version's user tower from its arrays (``user_tower``, an ``.npz``); a version loaded
+    before they were stored has none: its torch state_dict is read instead (torch imported here)."""
+    if row["user_tower"] is not None:
+        try:
+            return tower_from_npz(bytes(row["user_tower"]))
+        except ArtifactError as exc:
+            raise ArtifactError(f"version {row['version']}: {exc}") from exc
+    log.info("version %s has no array weights; loading torch", row["version"])
+    from model_store.model import load_state_dict, numpy_tower
+
+    return numpy_tower(load_state_dict(bytes(row["weights"])), "user_tower")
 
 
 def _batch_sql(item_table: str, user_table: str) -> str:
@@ -265,7 +284,6 @@ class ModelRecommender:
         pool: asyncpg.Pool[Any],
         *,
         ef_search: int | None = None,
-        torch_threads: int | None = 1,
         cache_keys: int = CACHE_KEYS,
         observe: CacheObserver | None = None,
         exclude_bought: bool = True,
@@ -281,10 +299,6 @@ class ModelRecommender:
         customer's model answers (the default; cart and browsed items are always left out)."""
         if cache_keys < 0:
             raise ValueError("cache_keys must be >= 0")
-        if torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(torch_threads)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-model")
         try:
             state = await cls._load_active(pool, executor, cache_keys)
@@ -312,7 +326,8 @@ class ModelRecommender:
         try:
             async with pool.acquire() as conn:
                 row = await conn.fetchrow(
-                    "SELECT version, item_table, user_table, dimension, user_features, weights, "
+                    "SELECT version, item_table, user_table, dimension, user_features, user_tower, "
+                    "CASE WHEN user_tower IS NULL THEN weights END AS weights, "
                     "ef_search, manifest->'model'->>'kind' AS kind FROM model_versions WHERE active"
                 )
                 if row is None or row["version"] == skip:

@@ -75,7 +75,6 @@ def _run(args: argparse.Namespace) -> int:
     from recsys import runtime
 
     runtime.lower_priority(settings.consumer.nice)  # below a `recsys serve` beside it (0: unchanged)
-    runtime.preload_model_code()  # torch's import overlaps the database and AWS set-up below
     settings = bootstrap.with_database(settings)
     if bootstrap.prepare_aws(settings):
         from consumer.setup import ensure_delivery_stream

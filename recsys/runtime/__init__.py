@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from recsys.runtime import jobs
     from recsys.runtime._api import ApiRunning, api, api_app, api_services
-    from recsys.runtime._consumer import DEFAULT, aws_clients, consumer, database, preload_model_code
+    from recsys.runtime._consumer import DEFAULT, aws_clients, consumer, database
     from recsys.runtime._heap import freeze_heap
     from recsys.runtime._priority import Spawner, lower_priority
     from recsys.runtime._run import API_LOOPS, DEFAULT_API_LOOP, ApiLoop, Running, restart_delay, running
@@ -51,7 +51,6 @@ __all__ = [
     "freeze_heap",
     "jobs",
     "lower_priority",
-    "preload_model_code",
     "restart_delay",
     "running",
 ]
@@ -66,7 +65,6 @@ _WHERE = {
     "DEFAULT": "consumer",
     "aws_clients": "consumer",
     "consumer": "consumer",
-    "preload_model_code": "consumer",
     "database": "consumer",
     "freeze_heap": "heap",
     "Spawner": "priority",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -28,7 +26,7 @@ from recsys.settings import Settings
 if TYPE_CHECKING:
     from model_store.recommender import ModelRecommender
 
-__all__ = ["DEFAULT", "SinkFactory", "aws_clients", "consumer", "database", "preload_model_code"]
+__all__ = ["DEFAULT", "SinkFactory", "aws_clients", "consumer", "database"]
 
 
 class _Default:
@@ -81,35 +79,17 @@ async def database(
         yield opened
 
 
-def preload_model_code() -> None:
-    """Import the model's code (torch) in a background thread, so that it overlaps whatever the
-    process does before it needs the model (parsing settings, migrations, AWS clients). Idempotent;
-    a failed import is reported where the model is opened."""
-    if not _PRELOADING:
-        thread = threading.Thread(target=_import_model_code, name="recsys-preload", daemon=True)
-        _PRELOADING.append(thread)
-        thread.start()
-
-
-_PRELOADING: list[threading.Thread] = []
-
-
-def _import_model_code() -> None:
-    with contextlib.suppress(Exception):
-        importlib.import_module("model_store.recommender")
-
-
 async def _open_model(pool: asyncpg.Pool[Any], settings: Settings) -> ModelRecommender:
-    """The active model version; its code is imported in a thread (the loop keeps serving)."""
-    module = await asyncio.to_thread(importlib.import_module, "model_store.recommender")
-    model: ModelRecommender = await module.ModelRecommender.open(
+    """The active model version (NumPy only: the serving processes never import torch)."""
+    from model_store.recommender import ModelRecommender
+
+    return await ModelRecommender.open(
         pool,
         ef_search=settings.ef_search,
         exclude_bought=settings.exclude_bought,
         cache_keys=settings.consumer.cache_keys,
         observe=metrics.observe_cache,
     )
-    return model
 
 
 async def _discard(opening: asyncio.Task[ModelRecommender]) -> None:
@@ -152,8 +132,8 @@ async def consumer(
         if pool is None:
             pool = await stack.enter_async_context(database(settings))
             listen_url = bootstrap.database_url(settings)
-        # start-up: the model (importing torch, reading the version) opens while the suppression
-        # list and the AWS clients are made; a failure of either side closes what the other opened
+        # start-up: the model (reading the version) opens while the suppression list and the AWS
+        # clients are made; a failure of either side closes what the other opened
         opening = asyncio.create_task(_open_model(pool, settings)) if recommender is None else None
         try:
             if suppression is DEFAULT:

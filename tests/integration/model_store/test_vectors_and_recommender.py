@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import subprocess
+import sys
 from typing import Any
 
 import asyncpg
 import numpy as np
 import pytest
 
-from core.errors import ModelNotReady, NotFoundError
+from core.errors import ArtifactError, ModelNotReady, NotFoundError
 from core.events import BrowseItem, UserFeatures
 from core.recommendations import RecommendRequest, Source
 from infra.objectstore import LocalStore
 from infra.pg import create_pool, new_database
 from model_store.artifacts import load_bundle
 from model_store.loader import NEIGHBOURS, exact_neighbours, load_vectors, table_names
-from model_store.model import load_state_dict
+from model_store.model import load_state_dict, numpy_tower
 from model_store.recommender import BadVector, ModelRecommender, feature_key
+from model_store.serving import tower_from_npz
 
 from .conftest import Artifacts, Catalog
 
@@ -189,10 +195,101 @@ async def test_user_embeddings_are_the_features_only_cold_start_vectors(
     got = np.asarray(await recommender.user_embeddings(features), dtype=np.float32)
     tower, _ = bundle.towers()
     columns = {c: v[:5] for c, v in data.user_columns.items()}
-    np.testing.assert_array_equal(got, tower.embed(bundle.user_transform.dense(columns)))
+    rows = bundle.user_transform.dense(columns)
+    # the serving copy exactly, and the torch tower it copies within the drift test's bound
+    served = numpy_tower(load_state_dict(bundle.weights), "user_tower")
+    np.testing.assert_array_equal(got, served.embed(rows))
+    assert float(np.abs(got - tower.embed(rows)).max()) <= 1e-6
     # the exported vectors of these (known) customers add their ID embeddings: not the same
     assert not np.allclose(got, bundle.user_vectors[:5], atol=1e-3)
     assert isinstance(tower, ServingTower) and tower.hybrid
+
+
+async def test_the_user_tower_is_stored_as_arrays_and_a_version_without_them_loads_with_torch(
+    ms_database_url: str, artifacts: Artifacts, ms_pool: asyncpg.Pool[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    v0 = artifacts.versions[0]
+    await load_vectors(ms_database_url, artifacts.uri, v0)
+    bundle = load_bundle(LocalStore(artifacts.uri), v0)
+    expected = numpy_tower(load_state_dict(bundle.weights), "user_tower")
+    stored = await ms_pool.fetchval("SELECT user_tower FROM model_versions WHERE version = $1", v0)
+    assert stored is not None
+    for key, value in expected.arrays().items():
+        np.testing.assert_array_equal(tower_from_npz(bytes(stored)).arrays()[key], value)
+    data = artifacts.models[0].data
+    features = [
+        UserFeatures(
+            data.user_columns["city"][u], data.user_columns["country"][u], data.user_columns["creditLimit"][u]
+        )
+        for u in range(20)
+    ]
+    with caplog.at_level(logging.INFO, logger="model_store.recommender"):
+        rec = await ModelRecommender.open(ms_pool)
+        try:
+            from_arrays = await rec.user_embeddings(features)
+        finally:
+            await rec.close()
+    assert "no array weights" not in caplog.text
+    # a version loaded before the arrays were stored: read with torch, the same vectors
+    await ms_pool.execute("UPDATE model_versions SET user_tower = NULL WHERE version = $1", v0)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="model_store.recommender"):
+        rec = await ModelRecommender.open(ms_pool)
+        try:
+            assert await rec.user_embeddings(features) == from_arrays
+        finally:
+            await rec.close()
+    assert caplog.text.count(f"version {v0} has no array weights; loading torch") == 1
+    # loading the version again fills the arrays in
+    again = await load_vectors(ms_database_url, artifacts.uri, v0)
+    assert again.already_loaded
+    refilled = await ms_pool.fetchval("SELECT user_tower FROM model_versions WHERE version = $1", v0)
+    assert refilled is not None and bytes(refilled) == bytes(stored)
+    # damaged arrays: a clear error naming the version, never a pickle load
+    await ms_pool.execute(
+        "UPDATE model_versions SET user_tower = $2 WHERE version = $1", v0, bytes(stored)[:100]
+    )
+    try:
+        with pytest.raises(ArtifactError, match=f"version {v0}: the tower's arrays cannot be read"):
+            await ModelRecommender.open(ms_pool)
+    finally:
+        await ms_pool.execute("UPDATE model_versions SET user_tower = $2 WHERE version = $1", v0, stored)
+
+
+async def test_a_serving_process_opens_the_version_and_answers_without_torch(
+    recommender: ModelRecommender, ms_database_url: str, artifacts: Artifacts
+) -> None:
+    """A fresh interpreter opens the active version and answers a batch: torch is never imported."""
+    request = _requests(artifacts, 1, seed=3)[0]
+    features = (request.features.city, request.features.country, request.features.credit_limit)
+    code = f"""
+import asyncio, json, sys
+from core.events import UserFeatures
+from core.recommendations import RecommendRequest
+from infra.pg import create_pool
+from model_store.recommender import ModelRecommender
+
+async def main():
+    pool = await create_pool({ms_database_url!r}, min_size=1, max_size=2)
+    rec = await ModelRecommender.open(pool, cache_keys=0)
+    try:
+        features = UserFeatures(*{features!r})
+        out = await rec.recommend_batch([RecommendRequest(70_001, features, (), k=5)])
+        return [item.id for item in out[0].recommended_items]
+    finally:
+        await rec.close()
+        await pool.close()
+
+items = asyncio.run(main())
+print(json.dumps({{"items": items, "torch": "torch" in sys.modules}}))
+"""
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = await recommender.recommend_batch([RecommendRequest(70_001, request.features, (), k=5)])
+    assert result == {"items": [i.id for i in expected[0].recommended_items], "torch": False}
 
 
 def _exact_answer(bundle: Any, vector: np.ndarray[Any, Any], banned: set[str], k: int) -> list[str]:
