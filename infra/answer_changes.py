@@ -5,8 +5,10 @@
 its transaction commits. :class:`AnswerChanges` listens on a connection of its own and hands each
 notification to ``on_change`` (a set of customer numbers, or ``None`` for every customer).
 
-``on_live(True)`` is called once ``LISTEN`` is in place (every change committed from then on will
-be announced), ``on_live(False)`` as soon as the connection is lost or stops answering its
+``on_live(True)`` is called once ``LISTEN`` is in place and the database has the triggers (every
+change committed from then on will be announced; a database without migration 0230 announces
+nothing, so it is checked for every ``missing_s`` until it has them: ``recsys serve`` does not
+migrate), ``on_live(False)`` as soon as the connection is lost or stops answering its
 keep-alive (``SELECT 1`` every ``keepalive_s``, each within ``keepalive_s``): what was announced
 meanwhile may be missed, so a user of it must stop trusting what it kept until it is live again. It
 reconnects every ``retry_s`` until cancelled.
@@ -30,6 +32,18 @@ log = get_logger(__name__)
 
 CHANNEL = "recsys_answers"
 APPLICATION_NAME = "recsys-answer-changes"  # the listener in pg_stat_activity
+_TRIGGERS = (
+    "latest_inserted",
+    "latest_updated",
+    "latest_deleted",
+    "latest_truncated",
+    "customer_answers_changed",
+)
+_HAS_TRIGGERS = """
+SELECT count(DISTINCT tgname) FROM pg_trigger
+WHERE NOT tgisinternal AND tgname = ANY($1::text[])
+  AND tgrelid IN (to_regclass('latest_recommendations'), to_regclass('customer_answers'))
+"""
 
 OnChange = Callable[[frozenset[int] | None], None]
 OnLive = Callable[[bool], None]
@@ -59,6 +73,7 @@ class AnswerChanges:
         *,
         keepalive_s: float = 5.0,
         retry_s: float = 1.0,
+        missing_s: float = 30.0,
         connect_to: Connect | None = None,
     ) -> None:
         self._url = url
@@ -66,6 +81,8 @@ class AnswerChanges:
         self._on_live = on_live
         self._keepalive_s = keepalive_s
         self._retry_s = retry_s
+        self._missing_s = missing_s
+        self._said_missing = False
         self._connect = connect_to or (lambda url: connect(url, application_name=APPLICATION_NAME))
         self.connection: asyncpg.Connection[Any] | None = None  # the listening one, while live
         self.connects = 0  # how many times LISTEN was set up (for the logs and tests)
@@ -85,6 +102,14 @@ class AnswerChanges:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _c: lost.set())
             await conn.add_listener(CHANNEL, self._notified)
+            while await conn.fetchval(_HAS_TRIGGERS, list(_TRIGGERS)) < len(_TRIGGERS):
+                if not self._said_missing:
+                    log.warning(
+                        "the database does not announce answer changes yet (run `recsys migrate`: "
+                        "migration 0230): answers are read from the database until it does"
+                    )
+                    self._said_missing = True
+                await asyncio.sleep(self._missing_s)
             self.connection = conn
             self.connects += 1
             self._on_live(True)
