@@ -21,7 +21,9 @@ top-10 by inner product. The exact scan is the same query with index scans disab
 + top-N sort in PostgreSQL). Query figures have several runs over the same queries.
 
 Sizes: 10k and 100k with ``--quick``; 100k, 300k and 1M otherwise; ``BENCH_PGVECTOR_SIZES``
-(comma-separated item counts) chooses others (a 1M run with both builds takes about an hour on two cores).
+(comma-separated item counts) chooses others. The build with the server's 64 MB is left out at 1M
+items and more (it spills to disk and takes hours on two cores): ``BENCH_PGVECTOR_BEFORE=1`` runs it
+anyway, ``=0`` leaves it out at every size.
 """
 
 from __future__ import annotations
@@ -135,15 +137,21 @@ async def _measure(report: Report, url: str, n: int, *, n_queries: int, n_exact:
     try:
         copy_s = await _load(conn, items)
         report.add(Figure(f"{label}: COPY", "rows/s", [n / copy_s]))
-        before_s, before_mem, before_spilled = await _build(conn, None)
-        before = report.add(
-            Figure(
-                f"{label}: HNSW build, server's maintenance_work_mem",
-                "s",
-                [before_s],
-                note=f"{before_mem}{', spilled to disk' if before_spilled else ', fits'}",
+        before: Figure | None = None
+        if _before_build(n):
+            before_s, before_mem, before_spilled = await _build(conn, None)
+            before = report.add(
+                Figure(
+                    f"{label}: HNSW build, server's maintenance_work_mem",
+                    "s",
+                    [before_s],
+                    note=f"{before_mem}{', spilled to disk' if before_spilled else ', fits'}",
+                )
             )
-        )
+        else:
+            print(
+                f"  {label}: the build with the server's 64 MB is left out (BENCH_PGVECTOR_BEFORE=1 runs it)"
+            )
         current_kb = int(
             await conn.fetchval("SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'")
         )
@@ -156,7 +164,8 @@ async def _measure(report: Report, url: str, n: int, *, n_queries: int, n_exact:
                 note=f"{after_mem}{', spilled to disk' if after_spilled else ', fits'}",
             )
         )
-        report.ratio(f"{label}: build time, loader's / server's memory", after, before)
+        if before is not None:
+            report.ratio(f"{label}: build time, loader's / server's memory", after, before)
         await conn.execute(f"ANALYZE {TABLE}")
 
         started = time.perf_counter()
@@ -199,6 +208,13 @@ async def _measure(report: Report, url: str, n: int, *, n_queries: int, n_exact:
         await conn.execute(f"DROP TABLE {TABLE}")
     finally:
         await conn.close()
+
+
+def _before_build(n: int) -> bool:
+    """Whether to build with the server's 64 MB too: by default below 1M items only (at 1M that
+    build spills to disk for hours on two cores); ``BENCH_PGVECTOR_BEFORE=1|0`` decides."""
+    given = os.environ.get("BENCH_PGVECTOR_BEFORE", "").strip()
+    return given == "1" if given else n < 1_000_000
 
 
 def _sizes(quick: bool) -> tuple[int, ...]:
