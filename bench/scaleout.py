@@ -8,10 +8,10 @@ measured from outside: the lease table (``kinesis_leases``: owners and checkpoin
 
 Per process count (1, 2, 4; a fresh stream each; the counts interleaved when runs are repeated):
 
-- **balance**: the stream holds a backlog (60,000 events: about 20 s of work for one process on
-  the 2-core VM; 30,000 in a quick run) and the processes are spawned together; the clock runs from
-  the spawn until the leases are balanced: every shard owned by one of them, each within one shard
-  of its fair share (8 / n). Start-up (spawn -> the last ``consumer started`` log line) is printed
+- **balance**: the stream holds a backlog (60,000 events: 12-15 s of work for one process on the
+  2-core VM once it is up; 30,000 in a quick run) and the processes are spawned together; the clock
+  runs from the spawn until the leases are balanced: every shard owned by one of them, each within
+  one shard of its fair share (8 / n). Start-up (spawn -> the last ``consumer started`` log line) is printed
   beside it: the first process up works alone until the others are up and ask for leases.
 - **drain**: from the moment the leases are balanced and every process has checkpointed its first
   1,000 events (its cold start: the first model calls, the candidate cache filling, the one-off heap
@@ -35,10 +35,10 @@ A lease is judged expired on each survivor's own clock once its counter has not 
 ``lease_duration_s`` (the victim's last renewal was at most ``lease_renew_interval_s`` before the
 kill, and the survivor first sees it at a take round), so the take-over lands between
 ``lease_duration_s - lease_renew_interval_s`` and ``lease_duration_s + lease_take_interval_s`` after
-the kill. Then the producer stops, the drill waits until every shard is checkpointed at its last
-record, and reads Firehose's S3 output: every event id put must be there at least once (lost
-events), and duplicates are counted (the victim's batches delivered but not checkpointed: replayed
-by the successor, at-least-once).
+the kill (plus that take round's own queries). Then the producer stops, the drill waits until
+every shard is checkpointed at its last record, and reads Firehose's S3 output: every event id put
+must be there at least once (lost events), and duplicates are counted (the victim's batches
+delivered but not checkpointed: replayed by the successor, at-least-once).
 
 Run: ``python -m bench scaleout [--quick]``.
 """
