@@ -25,7 +25,7 @@ import asyncpg
 import pytest
 
 from consumer.app import Consumer
-from consumer.setup import ensure_delivery_stream, ensure_stream
+from consumer.setup import ensure_delivery_stream, ensure_stream, wait_stream_active
 from infra.aws import sync_client
 from infra.pg import create_pool
 from recsys import runtime
@@ -123,12 +123,20 @@ def make_env(stack: StackInfo, database_url: str, tmp_path: Path) -> Iterator[Ca
     """Fresh streams per test, deleted afterwards (moto allows 50 delivery streams per account)."""
     made: list[Env] = []
 
-    def make(shards: int = 2, initial_position: str = "TRIM_HORIZON", **consumer: Any) -> Env:
+    def make(
+        shards: int = 2, initial_position: str = "TRIM_HORIZON", *, on_demand: bool = False, **consumer: Any
+    ) -> Env:
+        """``on_demand``: an ON_DEMAND stream (the service picks its shards; ``shards`` is unused)."""
         tag = uuid.uuid4().hex[:10]
         bucket = f"consumer-{tag}"
         stream = f"events-{tag}"
         delivery = f"recs-{tag}"
-        ensure_stream(stream, shards)
+        if on_demand:
+            kinesis = sync_client("kinesis")
+            kinesis.create_stream(StreamName=stream, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+            wait_stream_active(kinesis, stream)
+        else:
+            ensure_stream(stream, shards)
         ensure_delivery_stream(delivery, f"s3://{bucket}/out")
         settings = Settings(
             state_dir=tmp_path,
