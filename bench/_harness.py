@@ -37,6 +37,7 @@ __all__ = [
     "Report",
     "bench_stack",
     "create_database",
+    "delivered_event_ids",
     "drop_database",
     "machine",
     "peak_rss_mb",
@@ -211,6 +212,20 @@ def timed(fn: Callable[[], Any]) -> float:
 def repeat(fn: Callable[[], float], runs: int) -> list[float]:
     """Call ``fn`` (which returns one measurement) ``runs`` times."""
     return [fn() for _ in range(runs)]
+
+
+def delivered_event_ids(bucket: str, prefix: str) -> list[str]:
+    """The ``event_id`` of every output line Firehose delivered under ``s3://bucket/prefix``
+    (duplicates included)."""
+    from infra.aws import sync_client
+
+    s3 = sync_client("s3")
+    ids: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            ids += [json.loads(line)["event_id"] for line in body.splitlines() if line.strip()]
+    return ids
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

@@ -39,7 +39,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench._harness import Figure, Report, bench_stack, create_database, percentile, run_async
+from bench._harness import (
+    Figure,
+    Report,
+    bench_stack,
+    create_database,
+    delivered_event_ids,
+    percentile,
+    run_async,
+)
 
 DB = "bench_leases"
 SHARDS = 8
@@ -153,15 +161,7 @@ class Scenario:
 
     def outputs(self) -> list[str]:
         """The event ids Firehose delivered (duplicates included)."""
-        from infra.aws import sync_client
-
-        s3 = sync_client("s3")
-        ids: list[str] = []
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix="out/"):
-            for obj in page.get("Contents", []):
-                body = s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
-                ids += [json.loads(line)["event_id"] for line in body.splitlines() if line.strip()]
-        return ids
+        return delivered_event_ids(self.bucket, "out/")
 
     async def owners(self) -> dict[str, str | None]:
         import asyncpg

@@ -16,7 +16,7 @@ The recommendation stage, before/after (issues 12, 16 and 18): the same events t
 ``recommend_batch`` on four recommenders, each cache off, interleaved: a features version through
 the NumPy copy of the user tower of before issue 12 (kept here, in :class:`NumpyUserTower`, only as
 the reference), the same version through the trained torch tower (issue 12's serving path, kept
-here in :class:`TorchState`), the same version as serving runs it now (issue 16: the NumPy serving
+here by :func:`torch_recommender`), the same version as serving runs it now (issue 16: the NumPy serving
 tower from the stored arrays, no torch), and the hybrid version (every event's customer known:
 their own vector from the user table, their 20 bought items filtered in the scan). The main
 figures above run on the hybrid version.
@@ -113,27 +113,6 @@ class NumpyState(ModelState):
         return vectors, known, encoded - started, time.perf_counter() - encoded
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class TorchState(ModelState):
-    """A version's state whose user tower is the torch ``ServingTower`` (the serving path from issue
-    12 to issue 16, before serving stopped importing torch)."""
-
-    torch_tower: ServingTower | None = None
-
-    def embed_known(
-        self, keys: Sequence[FeatureKey]
-    ) -> tuple[np.ndarray[Any, np.dtype[np.float32]], list[bool], float, float]:
-        assert self.torch_tower is not None
-        started = time.perf_counter()
-        rows = self.user_transform.sparse_rows(self._rows(keys))
-        any_category: list[bool] = np.any(rows.indices >= 0, axis=1).tolist()
-        known = [hit or key[2] is not None for hit, key in zip(any_category, keys, strict=True)]
-        dense = self.user_transform.densify(rows)
-        encoded = time.perf_counter()
-        vectors = self.torch_tower.embed(dense)
-        return vectors, known, encoded - started, time.perf_counter() - encoded
-
-
 async def torch_recommender(pool: asyncpg.Pool[Any], weights: bytes, **kwargs: Any) -> ModelRecommender:
     """A recommender of the active version that runs the torch tower (one intra-op thread, as the
     recommender set it then) instead of the NumPy serving tower."""
@@ -141,10 +120,9 @@ async def torch_recommender(pool: asyncpg.Pool[Any], weights: bytes, **kwargs: A
 
     torch.set_num_threads(1)
     rec = await ModelRecommender.open(pool, **kwargs)
-    state = rec._state  # the reference path of a before/after figure
-    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(ModelState)}
     tower = ServingTower.from_state_dict(load_state_dict(weights), "user_tower")
-    rec._state = TorchState(**fields, torch_tower=tower)
+    # the reference path of a before/after figure: the same version, the torch tower
+    rec._state = dataclasses.replace(rec._state, user_tower=tower)
     return rec
 
 

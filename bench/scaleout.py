@@ -63,7 +63,15 @@ from typing import Any
 
 import psutil
 
-from bench._harness import STATE_DIR, Figure, Report, bench_stack, create_database, run_async
+from bench._harness import (
+    STATE_DIR,
+    Figure,
+    Report,
+    bench_stack,
+    create_database,
+    delivered_event_ids,
+    run_async,
+)
 
 DB = "bench_scaleout"
 SHARDS = 8
@@ -257,15 +265,7 @@ class Stream:
 
     def outputs(self) -> list[str]:
         """The event ids Firehose delivered to S3 (duplicates included)."""
-        from infra.aws import sync_client
-
-        s3 = sync_client("s3")
-        ids: list[str] = []
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix="out/"):
-            for obj in page.get("Contents", []):
-                body = s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
-                ids += [json.loads(line)["event_id"] for line in body.splitlines() if line.strip()]
-        return ids
+        return delivered_event_ids(self.bucket, "out/")
 
 
 def balanced(rows: dict[str, Lease], names: set[str]) -> bool:

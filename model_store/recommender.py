@@ -76,7 +76,7 @@ from core.recommendations import (
 )
 from infra.logs import get_logger
 from model_store.features import FeatureTransform, normalise_category
-from model_store.serving import NumpyTower, tower_from_npz
+from model_store.serving import NumpyTower, UserTower, tower_from_npz
 
 __all__ = ["CACHE_KEYS", "BadVector", "CacheObserver", "ModelRecommender", "ModelState"]
 
@@ -125,7 +125,7 @@ class ModelState:
     user_table: str
     dimension: int
     user_transform: FeatureTransform
-    user_tower: NumpyTower
+    user_tower: UserTower
     popular: tuple[ScoredItem, ...]
     # this version's answers, reused while it is active (its tables never change once loaded)
     candidates: PrefixCache[CacheKey, ScoredItem]

@@ -36,18 +36,28 @@ import itertools
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from core.errors import ArtifactError
 
-__all__ = ["MAX_NPZ_BYTES", "NumpyTower", "tower_from_npz", "tower_to_npz"]
+__all__ = ["MAX_NPZ_BYTES", "NumpyTower", "UserTower", "tower_from_npz", "tower_to_npz"]
 
 MAX_NPZ_BYTES = 256 * 1024 * 1024  # far above any user tower (a 64-wide tower over 10k inputs: 5 MB)
 _NAME = re.compile(r"^(weight|bias)_(\d{1,3})$")
 Float64Array = npt.NDArray[np.float64]
+
+
+class UserTower(Protocol):
+    """What a version's state asks of its user tower: :class:`NumpyTower` in serving (a benchmark
+    hands in the torch ``model_store.model.ServingTower`` as its reference)."""
+
+    @property
+    def in_dim(self) -> int: ...
+
+    def embed(self, rows: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]: ...
 
 
 class NumpyTower:
